@@ -1,0 +1,92 @@
+"""Ed25519 identities and SHA-256 digests shared by every layer.
+
+Keys are Ed25519 (RFC 8032) through ``cryptography``; public keys travel as 64-char
+lowercase hex strings, signatures as raw 64-byte strings (hex on the ledger).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+__all__ = ["SigningKey", "sha256_hex", "verify_signature"]
+
+
+def sha256_hex(data: bytes) -> str:
+    """Return the lowercase hex SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class SigningKey:
+    """An Ed25519 private key with the helpers every signer needs."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.public_hex: str = raw.hex()
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        """Create a fresh random key."""
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        """Derive a key from 32 seed bytes (tests and reproducible fixtures only)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed).digest()))
+
+    @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str]) -> SigningKey:
+        """Load the raw 32-byte key at ``path``, creating it (mode 0600) if absent."""
+        path = Path(path)
+        if path.exists():
+            return cls(Ed25519PrivateKey.from_private_bytes(path.read_bytes()))
+        key = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key.private_bytes())
+        try:
+            # Another process may have won the race: keep whichever key landed first.
+            os.link(tmp, path)
+        except FileExistsError:
+            tmp.unlink()
+            return cls(Ed25519PrivateKey.from_private_bytes(path.read_bytes()))
+        tmp.unlink()
+        return key
+
+    def private_bytes(self) -> bytes:
+        """The raw 32-byte private key."""
+        return self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign ``data``; returns the 64-byte signature."""
+        return self._key.sign(data)
+
+
+def verify_signature(public_hex: str, signature: bytes, data: bytes) -> bool:
+    """True when ``signature`` is a valid Ed25519 signature of ``data`` by ``public_hex``.
+
+    Malformed keys or signatures count as invalid rather than raising.
+    """
+    try:
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
+        key.verify(signature, data)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
