@@ -1,0 +1,387 @@
+"""Ledger records: blocks, transactions, canonical JSON and the genesis block.
+
+The JSON field names follow the BCS-FL paper exactly (``hash``, ``lastHash``,
+``timestamp``, ``data``, ``public``, ``sign``, ``sequenceNo``); the Python attributes
+are snake_case, with ``sequenceNo``/``lastHash`` kept as read-only aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from bcsfl_flower.crypto import SigningKey, sha256_hex
+
+__all__ = [
+    "GENESIS",
+    "GENESIS_HASH",
+    "Block",
+    "BlockRow",
+    "LedgerError",
+    "Transaction",
+    "block_hash",
+    "build_block",
+    "canonical_json",
+    "make_transaction",
+    "make_vote",
+    "transaction_hash",
+]
+
+GENESIS_HASH = "genesis-hash"
+_BLOCK_KEYS = ("hash", "lastHash", "timestamp", "data", "public", "sign", "sequenceNo")
+_TX_KEYS = ("id", "public", "data", "timestamp", "hash", "sign")
+
+
+class LedgerError(Exception):
+    """A block, transaction or stored record is invalid; ``str(err)`` is the reason."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise LedgerError(f"non-finite number {name} in JSON")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Serialise ``obj`` as canonical JSON (sorted keys, no spaces, ASCII) in UTF-8.
+
+    Parameters
+    ----------
+    obj : Any
+        A JSON-serialisable value (dicts, lists, str, int, finite float, bool, None).
+
+    Returns
+    -------
+    bytes
+        The canonical encoding; equal values always give equal bytes.
+    """
+    try:
+        text = json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
+    except (TypeError, ValueError) as err:
+        raise LedgerError(f"not canonical-JSON serialisable: {err}") from err
+    return text.encode("utf-8")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse JSON strictly (NaN/Infinity rejected); raises ``LedgerError``."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, TypeError) as err:
+        raise LedgerError(f"invalid JSON: {err}") from err
+
+
+def _normalise(obj: Any) -> Any:
+    """Round-trip ``obj`` through canonical JSON (deep copy with JSON types only)."""
+    return parse_json(canonical_json(obj))
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LedgerError(f"{what} must be a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise LedgerError(f"{what} must be finite")
+    return value
+
+
+def _string(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise LedgerError(f"{what} must be a string")
+    return value
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise LedgerError(f"{what} must be a JSON object")
+    return value
+
+
+def _exact_keys(obj: Any, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+    obj = _object(obj, what)
+    missing = [k for k in keys if k not in obj]
+    extra = sorted(set(obj) - set(keys))
+    if missing or extra:
+        raise LedgerError(f"{what} fields: missing {missing}, unexpected {extra}")
+    return obj
+
+
+def transaction_hash(tx_id: str, public: str, data: dict[str, Any], timestamp: float) -> str:
+    """SHA-256 hex of the canonical JSON of a transaction's signed fields."""
+    body = {"id": tx_id, "public": public, "data": data, "timestamp": float(timestamp)}
+    return sha256_hex(canonical_json(body))
+
+
+def block_hash(
+    sequence_no: int, timestamp: float, last_hash: str, data: dict[str, Any], public: str
+) -> str:
+    """SHA-256 hex of the canonical JSON of a block's hashed fields."""
+    body = {
+        "sequenceNo": sequence_no,
+        "timestamp": float(timestamp),
+        "lastHash": last_hash,
+        "data": data,
+        "public": public,
+    }
+    return sha256_hex(canonical_json(body))
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A client's signed model submission (``data``: ``model-params``, ``model-acc``, ``num``)."""
+
+    id: str
+    public: str
+    data: dict[str, Any]
+    timestamp: float
+    hash: str
+    sign: str
+
+    def expected_hash(self) -> str:
+        """The hash recomputed from ``id``, ``public``, ``data`` and ``timestamp``."""
+        return transaction_hash(self.id, self.public, self.data, self.timestamp)
+
+    def to_json(self) -> dict[str, Any]:
+        """The transaction as a JSON object with the paper's field names."""
+        return {
+            "id": self.id,
+            "public": self.public,
+            "data": self.data,
+            "timestamp": self.timestamp,
+            "hash": self.hash,
+            "sign": self.sign,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Transaction:
+        """Parse a JSON object (as from ``to_json``); raises ``LedgerError`` if malformed."""
+        obj = _exact_keys(obj, _TX_KEYS, "transaction")
+        return cls(
+            id=_string(obj["id"], "transaction id"),
+            public=_string(obj["public"], "transaction public"),
+            data=_normalise(_object(obj["data"], "transaction data")),
+            timestamp=_number(obj["timestamp"], "transaction timestamp"),
+            hash=_string(obj["hash"], "transaction hash"),
+            sign=_string(obj["sign"], "transaction sign"),
+        )
+
+
+class BlockRow(NamedTuple):
+    """A block exactly as stored: ``data`` is its canonical JSON text."""
+
+    sequence_no: Any
+    hash: Any
+    last_hash: Any
+    timestamp: Any
+    data: Any
+    public: Any
+    sign: Any
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the chain; ``data`` is a JSON object (treat it as read-only)."""
+
+    sequence_no: int
+    hash: str
+    last_hash: str
+    timestamp: float
+    data: dict[str, Any]
+    public: str
+    sign: str
+
+    @property
+    def sequenceNo(self) -> int:  # noqa: N802 - the paper's name
+        """Alias of ``sequence_no``."""
+        return self.sequence_no
+
+    @property
+    def lastHash(self) -> str:  # noqa: N802 - the paper's name
+        """Alias of ``last_hash``."""
+        return self.last_hash
+
+    @property
+    def transactions(self) -> list[dict[str, Any]]:
+        """``data["transactions"]`` (JSON objects), or an empty list."""
+        txs = self.data.get("transactions", [])
+        return txs if isinstance(txs, list) else []
+
+    def expected_hash(self) -> str:
+        """The hash recomputed from the block's hashed fields."""
+        return block_hash(
+            self.sequence_no, self.timestamp, self.last_hash, self.data, self.public
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The block as a JSON object with the paper's field names."""
+        return {
+            "hash": self.hash,
+            "lastHash": self.last_hash,
+            "timestamp": self.timestamp,
+            "data": self.data,
+            "public": self.public,
+            "sign": self.sign,
+            "sequenceNo": self.sequence_no,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Block:
+        """Parse a JSON object (as from ``to_json``); raises ``LedgerError`` if malformed."""
+        obj = _exact_keys(obj, _BLOCK_KEYS, "block")
+        seq = obj["sequenceNo"]
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise LedgerError("sequenceNo must be an integer")
+        return cls(
+            sequence_no=seq,
+            hash=_string(obj["hash"], "hash"),
+            last_hash=_string(obj["lastHash"], "lastHash"),
+            timestamp=_number(obj["timestamp"], "timestamp"),
+            data=_normalise(_object(obj["data"], "data")),
+            public=_string(obj["public"], "public"),
+            sign=_string(obj["sign"], "sign"),
+        )
+
+    def to_row(self) -> BlockRow:
+        """The storage row of this block (``data`` as canonical JSON text)."""
+        return BlockRow(
+            self.sequence_no,
+            self.hash,
+            self.last_hash,
+            float(self.timestamp),
+            canonical_json(self.data).decode("ascii"),
+            self.public,
+            self.sign,
+        )
+
+    @classmethod
+    def from_row(cls, row: BlockRow) -> Block:
+        """Rebuild a block from a stored row, checking column types and canonical data.
+
+        Raises
+        ------
+        LedgerError
+            If a column has the wrong type or ``data`` is not canonical JSON text.
+        """
+        seq = row.sequence_no
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise LedgerError("stored sequence_no is not an integer")
+        text = _string(row.data, "stored data")
+        data = _object(parse_json(text), "stored data")
+        if canonical_json(data).decode("ascii") != text:
+            raise LedgerError("stored data is not canonical JSON")
+        return cls(
+            sequence_no=seq,
+            hash=_string(row.hash, "stored hash"),
+            last_hash=_string(row.last_hash, "stored last_hash"),
+            timestamp=_number(row.timestamp, "stored timestamp"),
+            data=data,
+            public=_string(row.public, "stored public"),
+            sign=_string(row.sign, "stored sign"),
+        )
+
+
+GENESIS = Block(
+    sequence_no=0,
+    hash=GENESIS_HASH,
+    last_hash="",
+    timestamp=0.0,
+    data={"chain": "bcsfl", "genesis": True},
+    public="",
+    sign="",
+)
+"""The genesis block, identical in every ledger."""
+
+
+def make_transaction(
+    key: SigningKey,
+    data: dict[str, Any],
+    timestamp: float | None = None,
+    tx_id: str | None = None,
+) -> Transaction:
+    """Create and sign a transaction.
+
+    Parameters
+    ----------
+    key : SigningKey
+        The submitting client's key; its public key becomes ``public``.
+    data : dict[str, Any]
+        The payload, normally ``{"model-params": <sha256 hex>, "model-acc": float | None,
+        "num": int}``.
+    timestamp : float | None (default: None)
+        Unix seconds; defaults to ``time.time()``.
+    tx_id : str | None (default: None)
+        Transaction id; defaults to a fresh uuid4 string.
+
+    Returns
+    -------
+    Transaction
+        The signed transaction.
+    """
+    tx_id = str(uuid.uuid4()) if tx_id is None else tx_id
+    ts = _number(time.time() if timestamp is None else timestamp, "timestamp")
+    body = _normalise(_object(data, "transaction data"))
+    digest = transaction_hash(tx_id, key.public_hex, body, ts)
+    signature = key.sign(bytes.fromhex(digest)).hex()
+    return Transaction(tx_id, key.public_hex, body, ts, digest, signature)
+
+
+def make_vote(key: SigningKey, value: str) -> dict[str, str]:
+    """A quorum vote: ``{"public", "sign"}`` with ``sign`` over ``bytes.fromhex(value)``.
+
+    Parameters
+    ----------
+    key : SigningKey
+        The voter's key.
+    value : str
+        The hex digest being agreed on.
+
+    Returns
+    -------
+    dict[str, str]
+        One entry for ``data["quorum"]["votes"]``.
+    """
+    return {"public": key.public_hex, "sign": key.sign(bytes.fromhex(value)).hex()}
+
+
+def build_block(
+    prev: Block, data: dict[str, Any], key: SigningKey, timestamp: float | None = None
+) -> Block:
+    """Create and sign the block that follows ``prev``.
+
+    Parameters
+    ----------
+    prev : Block
+        The current chain head.
+    data : dict[str, Any]
+        The block payload. ``Transaction`` objects inside ``data["transactions"]`` are
+        converted with ``to_json()``.
+    key : SigningKey
+        The producer's key; its public key becomes ``public``.
+    timestamp : float | None (default: None)
+        Unix seconds; defaults to ``time.time()`` raised to ``prev.timestamp`` if the
+        clock is behind. An explicit value is used as given (``append`` rejects one
+        earlier than ``prev.timestamp``).
+
+    Returns
+    -------
+    Block
+        The signed block with ``sequenceNo = prev.sequenceNo + 1``.
+    """
+    payload = dict(_object(data, "block data"))
+    txs = payload.get("transactions")
+    if isinstance(txs, (list, tuple)):
+        payload["transactions"] = [
+            t.to_json() if isinstance(t, Transaction) else t for t in txs
+        ]
+    payload = _normalise(payload)
+    if timestamp is None:
+        ts = max(time.time(), float(prev.timestamp))
+    else:
+        ts = _number(timestamp, "timestamp")
+    seq = prev.sequence_no + 1
+    digest = block_hash(seq, ts, prev.hash, payload, key.public_hex)
+    signature = key.sign(bytes.fromhex(digest)).hex()
+    return Block(seq, digest, prev.hash, ts, payload, key.public_hex, signature)

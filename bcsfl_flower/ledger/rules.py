@@ -1,0 +1,188 @@
+"""Validity rules shared by ``Ledger.append`` and ``verify_chain``.
+
+Every check raises ``LedgerError`` with a human-readable reason. Hex fields must be
+lowercase and of the exact length, so that no byte of a stored block can change
+without the change being detected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bcsfl_flower.crypto import verify_signature
+
+from .block import GENESIS, Block, LedgerError, Transaction
+
+__all__ = [
+    "check_append",
+    "check_block",
+    "check_identities",
+    "check_link",
+    "check_quorum",
+    "check_transaction",
+    "is_digest",
+    "referenced_models",
+]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+
+
+def is_digest(value: Any) -> bool:
+    """True for a 64-char lowercase hex string (SHA-256 digest or Ed25519 public key)."""
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
+
+
+def _is_signature(value: Any) -> bool:
+    return isinstance(value, str) and _HEX128.fullmatch(value) is not None
+
+
+def _signed(public: str, sign: str, digest: str) -> bool:
+    return (
+        is_digest(public)
+        and _is_signature(sign)
+        and verify_signature(public, bytes.fromhex(sign), bytes.fromhex(digest))
+    )
+
+
+def check_transaction(tx: Transaction) -> None:
+    """Check a transaction's hash, signature and ``model-params`` format."""
+    if not is_digest(tx.public):
+        raise LedgerError(f"transaction {tx.id}: public is not a 64-char hex key")
+    if tx.hash != tx.expected_hash():
+        raise LedgerError(f"transaction {tx.id}: hash does not match its fields")
+    if not _signed(tx.public, tx.sign, tx.hash):
+        raise LedgerError(f"transaction {tx.id}: invalid signature")
+    if "model-params" in tx.data and not is_digest(tx.data["model-params"]):
+        raise LedgerError(f"transaction {tx.id}: model-params is not a sha256 hex digest")
+
+
+def check_quorum(quorum: Any) -> None:
+    """Check a quorum certificate ``{"value", "threshold", "votes"}``.
+
+    Counts the votes whose signature over ``bytes.fromhex(value)`` is valid, one per
+    distinct public key; at least ``threshold`` (>= 1) are required.
+    """
+    if not isinstance(quorum, dict) or set(quorum) != {"value", "threshold", "votes"}:
+        raise LedgerError("quorum must be an object with value, threshold and votes")
+    value, threshold, votes = quorum["value"], quorum["threshold"], quorum["votes"]
+    if not is_digest(value):
+        raise LedgerError("quorum value is not a 64-char hex digest")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise LedgerError("quorum threshold must be a positive integer")
+    if not isinstance(votes, list):
+        raise LedgerError("quorum votes must be a list")
+    voters: set[str] = set()
+    for vote in votes:
+        if not isinstance(vote, dict) or set(vote) != {"public", "sign"}:
+            raise LedgerError("quorum vote must be an object with public and sign")
+        if _signed(vote["public"], vote["sign"], value):
+            voters.add(vote["public"])
+    if len(voters) < threshold:
+        raise LedgerError(
+            f"quorum not reached: {len(voters)} valid distinct votes < threshold {threshold}"
+        )
+
+
+def _parse_transactions(block: Block) -> list[Transaction]:
+    txs = block.data.get("transactions", [])
+    if not isinstance(txs, list):
+        raise LedgerError("data.transactions must be a list")
+    return [Transaction.from_json(tx) for tx in txs]
+
+
+def referenced_models(block: Block) -> list[str]:
+    """Model digests a block references, in order, without duplicates.
+
+    These are ``data["model-params"]`` (the round's global model, if any) and each
+    transaction's ``data["model-params"]``.
+    """
+    found: list[str] = []
+    own = block.data.get("model-params")
+    if own is not None:
+        found.append(own)
+    txs = block.data.get("transactions", [])
+    for tx in txs if isinstance(txs, list) else []:
+        data = tx.get("data") if isinstance(tx, dict) else None
+        if isinstance(data, dict) and data.get("model-params") is not None:
+            found.append(data["model-params"])
+    return list(dict.fromkeys(x for x in found if isinstance(x, str)))
+
+
+def check_block(block: Block) -> None:
+    """Check a non-genesis block on its own: hash, signature, transactions, quorum."""
+    if block.sequence_no == 0 or block.hash == GENESIS.hash:
+        raise LedgerError("only the genesis block may have sequenceNo 0 or the genesis hash")
+    if not is_digest(block.hash):
+        raise LedgerError("hash is not a 64-char lowercase hex digest")
+    if block.hash != block.expected_hash():
+        raise LedgerError("hash does not match the block's fields")
+    if not is_digest(block.public):
+        raise LedgerError("public is not a 64-char hex key")
+    if not _signed(block.public, block.sign, block.hash):
+        raise LedgerError("invalid producer signature")
+    seen: set[str] = set()
+    for tx in _parse_transactions(block):
+        if tx.id in seen:
+            raise LedgerError(f"duplicate transaction id {tx.id}")
+        seen.add(tx.id)
+        check_transaction(tx)
+    own = block.data.get("model-params")
+    if own is not None and not is_digest(own):
+        raise LedgerError("data.model-params is not a sha256 hex digest")
+    if "quorum" in block.data:
+        check_quorum(block.data["quorum"])
+    idents = block.data.get("identities")
+    if idents is not None:
+        if not isinstance(idents, dict):
+            raise LedgerError("data.identities must be an object client_id -> public key")
+        for cid, key in idents.items():
+            if not is_digest(key):
+                raise LedgerError(f"identity {cid!r}: public key is not 64-char hex")
+
+
+def check_link(prev: Block, block: Block) -> None:
+    """Check that ``block`` directly follows ``prev``."""
+    if block.sequence_no != prev.sequence_no + 1:
+        raise LedgerError(
+            f"sequenceNo {block.sequence_no} does not follow {prev.sequence_no}"
+        )
+    if block.last_hash != prev.hash:
+        raise LedgerError(f"lastHash does not match the hash of block {prev.sequence_no}")
+    if block.timestamp < prev.timestamp:
+        raise LedgerError(f"timestamp is earlier than block {prev.sequence_no}'s")
+
+
+def check_identities(block: Block, registered: Mapping[str, str | None]) -> None:
+    """Check ``data["identities"]`` against ``registered`` (client_id -> key or None).
+
+    A missing registration (``None``) is accepted here; a different key is not.
+    """
+    idents = block.data.get("identities")
+    if not isinstance(idents, dict):
+        return
+    for cid, key in idents.items():
+        known = registered.get(cid)
+        if known is not None and known != key:
+            raise LedgerError(f"identity {cid!r} is registered with a different key")
+
+
+def check_append(prev: Block, block: Block, has_model: Callable[[str], bool]) -> None:
+    """All checks ``Ledger.append`` runs before writing ``block`` after ``prev``.
+
+    Parameters
+    ----------
+    prev : Block
+        The current chain head.
+    block : Block
+        The candidate block.
+    has_model : Callable[[str], bool]
+        Whether the content store holds a digest.
+    """
+    check_link(prev, block)
+    check_block(block)
+    for digest in referenced_models(block):
+        if not has_model(digest):
+            raise LedgerError(f"referenced model {digest} is not in the model store")

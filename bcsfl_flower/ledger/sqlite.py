@@ -1,0 +1,285 @@
+"""The embedded, crash-safe ledger: one SQLite file in WAL mode.
+
+Each ``append`` runs in one ``BEGIN IMMEDIATE`` transaction that re-reads the head,
+validates the block and writes it, so concurrent writers (threads or processes) can
+never fork the chain. Tamper evidence comes from ``verify_chain``, not from triggers.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bcsfl_flower.crypto import sha256_hex
+
+from .base import Ledger
+from .block import GENESIS, Block, BlockRow, LedgerError
+from .memory import block_identities, validate_identity
+from .rules import check_append, check_identities
+
+__all__ = ["SqliteLedger"]
+
+_SCHEMA = """
+CREATE TABLE blocks (
+    sequence_no INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    last_hash TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    data TEXT NOT NULL,
+    public TEXT NOT NULL,
+    sign TEXT NOT NULL
+);
+CREATE TABLE models (hash TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE identities (
+    client_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    role TEXT NOT NULL,
+    registered_at REAL NOT NULL
+);
+"""
+_COLUMNS = "sequence_no, hash, last_hash, timestamp, data, public, sign"
+_BUSY_TIMEOUT_S = 30.0
+
+
+class SqliteLedger(Ledger):
+    """A ledger stored in one SQLite file.
+
+    Parameters
+    ----------
+    path : str | os.PathLike[str]
+        The database file; created (with the genesis block) if absent.
+    create : bool (default: True)
+        If False, a missing file raises ``FileNotFoundError`` (and a database without
+        ledger tables ``LedgerError``) instead of being created.
+    timeout : float (default: 30.0)
+        Seconds to wait for another process's write lock.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        create: bool = True,
+        timeout: float = _BUSY_TIMEOUT_S,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(f"no ledger at {self.path}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._setup(timeout, create)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self, timeout: float, create: bool) -> None:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        deadline = time.monotonic() + timeout
+        while True:  # switching to WAL needs a moment without other writers
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        if str(mode).lower() != "wal":
+            raise LedgerError(f"could not enable WAL journal mode (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        with self._write():
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='blocks'"
+            ).fetchone()
+            if exists is None:  # brand-new file: schema and genesis, nothing else
+                if not create:
+                    raise LedgerError(f"{self.path} is not a ledger (no blocks table)")
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(
+                    f"INSERT INTO blocks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                    tuple(GENESIS.to_row()),
+                )
+
+    class _Txn:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) under the lock."""
+
+        def __init__(self, ledger: SqliteLedger) -> None:
+            self.ledger = ledger
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.ledger._lock.acquire()
+            try:
+                self.ledger._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.ledger._lock.release()
+                raise
+            return self.ledger._conn
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            try:
+                if exc_type is None:
+                    self.ledger._conn.execute("COMMIT")
+                else:
+                    self.ledger._conn.execute("ROLLBACK")
+            finally:
+                self.ledger._lock.release()
+
+    def _write(self) -> SqliteLedger._Txn:
+        return SqliteLedger._Txn(self)
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # -- chain ---------------------------------------------------------------------
+    def _latest_row(self, conn: sqlite3.Connection) -> BlockRow:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM blocks ORDER BY sequence_no DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise LedgerError("ledger has no blocks (genesis missing)")
+        return BlockRow(*row)
+
+    def latest(self) -> Block:
+        with self._lock:
+            return Block.from_row(self._latest_row(self._conn))
+
+    def block(self, seq: int) -> Block:
+        rows = self._query(f"SELECT {_COLUMNS} FROM blocks WHERE sequence_no = ?", (seq,))
+        if not rows:
+            raise KeyError(seq)
+        return Block.from_row(BlockRow(*rows[0]))
+
+    def blocks(self, start: int = 0, end: int | None = None) -> list[Block]:
+        sql = f"SELECT {_COLUMNS} FROM blocks WHERE sequence_no >= ?"
+        params: tuple[Any, ...] = (start,)
+        if end is not None:
+            sql += " AND sequence_no < ?"
+            params += (end,)
+        rows = self._query(sql + " ORDER BY sequence_no", params)
+        return [Block.from_row(BlockRow(*row)) for row in rows]
+
+    def height(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM blocks")[0][0])
+
+    def append(self, block: Block) -> None:
+        if not isinstance(block, Block):
+            raise LedgerError("append expects a Block")
+        with self._write() as conn:
+            prev = Block.from_row(self._latest_row(conn))
+            check_append(prev, block, lambda d: self._has_model(conn, d))
+            idents = block_identities(block)
+            known: dict[str, str | None] = {}
+            for cid in idents:
+                found = conn.execute(
+                    "SELECT public_key FROM identities WHERE client_id = ?", (cid,)
+                ).fetchone()
+                known[cid] = None if found is None else found[0]
+            check_identities(block, known)
+            try:
+                conn.execute(
+                    f"INSERT INTO blocks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                    tuple(block.to_row()),
+                )
+            except sqlite3.IntegrityError as err:
+                raise LedgerError(f"block conflicts with a stored block: {err}") from err
+            for cid, key in idents.items():
+                if known[cid] is None:
+                    conn.execute(
+                        "INSERT INTO identities VALUES (?,?,?,?)",
+                        (cid, key, "client", float(block.timestamp)),
+                    )
+
+    # -- model store ---------------------------------------------------------------
+    @staticmethod
+    def _has_model(conn: sqlite3.Connection, digest: str) -> bool:
+        found = conn.execute("SELECT 1 FROM models WHERE hash = ?", (digest,)).fetchone()
+        return found is not None
+
+    def put_model(self, data: bytes) -> str:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("put_model expects bytes")
+        data = bytes(data)
+        digest = sha256_hex(data)
+        if self.has_model(digest):
+            return digest
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO models (hash, data) VALUES (?, ?)",
+                (digest, sqlite3.Binary(data)),
+            )
+        return digest
+
+    def has_model(self, digest: str) -> bool:
+        with self._lock:
+            return self._has_model(self._conn, digest)
+
+    def read_model_raw(self, digest: str) -> bytes:
+        rows = self._query("SELECT data FROM models WHERE hash = ?", (digest,))
+        if not rows:
+            raise KeyError(digest)
+        data = rows[0][0]
+        return data if isinstance(data, bytes) else str(data).encode("utf-8")
+
+    def model_digests(self) -> list[str]:
+        return [str(r[0]) for r in self._query("SELECT hash FROM models ORDER BY hash")]
+
+    # -- identities ----------------------------------------------------------------
+    def register_identity(
+        self, client_id: str, public_key: str, role: str = "client"
+    ) -> None:
+        validate_identity(client_id, public_key, role)
+        with self._write() as conn:
+            found = conn.execute(
+                "SELECT public_key FROM identities WHERE client_id = ?", (client_id,)
+            ).fetchone()
+            if found is not None:
+                if found[0] != public_key:
+                    raise LedgerError(
+                        f"identity {client_id!r} is already registered with another key"
+                    )
+                return
+            conn.execute(
+                "INSERT INTO identities VALUES (?,?,?,?)",
+                (client_id, public_key, role, time.time()),
+            )
+
+    def identity(self, client_id: str) -> str | None:
+        rows = self._query(
+            "SELECT public_key FROM identities WHERE client_id = ?", (client_id,)
+        )
+        return None if not rows else str(rows[0][0])
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        rows = self._query(
+            "SELECT client_id, public_key, role, registered_at FROM identities"
+            " ORDER BY client_id"
+        )
+        return {
+            str(cid): {"public_key": key, "role": role, "registered_at": at}
+            for cid, key, role, at in rows
+        }
+
+    # -- raw access ----------------------------------------------------------------
+    def block_rows(self) -> Iterator[BlockRow]:
+        rows = self._query(f"SELECT {_COLUMNS} FROM blocks ORDER BY sequence_no")
+        for row in rows:
+            yield BlockRow(*row)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({str(self.path)!r})"
