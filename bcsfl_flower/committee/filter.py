@@ -1,0 +1,185 @@
+"""Cosine + loss scoring of client updates, and the deterministic aggregate.
+
+One pure function, :func:`filter_and_aggregate`: the same global model, updates and
+root set give the same decisions and the same candidate bytes on every coordinator.
+
+1. Reference direction: the root-set update when the coordinators hold a root set,
+   otherwise the coordinate-wise median of the updates (robust to a minority that
+   drags the mean).
+2. Cosine: an update whose cosine to the reference is at most ``cosine_threshold``
+   is rejected.
+3. Norm bound: kept updates are clipped to ``norm_bound`` times the median norm of
+   the kept updates, which stops scaling attacks without shrinking honest steps.
+4. Loss difference: while the candidate does not lower the root-set loss, the kept
+   update whose own loss change is worst is dropped and the rest aggregated again.
+   Without a root set, clients whose *reported* training loss is far above the
+   others' (median + ``loss_mad_factor`` x MAD) are dropped instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .rootset import RootSet
+from .verify import VerifiedUpdate
+
+__all__ = ["Decision", "FilterConfig", "FilterResult", "filter_and_aggregate"]
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Thresholds of the filter.
+
+    Parameters
+    ----------
+    cosine_threshold : float
+        Updates with cosine to the reference at or below this are rejected.
+    norm_bound : float
+        Clip kept updates to this multiple of their median norm (0 disables).
+    max_loss_drops : int
+        At most this many updates are dropped by the root-loss check per round.
+    loss_mad_factor : float
+        Without a root set: reported losses above median + factor x MAD are rejected.
+    """
+
+    cosine_threshold: float = 0.0
+    norm_bound: float = 2.0
+    max_loss_drops: int = 3
+    loss_mad_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why one client's update was kept or rejected."""
+
+    client_id: str
+    kept: bool
+    cosine: float
+    norm: float
+    loss_change: float | None
+    reason: str
+
+    def to_json(self) -> dict:  # noqa: D102
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """Decisions, the kept clients and the candidate global model."""
+
+    decisions: list[Decision]
+    candidate: dict[str, np.ndarray]
+    reference: str
+    clip_norm: float
+    root_loss_before: float | None
+    root_loss_after: float | None
+
+    @property
+    def kept(self) -> list[str]:  # noqa: D102
+        return [d.client_id for d in self.decisions if d.kept]
+
+    @property
+    def rejected(self) -> list[str]:  # noqa: D102
+        return [d.client_id for d in self.decisions if not d.kept]
+
+
+def _flatten(tensors: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(tensors[n], np.float64).ravel() for n in names])
+
+
+def _aggregate(
+    global_tensors: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    updates: np.ndarray,
+    weights: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """global + weighted mean of ``updates`` (float64, fixed order), cast back."""
+    mean = (weights / weights.sum()) @ updates if len(weights) else np.zeros(updates.shape[1])
+    out, offset = {}, 0
+    for name, tensor in global_tensors.items():
+        if name in names:
+            size = tensor.size
+            out[name] = (tensor.astype(np.float64) + mean[offset : offset + size].reshape(tensor.shape)).astype(tensor.dtype)
+            offset += size
+        else:  # integer buffers (e.g. counters) keep the global value
+            out[name] = tensor.copy()
+    return out
+
+
+def filter_and_aggregate(
+    global_tensors: Mapping[str, np.ndarray],
+    updates: Sequence[VerifiedUpdate],
+    *,
+    server_round: int,
+    root: RootSet | None = None,
+    config: FilterConfig = FilterConfig(),
+) -> FilterResult:
+    """Score, split and aggregate ``updates`` (see the module docstring)."""
+    updates = sorted(updates, key=lambda u: u.client_id)
+    names = [n for n, t in global_tensors.items() if np.issubdtype(t.dtype, np.floating)]
+    global_flat = _flatten(global_tensors, names)
+    if not updates:
+        return FilterResult([], dict(global_tensors), "none", 0.0, None, None)
+    deltas = np.stack([_flatten(u.tensors, names) for u in updates]) - global_flat
+    weights = np.array([u.package.num_examples for u in updates], np.float64)
+    norms = np.linalg.norm(deltas, axis=1)
+
+    if root is not None:
+        reference = _flatten(root.update(global_tensors, server_round), names)
+        ref_name = "root-update"
+    else:
+        reference = np.median(deltas, axis=0)
+        ref_name = "coordinate-median"
+    ref_norm = np.linalg.norm(reference)
+    cosines = deltas @ reference / np.maximum(norms * ref_norm, 1e-12)
+
+    kept = cosines > config.cosine_threshold
+    reasons = [
+        "" if k else f"cosine {c:.3f} <= {config.cosine_threshold}" for k, c in zip(kept, cosines)
+    ]
+    clip = float(np.median(norms[kept]) * config.norm_bound) if kept.any() and config.norm_bound > 0 else np.inf
+    scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
+    clipped = deltas * scale[:, None]
+
+    loss_changes: list[float | None] = [None] * len(updates)
+    before = after = None
+    if root is not None and kept.any():
+        before = root.loss(global_tensors)
+        for i in np.flatnonzero(kept):
+            loss_changes[i] = root.loss(_aggregate(global_tensors, names, clipped[i : i + 1], np.ones(1))) - before
+        after = root.loss(_aggregate(global_tensors, names, clipped[kept], weights[kept]))
+        drops = 0
+        while after >= before and kept.sum() > 1 and drops < config.max_loss_drops:
+            worst = max(np.flatnonzero(kept), key=lambda i: (loss_changes[i], -i))
+            kept[worst] = False
+            reasons[worst] = f"worst root-loss change {loss_changes[worst]:+.4f} while candidate did not lower root loss"
+            drops += 1
+            after = root.loss(_aggregate(global_tensors, names, clipped[kept], weights[kept]))
+    elif root is None and kept.any():
+        reported = np.array([u.metrics.get("train_loss", np.nan) for u in updates])
+        valid = kept & np.isfinite(reported)
+        if valid.sum() >= 3:
+            med = np.median(reported[valid])
+            mad = np.median(np.abs(reported[valid] - med)) + 1e-12
+            for i in np.flatnonzero(valid):
+                loss_changes[i] = float(reported[i] - med)
+                if reported[i] > med + config.loss_mad_factor * mad:
+                    kept[i] = False
+                    reasons[i] = f"reported loss {reported[i]:.3f} > median {med:.3f} + {config.loss_mad_factor} MAD"
+
+    candidate = _aggregate(global_tensors, names, clipped[kept], weights[kept]) if kept.any() else dict(global_tensors)
+    decisions = [
+        Decision(
+            client_id=u.client_id,
+            kept=bool(kept[i]),
+            cosine=float(cosines[i]),
+            norm=float(norms[i]),
+            loss_change=None if loss_changes[i] is None else float(loss_changes[i]),
+            reason=reasons[i] or ("kept" if scale[i] >= 1 else f"kept, clipped to {clip:.3f}"),
+        )
+        for i, u in enumerate(updates)
+    ]
+    return FilterResult(decisions, candidate, ref_name, float(clip), before, after)
