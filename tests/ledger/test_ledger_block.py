@@ -1,0 +1,136 @@
+"""Block and transaction records: field names, hashing, signing, JSON round trips."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bcsfl_flower.crypto import SigningKey, verify_signature
+from bcsfl_flower.ledger import (
+    GENESIS,
+    Block,
+    LedgerError,
+    MemoryLedger,
+    Transaction,
+    build_block,
+    canonical_json,
+    make_transaction,
+    verify_chain,
+)
+
+
+def _paper_canonical(obj: Any) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("utf-8")
+
+
+def test_genesis_is_the_standard_block() -> None:
+    assert GENESIS.to_json() == {
+        "hash": "genesis-hash",
+        "lastHash": "",
+        "timestamp": 0.0,
+        "data": {"genesis": True, "chain": "bcsfl"},
+        "public": "",
+        "sign": "",
+        "sequenceNo": 0,
+    }
+
+
+def test_canonical_json_matches_the_paper_encoding() -> None:
+    obj = {"b": [1, 2.5, None], "a": "é", "c": {"z": True, "y": False}}
+    assert canonical_json(obj) == _paper_canonical(obj)
+    assert b" " not in canonical_json(obj)
+    with pytest.raises(LedgerError):
+        canonical_json({"x": float("nan")})
+
+
+def test_transaction_hash_and_signature(clients: list[SigningKey]) -> None:
+    key = clients[0]
+    data = {"model-params": "ab" * 32, "model-acc": None, "num": 7}
+    tx = make_transaction(key, data, timestamp=12.5, tx_id="tx-1")
+    body = {"id": "tx-1", "public": key.public_hex, "data": data, "timestamp": 12.5}
+    assert tx.hash == hashlib.sha256(_paper_canonical(body)).hexdigest()
+    assert verify_signature(key.public_hex, bytes.fromhex(tx.sign), bytes.fromhex(tx.hash))
+    assert set(tx.to_json()) == {"id", "public", "data", "timestamp", "hash", "sign"}
+    assert Transaction.from_json(json.loads(json.dumps(tx.to_json()))) == tx
+
+
+def test_uuid_transaction_ids_are_fresh(clients: list[SigningKey]) -> None:
+    a = make_transaction(clients[0], {"num": 1})
+    b = make_transaction(clients[0], {"num": 1})
+    assert a.id != b.id and len(a.id) == 36
+
+
+def test_block_hash_signature_and_names(producer: SigningKey) -> None:
+    data = {"round": 1, "accepted": [], "rejected": []}
+    block = build_block(GENESIS, data, producer, timestamp=100.0)
+    body = {
+        "sequenceNo": 1,
+        "timestamp": 100.0,
+        "lastHash": "genesis-hash",
+        "data": data,
+        "public": producer.public_hex,
+    }
+    assert block.hash == hashlib.sha256(_paper_canonical(body)).hexdigest()
+    assert verify_signature(
+        producer.public_hex, bytes.fromhex(block.sign), bytes.fromhex(block.hash)
+    )
+    as_json = block.to_json()
+    assert set(as_json) == {
+        "hash", "lastHash", "timestamp", "data", "public", "sign", "sequenceNo"
+    }
+    assert as_json["sequenceNo"] == block.sequenceNo == 1
+    assert as_json["lastHash"] == block.lastHash == "genesis-hash"
+    assert Block.from_json(json.loads(json.dumps(as_json))) == block
+
+
+def test_build_block_default_timestamp_never_goes_back(producer: SigningKey) -> None:
+    future = build_block(GENESIS, {}, producer, timestamp=4_000_000_000.0)
+    nxt = build_block(future, {}, producer)
+    assert nxt.timestamp == future.timestamp
+
+
+def test_from_json_rejects_malformed_blocks(producer: SigningKey) -> None:
+    good = build_block(GENESIS, {}, producer).to_json()
+    for broken in (
+        {k: v for k, v in good.items() if k != "sign"},
+        {**good, "extra": 1},
+        {**good, "sequenceNo": "1"},
+        {**good, "sequenceNo": True},
+        {**good, "data": []},
+        {**good, "timestamp": "now"},
+    ):
+        with pytest.raises(LedgerError):
+            Block.from_json(broken)
+
+
+_json_leaf = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(
+    max_size=8
+) | st.floats(allow_nan=False, allow_infinity=False)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=6), _json, max_size=4))
+def test_arbitrary_json_data_round_trips_and_verifies(payload: dict[str, Any]) -> None:
+    payload.pop("transactions", None)
+    payload.pop("quorum", None)
+    payload.pop("identities", None)
+    payload.pop("model-params", None)
+    key = SigningKey.from_seed(b"hypothesis-producer")
+    led = MemoryLedger()
+    block = build_block(led.latest(), payload, key)
+    led.append(block)
+    assert led.latest() == block
+    assert Block.from_json(json.loads(json.dumps(block.to_json()))) == block
+    assert verify_chain(led).ok
