@@ -150,7 +150,7 @@ def test_concurrent_processes_never_fork(tmp_path: Path, child_env: dict[str, st
     with SqliteLedger(path) as led:
         assert led.height() == 51
         report = verify_chain(led)
-        assert report.ok and report.models_checked == 50
+        assert report.ok and report.models_checked >= 50  # losers of a race leave extra models
         producers = {b.public for b in led.blocks(1)}
         assert len(producers) == 2
 
