@@ -63,9 +63,10 @@ def check_quorum(quorum: Any) -> None:
     """Check a quorum certificate ``{"value", "threshold", "votes"}``.
 
     Counts the votes whose signature over ``bytes.fromhex(value)`` is valid, one per
-    distinct public key; at least ``threshold`` (>= 1) are required.
+    distinct public key; at least ``threshold`` (>= 1) are required. Extra fields
+    are allowed (the block hash covers them).
     """
-    if not isinstance(quorum, dict) or set(quorum) != {"value", "threshold", "votes"}:
+    if not isinstance(quorum, dict) or not {"value", "threshold", "votes"} <= set(quorum):
         raise LedgerError("quorum must be an object with value, threshold and votes")
     value, threshold, votes = quorum["value"], quorum["threshold"], quorum["votes"]
     if not is_digest(value):
@@ -76,7 +77,7 @@ def check_quorum(quorum: Any) -> None:
         raise LedgerError("quorum votes must be a list")
     voters: set[str] = set()
     for vote in votes:
-        if not isinstance(vote, dict) or set(vote) != {"public", "sign"}:
+        if not isinstance(vote, dict) or not {"public", "sign"} <= set(vote):
             raise LedgerError("quorum vote must be an object with public and sign")
         if _signed(vote["public"], vote["sign"], value):
             voters.add(vote["public"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bcsfl_flower.crypto import SigningKey, sha256_hex
-from bcsfl_flower.ledger import Block, MemoryLedger, SqliteLedger, verify_chain
+from bcsfl_flower.ledger import Block, LedgerError, MemoryLedger, SqliteLedger, verify_chain
 from bcsfl_flower.ledger.block import BlockRow
 
 RoundFactory = Callable[..., Block]
@@ -125,7 +125,7 @@ def test_changed_model_blob_names_the_referencing_block(
     raw.execute("UPDATE models SET data = ? WHERE hash = ?", (bytes(tampered), digest))
     ok, first_bad, reason = _verify(chain_file)
     assert not ok and first_bad == seq and digest in reason
-    with SqliteLedger(chain_file, create=False) as led, pytest.raises(Exception, match=digest):
+    with SqliteLedger(chain_file, create=False) as led, pytest.raises(LedgerError, match=digest):
         led.get_model(digest)  # reads are integrity-checked too
 
 
