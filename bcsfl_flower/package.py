@@ -26,6 +26,7 @@ __all__ = [
     "PACKAGE_KEY",
     "ModelPackage",
     "arrays_to_numpy",
+    "metrics_hash",
     "canonical_bytes",
     "model_hash",
     "numpy_to_arrays",
@@ -100,6 +101,14 @@ def parse_canonical_bytes(blob: bytes) -> dict[str, np.ndarray]:
     return out
 
 
+def metrics_hash(metrics: Mapping[str, object]) -> str:
+    """SHA-256 (hex) of metrics as canonical JSON (sorted keys, floats via repr)."""
+    canonical = json.dumps(
+        {k: v for k, v in metrics.items()}, sort_keys=True, separators=(",", ":"), allow_nan=True
+    )
+    return sha256_hex(canonical.encode())
+
+
 def model_hash(tensors: Mapping[str, np.ndarray]) -> str:
     """SHA-256 (hex) of the canonical bytes of ``tensors``."""
     return sha256_hex(canonical_bytes(tensors))
@@ -125,6 +134,9 @@ class ModelPackage:
         Round this update answers; binds the package to one round.
     num_examples : int
         Training examples behind the update (the aggregation weight).
+    metrics_hash : str
+        SHA-256 hex of the reply's metrics (see :func:`metrics_hash`), so reported
+        losses and privacy budgets are signed too.
     signature : bytes
         Ed25519 signature over :meth:`digest`.
     """
@@ -136,6 +148,7 @@ class ModelPackage:
     public_key: str
     server_round: int
     num_examples: int
+    metrics_hash: str = ""
     signature: bytes = b""
 
     def digest(self) -> bytes:
@@ -148,6 +161,7 @@ class ModelPackage:
             "public_key": self.public_key,
             "server_round": int(self.server_round),
             "num_examples": int(self.num_examples),
+            "metrics_hash": self.metrics_hash,
         }
         return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
@@ -160,6 +174,7 @@ class ModelPackage:
         client_id: str,
         server_round: int,
         num_examples: int,
+        metrics: Mapping[str, object] | None = None,
         timestamp: float | None = None,
     ) -> ModelPackage:
         """Hash ``tensors`` and sign a fresh package for them with ``key``."""
@@ -171,6 +186,7 @@ class ModelPackage:
             public_key=key.public_hex,
             server_round=server_round,
             num_examples=num_examples,
+            metrics_hash=metrics_hash(metrics or {}),
         )
         return unsigned.with_signature(key.sign(unsigned.digest()))
 
@@ -193,6 +209,7 @@ class ModelPackage:
                 "public-key": self.public_key,
                 "server-round": int(self.server_round),
                 "num-examples": int(self.num_examples),
+                "metrics-hash": self.metrics_hash,
                 "signature": self.signature,
             }
         )
@@ -208,6 +225,7 @@ class ModelPackage:
             "public-key": str,
             "server-round": int,
             "num-examples": int,
+            "metrics-hash": str,
             "signature": bytes,
         }
         values = {}

@@ -82,8 +82,9 @@ def train(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     trained, budget = model, None
     if dp_noise > 0:
-        from .privacy import DPConfig, PrivacyBudget, make_private
+        from .privacy import DPConfig, PrivacyBudget, make_private, silence_opacus_warnings
 
+        silence_opacus_warnings()
         history = PrivacyBudget.from_record(privacy_record).history if privacy_record else None
         trained, optimizer, loader, budget = make_private(
             model, optimizer, loader, DPConfig(dp_noise, dp_max_grad_norm, dp_delta),

@@ -66,7 +66,7 @@ class QuorumCertificate:
             "value": self.value,
             "threshold": self.threshold,
             "votes": [
-                {"member": v.member, "public": v.public_key, "sign": v.signature.hex()} for v in self.votes
+                {"public": v.public_key, "sign": v.signature.hex()} for v in self.votes
             ],
         }
 

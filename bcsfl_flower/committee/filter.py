@@ -26,7 +26,14 @@ import numpy as np
 from .rootset import RootSet
 from .verify import VerifiedUpdate
 
-__all__ = ["Decision", "FilterConfig", "FilterResult", "filter_and_aggregate"]
+__all__ = ["Decision", "FilterConfig", "FilterResult", "filter_and_aggregate", "finite_or_none"]
+
+
+def finite_or_none(value: float | None, digits: int | None = None) -> float | None:
+    """``value`` (optionally rounded) when finite, else None: the ledger's JSON has no NaN."""
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value) if digits is None else round(float(value), digits)
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,9 @@ class Decision:
     loss_change: float | None
     reason: str
 
-    def to_json(self) -> dict:  # noqa: D102
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+    def to_json(self) -> dict:
+        """JSON-safe dict (floats rounded; NaN/Inf become None)."""
+        return {k: (finite_or_none(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import RecordDict
 
-from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, model_hash
+from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, metrics_hash, model_hash
 
 __all__ = ["PackageVerifier", "Rejection", "VerifiedUpdate"]
 
@@ -95,6 +95,8 @@ class PackageVerifier:
             return Rejection(cid, "replayed packet id", pid)
         if not package.signature_valid(registered):
             return Rejection(cid, "bad signature", pid)
+        if metrics_hash({n: dict(r) for n, r in content.metric_records.items()}) != package.metrics_hash:
+            return Rejection(cid, "metrics do not match the signed package", pid)
         if package.num_examples <= 0:
             return Rejection(cid, "non-positive num-examples", pid)
         if self.arrayrecord_key not in content.array_records:

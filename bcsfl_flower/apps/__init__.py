@@ -1,0 +1,1 @@
+"""The Flower App components: ``server_app:app`` and ``client_app:app``."""

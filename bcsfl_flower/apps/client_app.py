@@ -1,0 +1,134 @@
+"""BCS-FL ClientApp: a factory's local training, with the signing mod around it.
+
+Each node trains on its Dirichlet partition, optionally with Opacus DP-SGD and
+magnitude pruning; nodes drawn as malicious (``malicious-fraction``) run the
+configured attack. ``bcsfl_mod`` then signs the reply as a model package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..client.attacks import DATA_ATTACKS, NEEDS_REFERENCE, flip_labels, poison_update
+from ..client.mod import bcsfl_mod, make_bcsfl_mod
+from ..client.train import evaluate, get_weights, set_weights, train
+from ..models import build_model
+from ..package import arrays_to_numpy, numpy_to_arrays
+from ..settings import RunSettings
+from .task import client_data, malicious_ids
+
+__all__ = ["app", "make_client_app"]
+
+_STATE_KEY = "bcsfl.privacy"
+_REFERENCE_SHARDS = 4
+
+
+def _flat(tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([t.astype(np.float64).ravel() for t in tensors.values()])
+
+
+def _unflat(flat: np.ndarray, like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out, offset = {}, 0
+    for name, t in like.items():
+        out[name] = flat[offset : offset + t.size].reshape(t.shape).astype(t.dtype)
+        offset += t.size
+    return out
+
+
+def _honest_estimates(s: RunSettings, global_w, x, y, seed: int) -> np.ndarray:
+    """Updates a colluding attacker can compute on its own data: one per shard.
+
+    ALIE, IPM and min-max need the mean/spread of honest updates; the attacker
+    estimates them from shards of its own partition (no knowledge of other clients).
+    """
+    rows = []
+    for k, idx in enumerate(np.array_split(np.random.default_rng(seed).permutation(len(y)), _REFERENCE_SHARDS)):
+        model = build_model(s.dataset)
+        set_weights(model, global_w)
+        train(model, x[idx], y[idx], epochs=s.local_epochs, lr=s.learning_rate,
+              batch_size=s.batch_size, seed=seed + k)
+        rows.append(_flat(get_weights(model)) - _flat(global_w))
+    return np.stack(rows)
+
+
+def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Context, server_round: int):
+    """Train one node's update; returns (tensors to upload, metrics)."""
+    pid = int(context.node_config["partition-id"])
+    n = int(context.node_config["num-partitions"])
+    x, y = client_data(s, pid, n)
+    malicious = pid in malicious_ids(s, n)
+    if malicious and s.attack in DATA_ATTACKS:
+        y = flip_labels(torch.from_numpy(y), 10).numpy()
+    seed = s.seed * 1_000_003 + pid * 1009 + server_round
+    model = build_model(s.dataset)
+    set_weights(model, global_w)
+    privacy = context.state.config_records.get(_STATE_KEY)
+    result = train(
+        model, x, y, epochs=s.local_epochs, lr=s.learning_rate, batch_size=s.batch_size, seed=seed,
+        dp_noise=s.dp_noise, dp_max_grad_norm=s.dp_max_grad_norm,
+        privacy_record=dict(privacy) if privacy else None,
+    )
+    metrics: dict[str, Any] = {"num-examples": result.num_examples, "train_loss": result.train_loss}
+    if result.privacy_record is not None:
+        from flwr.app import ConfigRecord
+
+        context.state[_STATE_KEY] = ConfigRecord(result.privacy_record)
+        metrics["epsilon"] = float(result.epsilon)
+    if s.prune > 0:
+        from ..client.pruning import magnitude_prune
+
+        report = magnitude_prune(model, s.prune)
+        metrics["prune-bytes-saved"] = report.bytes_saved
+    local_w = get_weights(model)
+    if malicious and s.attack not in DATA_ATTACKS and s.attack != "none":
+        update = _flat(local_w) - _flat(global_w)
+        reference = _honest_estimates(s, global_w, x, y, seed) if s.attack in NEEDS_REFERENCE else None
+        poisoned = poison_update(
+            s.attack, update, rng=np.random.default_rng(seed), scale=s.attack_scale, reference=reference,
+            num_clients=n, num_malicious=len(malicious_ids(s, n)),
+        )
+        local_w = _unflat(_flat(global_w) + poisoned, global_w)
+    return local_w, metrics
+
+
+def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp whose settings are run-config with ``overrides`` on top."""
+    if overrides:
+        base = RunSettings.from_mapping(overrides)
+        mod = make_bcsfl_mod(ledger=base.bcsfl_ledger, key_dir=base.bcsfl_key_dir)
+    else:
+        mod = bcsfl_mod
+    app = ClientApp(mods=[mod])
+
+    @app.train()
+    def train_fn(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)  # one core per simulated client
+        s = RunSettings.from_context(context, overrides)
+        arrays: ArrayRecord = msg.content["arrays"]
+        server_round = int(msg.content["config"].get("server-round", 0))
+        local_w, metrics = local_train(s, arrays_to_numpy(arrays), context, server_round)
+        content = RecordDict({"arrays": numpy_to_arrays(local_w), "metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_fn(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        s = RunSettings.from_context(context, overrides)
+        pid = int(context.node_config["partition-id"])
+        x, y = client_data(s, pid, int(context.node_config["num-partitions"]))
+        model = build_model(s.dataset)
+        set_weights(model, arrays_to_numpy(msg.content["arrays"]))
+        loss, acc = evaluate(model, x, y)
+        metrics = MetricRecord({"num-examples": len(y), "eval_loss": loss, "eval_acc": acc})
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

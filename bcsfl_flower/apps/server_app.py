@@ -1,0 +1,153 @@
+"""BCS-FL ServerApp: builds the chosen strategy, runs it, writes ``metrics.json``.
+
+The same app runs BCS-FL and the baselines (Flower's own FedAvg, Krum, MultiKrum,
+Bulyan, FedMedian, FedTrimmedAvg), with the same centralised test-set evaluation, so
+their numbers compare.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy
+
+from ..client.train import evaluate, get_weights, set_weights
+from ..committee.rootset import RootSet
+from ..data import load_dataset
+from ..models import build_model
+from ..package import PACKAGE_KEY, arrays_to_numpy
+from ..settings import STRATEGIES, RunSettings
+from ..strategy import BCSFL
+from .task import client_ids, malicious_ids, root_data
+
+__all__ = ["app", "build_strategy", "make_server_app"]
+
+
+def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
+    """The strategy named by ``s.strategy``, sized for ``num_clients`` nodes."""
+    common = dict(fraction_evaluate=0.0, min_train_nodes=num_clients, min_available_nodes=num_clients)
+    f = max(1, round(s.malicious_fraction * num_clients))
+    if s.strategy == "bcsfl":
+        root = None
+        if s.root_size > 0:
+            x, y = root_data(s, num_clients)
+            root = RootSet(lambda: build_model(s.dataset), x, y, lr=s.learning_rate,
+                           batch_size=s.batch_size, seed=s.seed,
+                           steps=_typical_steps(s, num_clients))
+        enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
+        return BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
+                     enrollment=enrollment)
+    baselines = {
+        "fedavg": lambda: FedAvg(**common),
+        "krum": lambda: Krum(**common, num_malicious_nodes=f),
+        "multikrum": lambda: MultiKrum(**common, num_malicious_nodes=f, num_nodes_to_select=max(1, num_clients - f)),
+        "bulyan": lambda: Bulyan(**common, num_malicious_nodes=min(f, (num_clients - 3) // 4)),
+        "fedmedian": lambda: FedMedian(**common),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=0.2),
+    }
+    if s.strategy not in baselines:
+        raise ValueError(f"unknown strategy {s.strategy!r}; choose from {STRATEGIES}")
+    return baselines[s.strategy]()
+
+
+def _typical_steps(s: RunSettings, num_clients: int) -> int:
+    """SGD steps of an average client per round: the root update trains as long."""
+    ds = load_dataset(s.dataset, s.data_dir or None)
+    per_client = (len(ds.train_y) - s.root_size) / max(1, num_clients)
+    return max(1, int(round(s.local_epochs * per_client / s.batch_size)))
+
+
+class _RoundLog:
+    """Records who replied to each train round, for strategies that keep no record."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.replied: dict[int, list[str]] = {}
+        inner = strategy.aggregate_train
+
+        def aggregate_train(server_round: int, replies: Iterable[Message]):
+            replies = list(replies)
+            self.replied[server_round] = sorted(
+                str(m.content.config_records[PACKAGE_KEY]["client-id"])
+                for m in replies
+                if not m.has_error() and PACKAGE_KEY in m.content.config_records
+            )
+            return inner(server_round, replies)
+
+        strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
+
+
+def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
+    """Run ``s.num_server_rounds`` rounds; return (and write to ``s.out``) the metrics."""
+    torch.set_num_threads(1)
+    num_clients = s.num_clients or len(list(grid.get_node_ids()))
+    strategy = build_strategy(s, num_clients)
+    round_log = _RoundLog(strategy)
+    ds = load_dataset(s.dataset, s.data_dir or None)
+    model = build_model(s.dataset, seed=s.seed)
+    accuracy: dict[int, float] = {}
+    stamps: dict[int, float] = {0: time.perf_counter()}
+
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        set_weights(model, arrays_to_numpy(arrays))
+        loss, acc = evaluate(model, ds.test_x, ds.test_y)
+        accuracy[server_round] = acc
+        stamps[server_round] = time.perf_counter()
+        print(f"[bcsfl] round {server_round}/{s.num_server_rounds} {s.strategy}: "
+              f"test accuracy {acc:.4f} loss {loss:.4f}", flush=True)
+        return MetricRecord({"accuracy": acc, "loss": loss})
+
+    initial = ArrayRecord(model.state_dict())
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=s.num_server_rounds,
+        train_config=ConfigRecord({"lr": s.learning_rate}),
+        evaluate_fn=central_evaluate,
+    )
+    bcsfl_rounds = {r["round"]: r for r in getattr(strategy, "rounds", [])}
+    rounds = []
+    for r in range(1, s.num_server_rounds + 1):
+        entry = bcsfl_rounds.get(r, {"accepted": round_log.replied.get(r, []), "rejected": [], "committee": []})
+        rounds.append({
+            "round": r,
+            "accuracy": accuracy.get(r),
+            "accepted": entry["accepted"],
+            "rejected": entry["rejected"],
+            "committee": entry.get("committee", []),
+            "seconds": stamps.get(r, 0.0) - stamps.get(r - 1, 0.0),
+            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds")},
+        })
+    metrics = {
+        "settings": s.to_mapping(),
+        "strategy": s.strategy,
+        "final_accuracy": accuracy.get(s.num_server_rounds, accuracy.get(max(accuracy), 0.0)),
+        "malicious_clients": client_ids(malicious_ids(s, num_clients)),
+        "rounds": rounds,
+    }
+    if s.out:
+        out = Path(s.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    del result
+    return metrics
+
+
+def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose settings are run-config with ``overrides`` on top."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, RunSettings.from_context(context, overrides))
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,95 @@
+"""One round of the coordinator committee: draw, compute, agree.
+
+The committee is drawn from the stake book by PoS with the previous block's hash as
+seed, every member proposes the candidate it computed, and the agreement (a quorum
+count, or PBFT) certifies at most one candidate hash. In this in-process committee
+(``committee="server"``) the members' keys live with the strategy: a stand-in for
+coordinators running on client nodes, which sign with their own keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..crypto import SigningKey
+from .agreement import Agreement, CountingAgreement, QuorumCertificate
+from .coordinator import Behaviour, Coordinator, CoordinatorOutput, coordinate
+from .filter import FilterConfig
+from .rootset import RootSet
+from .stake import draw_committee
+from .verify import VerifiedUpdate
+
+__all__ = ["Committee", "CommitteeDecision"]
+
+
+@dataclass(frozen=True)
+class CommitteeDecision:
+    """The committee's outcome for one round."""
+
+    members: list[str]
+    public_keys: dict[str, str]
+    output: CoordinatorOutput | None
+    certificate: QuorumCertificate | None
+    primary: str | None
+    dissenters: list[str]
+    log: list[str]
+
+
+@dataclass
+class Committee:
+    """Draws and runs the coordinator committee.
+
+    Parameters
+    ----------
+    size : int
+        Members per round (3f+1 tolerates f Byzantine; 4 tolerates one).
+    agreement : Agreement
+        How members agree on one candidate hash.
+    byzantine : Mapping[str, Behaviour]
+        Test hook: members (by id) that propose something else than the honest output.
+    """
+
+    size: int = 4
+    agreement: Agreement = field(default_factory=CountingAgreement)
+    byzantine: Mapping[str, Behaviour] = field(default_factory=dict)
+    _keys: dict[str, SigningKey] = field(default_factory=dict)
+
+    def key(self, member: str) -> SigningKey:
+        """The signing key of ``member``'s coordinator role (created on first use)."""
+        if member not in self._keys:
+            self._keys[member] = SigningKey.generate()
+        return self._keys[member]
+
+    def decide(
+        self,
+        *,
+        server_round: int,
+        stakes: Mapping[str, float],
+        seed: str,
+        global_tensors: Mapping[str, np.ndarray],
+        updates: Sequence[VerifiedUpdate],
+        root: RootSet | None,
+        config: FilterConfig,
+    ) -> CommitteeDecision:
+        """Draw the committee from ``stakes`` with ``seed`` and agree on a candidate."""
+        members = draw_committee(stakes, self.size, seed)
+        keys = {m: self.key(m) for m in members}
+        publics = {m: k.public_hex for m, k in keys.items()}
+        if not members:
+            return CommitteeDecision([], {}, None, None, None, [], ["no eligible coordinators"])
+        honest = coordinate(global_tensors, updates, server_round=server_round, root=root, config=config)
+        outputs = {
+            m: Coordinator(m, keys[m], self.byzantine.get(m)).propose(honest, global_tensors) for m in members
+        }
+        proposals = {m: out.candidate_hash for m, out in outputs.items()}
+        outcome = self.agreement.decide(server_round, members, keys, proposals)
+        cert = outcome.certificate
+        if cert is None:
+            return CommitteeDecision(members, publics, None, None, None, list(members), outcome.log)
+        primary = next(m for m in members if proposals[m] == cert.value)
+        return CommitteeDecision(
+            members, publics, outputs[primary], cert, primary, outcome.dissenters, outcome.log
+        )

@@ -1,0 +1,94 @@
+"""A coordinator's whole job as one pure function, and the committee around it.
+
+``coordinate`` maps (global model, verified packages, root set, filter thresholds) to
+(decisions, candidate bytes, candidate hash). Every honest coordinator computes the
+same bytes from the same inputs, so a replica checks the proposer's hash instead of
+trusting it. :class:`Coordinator` adds an identity (a signing key) and, for tests and
+experiments, a Byzantine behaviour that replaces the honest output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..crypto import SigningKey, sha256_hex
+from ..package import canonical_bytes
+from .filter import FilterConfig, FilterResult, filter_and_aggregate
+from .rootset import RootSet
+from .verify import VerifiedUpdate
+
+__all__ = ["Coordinator", "CoordinatorOutput", "coordinate", "poisoned_candidate"]
+
+
+@dataclass(frozen=True)
+class CoordinatorOutput:
+    """What a coordinator proposes: its filter result and the candidate's bytes/hash."""
+
+    result: FilterResult
+    candidate_bytes: bytes
+    candidate_hash: str
+
+
+def coordinate(
+    global_tensors: Mapping[str, np.ndarray],
+    updates: Sequence[VerifiedUpdate],
+    *,
+    server_round: int,
+    root: RootSet | None,
+    config: FilterConfig,
+) -> CoordinatorOutput:
+    """Filter ``updates`` and aggregate the kept ones into the candidate global model."""
+    result = filter_and_aggregate(global_tensors, updates, server_round=server_round, root=root, config=config)
+    blob = canonical_bytes(result.candidate)
+    return CoordinatorOutput(result, blob, sha256_hex(blob))
+
+
+Behaviour = Callable[[CoordinatorOutput, Mapping[str, np.ndarray]], CoordinatorOutput]
+
+
+def poisoned_candidate(scale: float = -5.0) -> Behaviour:
+    """A Byzantine behaviour: propose ``global + scale * (honest - global)``.
+
+    With a negative scale the proposal walks against the honest aggregate, which is
+    what a coordinator colluding with poisoned clients would push.
+    """
+
+    def behave(honest: CoordinatorOutput, global_tensors: Mapping[str, np.ndarray]) -> CoordinatorOutput:
+        poisoned = {
+            k: (g + scale * (honest.result.candidate[k] - g)).astype(g.dtype) if np.issubdtype(g.dtype, np.floating) else g
+            for k, g in global_tensors.items()
+        }
+        blob = canonical_bytes(poisoned)
+        return CoordinatorOutput(replace(honest.result, candidate=poisoned), blob, sha256_hex(blob))
+
+    return behave
+
+
+@dataclass
+class Coordinator:
+    """One committee member: an id, its signing key, and optionally a Byzantine twist.
+
+    Parameters
+    ----------
+    member_id : str
+        The participant id the stake book knows it by.
+    key : SigningKey
+        Signs its votes and, as primary, the block.
+    behaviour : Behaviour | None
+        Test hook: transforms the honest output into what this member proposes.
+    """
+
+    member_id: str
+    key: SigningKey
+    behaviour: Behaviour | None = None
+
+    def propose(self, honest: CoordinatorOutput, global_tensors: Mapping[str, np.ndarray]) -> CoordinatorOutput:
+        """This member's proposal, given the honest output of :func:`coordinate`.
+
+        The in-process committee computes :func:`coordinate` once and shares it among
+        honest members (same inputs, same bytes); only a Byzantine member diverges.
+        """
+        return honest if self.behaviour is None else self.behaviour(honest, global_tensors)

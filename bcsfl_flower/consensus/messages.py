@@ -1,0 +1,367 @@
+"""PBFT wire messages, their canonical encoding, signing, and the replica's outputs.
+
+Every message is a frozen dataclass. Its *body* is a length-prefixed canonical
+encoding of the type tag and every field except ``sig``; the sender signs the body
+with Ed25519 (:class:`bcsfl_flower.crypto.SigningKey`). Nested messages (a view-change
+carries checkpoint and prepare messages, a new-view carries view-changes) are encoded
+with their own signatures, so a relayed message stays verifiable by anyone.
+
+Signature checks go through :func:`check_signature`, a memo of
+:func:`bcsfl_flower.crypto.verify_signature` keyed by (public key, signature, body):
+the answer is a pure function of those three, so caching it is sound, and a message
+that reaches every replica (or is nested in view-changes again and again) is checked
+once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Union
+
+from ..crypto import SigningKey, sha256_hex, verify_signature
+
+__all__ = [
+    "NULL_DIGEST", "GENESIS_DIGEST", "Message", "Signed", "Request", "PrePrepare", "Prepare",
+    "Commit", "Checkpoint", "PreparedCert", "ViewChange", "NewView", "Forward", "Status",
+    "CommittedEntry", "CatchUp", "Send", "Broadcast", "Committed", "SetTimer", "CancelTimer",
+    "ViewEntered", "Output", "canonical", "check_signature", "set_verify_cache",
+    "verify_cache_stats", "sign",
+]
+
+#: Digest of the null request that fills gaps in a new view.
+NULL_DIGEST = "null"
+#: State digest before any request executed (the checkpoint at sequence number 0).
+GENESIS_DIGEST = sha256_hex(b"bcsfl-pbft-genesis")
+
+
+def canonical(x: Any) -> bytes:
+    """Unambiguous, deterministic byte encoding of messages and plain values."""
+    if isinstance(x, Message):
+        return x.encoded()
+    if x is None:
+        return b"N"
+    if x is True:
+        return b"T"
+    if x is False:
+        return b"F"
+    if isinstance(x, int):
+        return b"i%d;" % x
+    if isinstance(x, str):
+        raw = x.encode()
+        return b"s%d:" % len(raw) + raw
+    if isinstance(x, bytes):
+        return b"b%d:" % len(x) + x
+    if isinstance(x, (tuple, list)):
+        return b"l%d:" % len(x) + b"".join(canonical(i) for i in x)
+    raise TypeError(f"cannot encode {type(x).__name__}")
+
+
+class Message:
+    """Base of every encodable dataclass; caches its encoding on first use."""
+
+    TAG: ClassVar[str] = "?"
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        names = cls.__dict__.get("_cached_names")
+        if names is None:
+            names = tuple(f.name for f in dataclasses.fields(cls) if f.name != "sig")  # type: ignore[arg-type]
+            cls._cached_names = names  # type: ignore[attr-defined]
+        return names
+
+    def body(self) -> bytes:
+        """The signed bytes: tag and every field but ``sig``."""
+        cached = self.__dict__.get("_body")
+        if cached is None:
+            tag = self.TAG.encode()
+            cached = b"m%d:" % len(tag) + tag + b"".join(
+                canonical(getattr(self, n)) for n in self._names()
+            )
+            object.__setattr__(self, "_body", cached)
+        return cached
+
+    def encoded(self) -> bytes:
+        """Body plus signature (when the message has one)."""
+        cached = self.__dict__.get("_enc")
+        if cached is None:
+            sig = getattr(self, "sig", None)
+            cached = self.body() + (canonical(sig) if sig is not None else b"")
+            object.__setattr__(self, "_enc", cached)
+        return cached
+
+
+class Signed(Message):
+    """A message with a ``sender`` replica index and an Ed25519 ``sig`` over its body."""
+
+    sender: int
+    sig: bytes
+
+
+def sign(msg: Signed, key: SigningKey) -> Signed:
+    """Fill in ``msg.sig`` (constructed with ``sig=b""``) and return it."""
+    object.__setattr__(msg, "sig", key.sign(msg.body()))  # frozen: set once, before use
+    msg.__dict__.pop("_enc", None)
+    return msg
+
+
+_CACHE: dict[tuple[str, bytes, bytes], bool] = {}
+_CACHE_ON = [True]
+_CACHE_MAX = 200_000
+_STATS = {"verified": 0, "hits": 0}
+
+
+def set_verify_cache(enabled: bool) -> None:
+    """Turn the signature memo on or off (off: every receipt pays a real check)."""
+    _CACHE_ON[0] = enabled
+    _CACHE.clear()
+
+
+def verify_cache_stats() -> dict[str, int]:
+    """Counts of real Ed25519 verifications and memo hits since start."""
+    return dict(_STATS)
+
+
+def check_signature(public_hex: str, sig: bytes, body: bytes) -> bool:
+    """:func:`verify_signature`, memoised on (key, signature, body)."""
+    if not _CACHE_ON[0]:
+        _STATS["verified"] += 1
+        return verify_signature(public_hex, sig, body)
+    key = (public_hex, sig, body)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _STATS["hits"] += 1
+        return hit
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _STATS["verified"] += 1
+    ok = verify_signature(public_hex, sig, body)
+    _CACHE[key] = ok
+    return ok
+
+
+# --------------------------------------------------------------------------- requests
+
+@dataclass(frozen=True)
+class Request(Message):
+    """A client request: ``value`` to be ordered under the de-duplication key (client, rid).
+
+    ``sig`` is the client's signature over the body; replicas check it only when they
+    were given client keys (the committee mode relies on the validate hook instead).
+    """
+
+    TAG: ClassVar[str] = "request"
+    client: str
+    rid: int
+    value: str
+    sig: bytes = b""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.client, self.rid)
+
+    @property
+    def digest(self) -> str:
+        cached = self.__dict__.get("_digest")
+        if cached is None:
+            cached = sha256_hex(self.body())
+            object.__setattr__(self, "_digest", cached)
+        return cached
+
+    @classmethod
+    def make(cls, client: str, rid: int, value: str, key: SigningKey | None = None) -> Request:
+        req = cls(client, rid, value, b"")
+        if key is not None:
+            object.__setattr__(req, "sig", key.sign(req.body()))
+        return req
+
+
+# --------------------------------------------------------------------- normal case
+
+@dataclass(frozen=True)
+class PrePrepare(Signed):
+    """Primary of ``view`` assigns ``seq`` to the request with ``digest`` (None = null)."""
+
+    TAG: ClassVar[str] = "pre-prepare"
+    view: int
+    seq: int
+    digest: str
+    request: Optional[Request]
+    sender: int
+    sig: bytes = b""
+
+
+@dataclass(frozen=True)
+class Prepare(Signed):
+    TAG: ClassVar[str] = "prepare"
+    view: int
+    seq: int
+    digest: str
+    sender: int
+    sig: bytes = b""
+
+
+@dataclass(frozen=True)
+class Commit(Signed):
+    TAG: ClassVar[str] = "commit"
+    view: int
+    seq: int
+    digest: str
+    sender: int
+    sig: bytes = b""
+
+
+@dataclass(frozen=True)
+class Checkpoint(Signed):
+    """``sender`` executed up to ``seq`` and reached ``state_digest``."""
+
+    TAG: ClassVar[str] = "checkpoint"
+    seq: int
+    state_digest: str
+    sender: int
+    sig: bytes = b""
+
+
+@dataclass(frozen=True)
+class Forward(Signed):
+    """A backup relays a client request to the primary."""
+
+    TAG: ClassVar[str] = "forward"
+    request: Request
+    sender: int
+    sig: bytes = b""
+
+
+# --------------------------------------------------------------------- view change
+
+@dataclass(frozen=True)
+class PreparedCert(Message):
+    """P_m of the paper: a pre-prepare and 2f matching prepares from distinct backups."""
+
+    TAG: ClassVar[str] = "prepared"
+    pre_prepare: PrePrepare
+    prepares: tuple[Prepare, ...]
+
+
+@dataclass(frozen=True)
+class ViewChange(Signed):
+    """``sender`` moves to ``view``; carries its stable checkpoint and its P set."""
+
+    TAG: ClassVar[str] = "view-change"
+    view: int
+    stable_seq: int
+    stable_digest: str
+    checkpoint_proof: tuple[Checkpoint, ...]
+    prepared: tuple[PreparedCert, ...]
+    sender: int
+    sig: bytes = b""
+
+
+@dataclass(frozen=True)
+class NewView(Signed):
+    """New primary's proof (2f+1 view-changes) and its re-issued pre-prepares (O)."""
+
+    TAG: ClassVar[str] = "new-view"
+    view: int
+    view_changes: tuple[ViewChange, ...]
+    pre_prepares: tuple[PrePrepare, ...]
+    sender: int
+    sig: bytes = b""
+
+
+# ----------------------------------------------------------------- catch-up / status
+
+@dataclass(frozen=True)
+class Status(Signed):
+    """Heartbeat: where ``sender`` stands (peers answer with what it is missing)."""
+
+    TAG: ClassVar[str] = "status"
+    view: int
+    normal: bool
+    last_executed: int
+    stable_seq: int
+    sender: int
+    sig: bytes = b""
+
+
+@dataclass(frozen=True)
+class CommittedEntry(Message):
+    """One committed sequence number with its request (None = null) and certificate."""
+
+    TAG: ClassVar[str] = "entry"
+    seq: int
+    request: Optional[Request]
+    certificate: Any  # quorum.QuorumCertificate (kept Any to avoid an import cycle)
+
+
+@dataclass(frozen=True)
+class CatchUp(Signed):
+    """Committed entries a lagging replica lacks; each is self-certifying."""
+
+    TAG: ClassVar[str] = "catch-up"
+    entries: tuple[CommittedEntry, ...]
+    sender: int
+    sig: bytes = b""
+
+
+# ------------------------------------------------------------------------ outputs
+
+@dataclass(frozen=True)
+class Send:
+    """Deliver ``msg`` to replica ``to``."""
+
+    to: int
+    msg: Signed
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Deliver ``msg`` to every other replica."""
+
+    msg: Signed
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Sequence number ``seq`` executed, in order, with its quorum certificate.
+
+    ``noop`` is True for a null request or a request whose key already executed;
+    ``request`` is still set for the latter.
+    """
+
+    seq: int
+    view: int
+    digest: str
+    request: Optional[Request]
+    noop: bool
+    certificate: Any  # quorum.QuorumCertificate
+
+    @property
+    def value(self) -> str | None:
+        return None if self.noop or self.request is None else self.request.value
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """Call ``on_timer(timer_id)`` after ``delay`` time units (replaces any timer of ``kind``)."""
+
+    timer_id: int
+    kind: str
+    delay: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    timer_id: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class ViewEntered:
+    """The replica installed ``view`` (normal operation under ``primary``)."""
+
+    view: int
+    primary: int
+
+
+Output = Union[Send, Broadcast, Committed, SetTimer, CancelTimer, ViewEntered]
