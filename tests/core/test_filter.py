@@ -1,0 +1,70 @@
+"""The filter keeps honest updates, drops sign-flipped ones, and aggregates deterministically."""
+
+import numpy as np
+
+from bcsfl_flower.committee.coordinator import coordinate
+from bcsfl_flower.committee.filter import FilterConfig, filter_and_aggregate
+from bcsfl_flower.committee.verify import PackageVerifier, VerifiedUpdate
+from bcsfl_flower.crypto import SigningKey
+
+from .helpers import global_model, signed_content
+
+
+def make_updates(num_honest=7, num_flipped=3, seed=0, flip_scale=4.0):
+    """Honest updates share a direction (non-IID noise around it); attackers flip it."""
+    rng = np.random.default_rng(seed)
+    g = global_model()
+    direction = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in g.items()}
+    keys, registry, updates = {}, {}, []
+    for i in range(num_honest + num_flipped):
+        cid = f"c{i}"
+        keys[cid] = SigningKey.from_seed(cid.encode())
+        registry[cid] = keys[cid].public_hex
+        noise = {k: rng.normal(scale=0.8, size=v.shape).astype(np.float32) for k, v in g.items()}
+        step = {k: 0.1 * (direction[k] + noise[k]) for k in g}
+        if i >= num_honest:
+            step = {k: -flip_scale * v for k, v in step.items()}
+        local = {k: (g[k] + step[k]).astype(np.float32) for k in g}
+        content = signed_content(keys[cid], local, client_id=cid, server_round=1, num_examples=50 + 10 * i)
+        updates.append(content)
+    verifier = PackageVerifier(registry=registry.get)
+    verified = [verifier.verify(c, server_round=1, reference=g, now=__import__("time").time()) for c in updates]
+    assert all(isinstance(v, VerifiedUpdate) for v in verified)
+    return g, verified
+
+
+def test_keeps_honest_and_drops_sign_flipped_without_root_set():
+    g, updates = make_updates()
+    result = filter_and_aggregate(g, updates, server_round=1, root=None, config=FilterConfig())
+    assert sorted(result.rejected) == ["c7", "c8", "c9"]
+    assert sorted(result.kept) == [f"c{i}" for i in range(7)]
+    by_id = {d.client_id: d for d in result.decisions}
+    assert all(by_id[f"c{i}"].cosine < 0 for i in (7, 8, 9))
+    assert all("cosine" in by_id[f"c{i}"].reason for i in (7, 8, 9))
+
+
+def test_norm_bound_clips_a_scaled_update_that_passes_cosine():
+    g, updates = make_updates(num_honest=7, num_flipped=0)
+    boosted = updates[0]
+    boosted.tensors.update({k: (g[k] + 50 * (v - g[k])).astype(np.float32) for k, v in boosted.tensors.items()})
+    result = filter_and_aggregate(g, updates, server_round=1, config=FilterConfig(norm_bound=2.0))
+    decision = next(d for d in result.decisions if d.client_id == boosted.client_id)
+    assert decision.kept and "clipped" in decision.reason
+    step = np.concatenate([(result.candidate[k] - g[k]).ravel() for k in g])
+    assert np.linalg.norm(step) <= result.clip_norm + 1e-5
+
+
+def test_aggregation_bytes_identical_across_runs_and_input_order():
+    g, updates = make_updates(seed=3)
+    first = coordinate(g, updates, server_round=1, root=None, config=FilterConfig())
+    again = coordinate(g, list(reversed(updates)), server_round=1, root=None, config=FilterConfig())
+    assert first.candidate_bytes == again.candidate_bytes
+    assert first.candidate_hash == again.candidate_hash
+
+
+def test_weighted_mean_of_kept_updates():
+    g, updates = make_updates(num_honest=4, num_flipped=0, seed=5)
+    result = filter_and_aggregate(g, updates, server_round=1, config=FilterConfig(norm_bound=0))
+    weights = np.array([u.package.num_examples for u in updates], float)
+    expected = sum(w * (u.tensors["w"].astype(float) - g["w"]) for w, u in zip(weights, updates)) / weights.sum()
+    np.testing.assert_allclose(result.candidate["w"], g["w"] + expected, rtol=1e-5, atol=1e-6)

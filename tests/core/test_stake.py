@@ -1,0 +1,41 @@
+"""PoS draw: proportional to stake, recomputable, without repeats."""
+
+from collections import Counter
+
+import numpy as np
+
+from bcsfl_flower.committee.stake import StakeBook, StakePolicy, draw_committee
+
+
+def test_same_seed_same_committee_and_no_repeats():
+    stakes = {f"n{i}": float(i + 1) for i in range(10)}
+    a = draw_committee(stakes, 4, "block-hash|round-1")
+    assert a == draw_committee(dict(reversed(list(stakes.items()))), 4, "block-hash|round-1")
+    assert len(set(a)) == 4
+    assert a != draw_committee(stakes, 4, "block-hash|round-2") or a != draw_committee(stakes, 4, "other")
+
+
+def test_first_member_frequency_proportional_to_stake():
+    stakes = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    draws = 8000
+    counts = Counter(draw_committee(stakes, 2, f"seed-{i}")[0] for i in range(draws))
+    total = sum(stakes.values())
+    expected = np.array([stakes[m] / total * draws for m in stakes])
+    observed = np.array([counts[m] for m in stakes])
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    assert chi2 < 16.3, (observed, expected)  # p = 0.001 with 3 degrees of freedom
+
+
+def test_membership_grows_with_stake_and_zero_stake_never_drawn():
+    stakes = {"poor": 0.5, "rich": 20.0, "broke": 0.0, **{f"m{i}": 5.0 for i in range(5)}}
+    counts = Counter(m for i in range(2000) for m in draw_committee(stakes, 3, f"s{i}"))
+    assert counts["broke"] == 0
+    assert counts["rich"] > counts["m0"] > counts["poor"]
+
+
+def test_stake_book_rewards_and_penalties_are_bounded():
+    book = StakeBook(StakePolicy(initial=10, reward=1, penalty=0.5, floor=0.1))
+    book.reward(["a"])
+    book.punish(["b"] * 20)
+    assert book.stakes["a"] == 11 and book.stakes["b"] == 0.1
+    assert list(book.snapshot()) == ["a", "b"]

@@ -1,0 +1,140 @@
+"""BCSFL.aggregate_train on hand-built replies: verify, committee, ledger."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from bcsfl_flower import BCSFL
+from bcsfl_flower.committee.coordinator import poisoned_candidate
+from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.ledger import open_ledger, verify_chain
+from bcsfl_flower.package import arrays_to_numpy, model_hash
+
+from .helpers import arrays, global_model, reply, signed_content
+
+CLIENTS = [f"client-{i}" for i in range(8)]
+KEYS = {c: SigningKey.from_seed(c.encode()) for c in CLIENTS}
+
+
+def register_all(ledger):
+    for c in CLIENTS:
+        ledger.register_identity(c, KEYS[c].public_hex)
+
+
+def honest_replies(g, server_round, flipped=(), rng_seed=0):
+    rng = np.random.default_rng(rng_seed)
+    direction = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in g.items()}
+    out = []
+    for i, c in enumerate(CLIENTS):
+        step = {k: 0.05 * (direction[k] + 0.5 * rng.normal(size=v.shape)) for k, v in g.items()}
+        if c in flipped:
+            step = {k: -4 * v for k, v in step.items()}
+        local = {k: (g[k] + step[k]).astype(np.float32) for k in g}
+        out.append(reply(signed_content(KEYS[c], local, client_id=c, server_round=server_round,
+                                        metrics={"train_loss": 1.0}), node_id=i + 1))
+    return out
+
+
+def run_round(strategy, g, server_round, replies):
+    strategy._global = g  # what configure_train records from the global ArrayRecord
+    return strategy.aggregate_train(server_round, replies)
+
+
+def test_is_a_message_api_strategy_with_fedavg_arguments():
+    import inspect
+
+    assert issubclass(BCSFL, Strategy)
+    fedavg = set(inspect.signature(FedAvg).parameters)
+    assert fedavg <= set(inspect.signature(BCSFL).parameters)
+
+
+def test_round_commits_block_with_reasons_and_returns_committed_model(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    strategy = BCSFL(ledger=url, committee_size=4)
+    register_all(strategy.ledger)
+    g = global_model()
+    bad = reply(signed_content(SigningKey.from_seed(b"mallory"), g, client_id="client-0", server_round=1), node_id=99)
+    replies = honest_replies(g, 1, flipped={"client-6", "client-7"}) + [bad]
+    new_arrays, metrics = run_round(strategy, g, 1, replies)
+
+    record = strategy.rounds[-1]
+    assert set(record["rejected"]) >= {"client-6", "client-7"}
+    assert sorted(record["accepted"]) == CLIENTS[:6]
+    assert len(record["committee"]) == 4 and record["committed"]
+    block = strategy.ledger.latest()
+    assert block.sequence_no == 1
+    reasons = {r["client_id"]: r["reason"] for r in block.data["rejected"]}
+    assert "cosine" in reasons["client-6"] and "public key differs" in reasons["client-0"]
+    assert block.data["quorum"]["value"] == model_hash(arrays_to_numpy(new_arrays))
+    assert len(block.data["quorum"]["votes"]) >= 3
+    assert set(block.data["identities"]) == set(CLIENTS)
+    assert metrics is not None and "train_loss" in metrics
+    assert verify_chain(strategy.ledger).ok
+
+    # A second round links to the first; reopening the file keeps both blocks.
+    g2 = arrays_to_numpy(new_arrays)
+    run_round(strategy, g2, 2, honest_replies(g2, 2, rng_seed=1))
+    strategy.ledger.close()
+    with open_ledger(url) as reopened:
+        assert reopened.height() == 3
+        assert reopened.block(2).last_hash == reopened.block(1).hash
+        assert verify_chain(reopened).ok
+
+
+def test_stakes_move_with_decisions():
+    strategy = BCSFL(ledger="memory", committee_size=4)
+    register_all(strategy.ledger)
+    g = global_model()
+    run_round(strategy, g, 1, honest_replies(g, 1, flipped={"client-7"}))
+    stakes = strategy.stakes.stakes
+    assert stakes["client-7"] < strategy.stakes.policy.initial < stakes["client-1"]
+
+
+def test_byzantine_coordinator_is_outvoted_and_loses_stake():
+    strategy = BCSFL(ledger="memory", committee_size=len(CLIENTS),
+                     byzantine_coordinators={"client-3": poisoned_candidate(-5.0)})
+    register_all(strategy.ledger)
+    g = global_model()
+    honest_arrays, _ = run_round(strategy, g, 1, honest_replies(g, 1))
+    record = strategy.rounds[-1]
+    assert record["dissenters"] == ["client-3"]
+    reference = BCSFL(ledger="memory", committee_size=len(CLIENTS))
+    register_all(reference.ledger)
+    clean_arrays, _ = run_round(reference, g, 1, honest_replies(g, 1))
+    assert model_hash(arrays_to_numpy(honest_arrays)) == model_hash(arrays_to_numpy(clean_arrays))
+    assert strategy.stakes.stakes["client-3"] < reference.stakes.stakes["client-3"]
+
+
+def test_no_quorum_leaves_model_unchanged_and_commits_nothing():
+    liars = {c: poisoned_candidate(-float(i + 2)) for i, c in enumerate(CLIENTS[:2])}
+    strategy = BCSFL(ledger="memory", committee_size=4, byzantine_coordinators=liars)
+    register_all(strategy.ledger)
+    # Give the liars all the stake so both sit on the committee of 4 (f = 1).
+    for c in CLIENTS:
+        strategy.stakes.register(c)
+    strategy.stakes.stakes.update({c: 1000.0 for c in liars})
+    g = global_model()
+    new_arrays, _ = run_round(strategy, g, 1, honest_replies(g, 1))
+    assert new_arrays is None
+    assert strategy.ledger.height() == 1
+    assert not strategy.rounds[-1]["committed"]
+
+
+def test_tampering_with_the_sqlite_file_is_detected(tmp_path):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    strategy = BCSFL(ledger=url, committee_size=4)
+    register_all(strategy.ledger)
+    g = global_model()
+    run_round(strategy, g, 1, honest_replies(g, 1))
+    strategy.ledger.close()
+    con = sqlite3.connect(tmp_path / "l.db")
+    blob = bytearray(con.execute("select data from models limit 1").fetchone()[0])
+    blob[-1] ^= 1
+    con.execute("update models set data=?", (bytes(blob),))
+    con.commit()
+    con.close()
+    with open_ledger(url) as tampered:
+        report = verify_chain(tampered)
+    assert not report.ok and report.first_bad_block == 1
