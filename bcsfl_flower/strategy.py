@@ -184,6 +184,7 @@ class BCSFL(FedAvg):
         started = time.perf_counter()
         replies = list(replies)
         updates, rejections = self._verify_all(server_round, replies)
+        stages = {"verify": time.perf_counter() - started}
         new_identities = self._admit_registered()
         head = self.ledger.latest()
         seed = f"{head.hash}|round-{server_round}"
@@ -196,8 +197,10 @@ class BCSFL(FedAvg):
             root=self.root_set,
             config=self.filter_config,
         )
+        stages.update(decision.timings)
         record: dict[str, Any] = {
             "round": server_round,
+            "stages": stages,
             "committee": decision.members,
             "rejections": {r.client_id: r.reason for r in rejections},
         }
@@ -213,7 +216,9 @@ class BCSFL(FedAvg):
         for u in updates:
             if "epsilon" in u.metrics:
                 self._epsilon[u.client_id] = u.metrics["epsilon"]
+        t_commit = time.perf_counter()
         block = self._commit(server_round, decision, updates, rejections, new_identities, seed)
+        stages["ledger_commit"] = time.perf_counter() - t_commit
         committed = parse_canonical_bytes(self.ledger.get_model(decision.certificate.value))
         kept = set(result.kept)
         kept_contents = [m.content for m, u in self._pair(replies, updates) if u.client_id in kept]

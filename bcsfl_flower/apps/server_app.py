@@ -65,10 +65,12 @@ def _typical_steps(s: RunSettings, num_clients: int) -> int:
 
 
 class _RoundLog:
-    """Records who replied to each train round, for strategies that keep no record."""
+    """Records who replied to each train round (for strategies that keep no record)
+    and how long the strategy's ``aggregate_train`` took (server-side time)."""
 
     def __init__(self, strategy: Strategy) -> None:
         self.replied: dict[int, list[str]] = {}
+        self.seconds: dict[int, float] = {}
         inner = strategy.aggregate_train
 
         def aggregate_train(server_round: int, replies: Iterable[Message]):
@@ -78,7 +80,11 @@ class _RoundLog:
                 for m in replies
                 if not m.has_error() and PACKAGE_KEY in m.content.config_records
             )
-            return inner(server_round, replies)
+            started = time.perf_counter()
+            try:
+                return inner(server_round, replies)
+            finally:
+                self.seconds[server_round] = time.perf_counter() - started
 
         strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
 
@@ -122,7 +128,8 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
             "rejected": entry["rejected"],
             "committee": entry.get("committee", []),
             "seconds": stamps.get(r, 0.0) - stamps.get(r - 1, 0.0),
-            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds")},
+            "aggregate_seconds": round_log.seconds.get(r),
+            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds", "stages")},
         })
     metrics = {
         "settings": s.to_mapping(),

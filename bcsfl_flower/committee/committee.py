@@ -9,6 +9,7 @@ coordinators running on client nodes, which sign with their own keys.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class CommitteeDecision:
     primary: str | None
     dissenters: list[str]
     log: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,21 +77,26 @@ class Committee:
         config: FilterConfig,
     ) -> CommitteeDecision:
         """Draw the committee from ``stakes`` with ``seed`` and agree on a candidate."""
+        clock = time.perf_counter
+        t0 = clock()
         members = draw_committee(stakes, self.size, seed)
         keys = {m: self.key(m) for m in members}
         publics = {m: k.public_hex for m, k in keys.items()}
         if not members:
             return CommitteeDecision([], {}, None, None, None, [], ["no eligible coordinators"])
+        t1 = clock()
         honest = coordinate(global_tensors, updates, server_round=server_round, root=root, config=config)
+        t2 = clock()
         outputs = {
             m: Coordinator(m, keys[m], self.byzantine.get(m)).propose(honest, global_tensors) for m in members
         }
         proposals = {m: out.candidate_hash for m, out in outputs.items()}
         outcome = self.agreement.decide(server_round, members, keys, proposals)
+        timings = {"pos_draw": t1 - t0, "filter_aggregate": t2 - t1, "agreement": clock() - t2}
         cert = outcome.certificate
         if cert is None:
-            return CommitteeDecision(members, publics, None, None, None, list(members), outcome.log)
+            return CommitteeDecision(members, publics, None, None, None, list(members), outcome.log, timings)
         primary = next(m for m in members if proposals[m] == cert.value)
         return CommitteeDecision(
-            members, publics, outputs[primary], cert, primary, outcome.dissenters, outcome.log
+            members, publics, outputs[primary], cert, primary, outcome.dissenters, outcome.log, timings
         )

@@ -1,0 +1,523 @@
+"""A sans-IO PBFT replica (Castro & Liskov, OSDI'99), in the style of h11 / etcd raft.
+
+The replica owns no socket, thread, clock or random source. A driver feeds it
+:meth:`Replica.submit` (client requests), :meth:`Replica.receive` (protocol messages)
+and :meth:`Replica.on_timer` (a timer it asked for fired), after calling
+:meth:`Replica.start` once. Each call returns a list of outputs
+(:mod:`~bcsfl_flower.consensus.messages`): ``Send``/``Broadcast`` messages,
+``Committed`` entries in sequence order without gaps, ``SetTimer``/``CancelTimer``
+requests and ``ViewEntered`` notices.
+
+Normal case: pre-prepare / prepare / commit with 2f+1 quorums, in-order execution,
+request de-duplication by (client, rid), checkpoints every K sequence numbers with
+low/high water marks and log truncation. The view change lives in
+:mod:`~bcsfl_flower.consensus.viewchange`. Catch-up: a replica broadcasts a signed
+``Status`` heartbeat; peers answer with the committed entries it lacks (each with its
+commit quorum certificate, so it needs no trust in the peer), their stable checkpoint
+proof, and the NEW-VIEW of the current view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from ..crypto import SigningKey, sha256_hex
+from .messages import (
+    GENESIS_DIGEST, Broadcast, CatchUp, Checkpoint, Commit, Committed, CommittedEntry, Forward,
+    NewView, Output, PreparedCert, Prepare, PrePrepare, Request, Send, SetTimer, CancelTimer,
+    Signed, Status, ViewChange, check_signature, sign,
+)
+from .quorum import QuorumCertificate, entry_matches, max_faulty, quorum_size, verify
+from .viewchange import NORMAL, VIEW_CHANGE, ViewChangeMixin
+
+__all__ = ["PBFTConfig", "Replica", "StableCheckpoint", "NORMAL", "VIEW_CHANGE"]
+
+
+@dataclass(frozen=True)
+class PBFTConfig:
+    """Protocol constants (time in the driver's units)."""
+
+    checkpoint_interval: int = 16  # K
+    log_window: int = 32  # L: high water mark = low water mark + L
+    request_timeout: float = 60.0  # base timeout; doubles per failed view change
+    max_timeout: float = 1000.0  # cap on the doubled timeout
+    status_interval: float = 15.0  # heartbeat period while there is work
+    idle_status_every: int = 4  # heartbeat every this many periods when idle
+    catchup_batch: int = 64  # committed entries per CatchUp message
+    forward_requests: bool = True  # backups relay client requests to the primary
+
+
+@dataclass(frozen=True)
+class StableCheckpoint:
+    seq: int
+    state_digest: str
+    proof: tuple[Checkpoint, ...]
+
+
+class _Slot:
+    """Log entry for one (view, seq)."""
+
+    __slots__ = ("pp", "prepares", "commits", "prepared", "sent_commit", "committed")
+
+    def __init__(self) -> None:
+        self.pp: Optional[PrePrepare] = None
+        self.prepares: dict[int, Prepare] = {}
+        self.commits: dict[int, Commit] = {}
+        self.prepared = False
+        self.sent_commit = False
+        self.committed = False
+
+
+class Replica(ViewChangeMixin):
+    """One PBFT replica.
+
+    ``replica_keys`` are the public keys (hex) of all n replicas in index order;
+    ``signing_key`` must be the one at ``index``. ``validate(value)`` (pure) vets the
+    value of every client request and of every pre-prepare in the normal case: a
+    refusal means the request is dropped, or the primary is suspected and a view change
+    starts. With ``client_keys`` (client id -> public hex), requests must carry a valid
+    client signature.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        signing_key: SigningKey,
+        replica_keys: Sequence[str],
+        *,
+        validate: Optional[Callable[[str], bool]] = None,
+        client_keys: Optional[Mapping[str, str]] = None,
+        config: Optional[PBFTConfig] = None,
+    ) -> None:
+        self.keys = tuple(replica_keys)
+        self.n = len(self.keys)
+        if not 0 <= index < self.n or self.keys[index] != signing_key.public_hex:
+            raise ValueError("signing_key is not the key of replica `index`")
+        self.index = index
+        self.f = max_faulty(self.n)
+        self.quorum = quorum_size(self.n)
+        self.prepare_threshold = 2 * self.f  # matching prepares from distinct backups
+        self.commit_threshold = self.quorum
+        self._key = signing_key
+        self.validate = validate
+        self.client_keys = dict(client_keys) if client_keys is not None else None
+        self.cfg = config or PBFTConfig()
+        if self.cfg.log_window < self.cfg.checkpoint_interval:
+            raise ValueError("log_window must be at least checkpoint_interval")
+        self.view = 0
+        self.status = NORMAL
+        self.h = 0  # low water mark = sequence number of the stable checkpoint
+        self._stable_digest = GENESIS_DIGEST
+        self._stable_proof: tuple[Checkpoint, ...] = ()
+        self.last_executed = 0
+        self._state_digest = GENESIS_DIGEST
+        self._log: list[Committed] = []
+        self._executed_keys: dict[tuple[str, int], int] = {}
+        self._ready: dict[int, tuple] = {}
+        self._slots: dict[tuple[int, int], _Slot] = {}
+        self._prepared_certs: dict[int, PreparedCert] = {}
+        self._future_pps: dict[tuple[int, int], PrePrepare] = {}
+        self._checkpoints: dict[int, dict[str, dict[int, Checkpoint]]] = {}
+        self._own_checkpoint: Optional[Checkpoint] = None
+        self._pending: dict[tuple[str, int], Request] = {}
+        self._assigned: dict[tuple[str, int], int] = {}
+        self._next_seq = 0
+        self._vcs: dict[int, dict[int, ViewChange]] = {}
+        self._latest_vc: dict[int, int] = {}
+        self._my_vc: Optional[ViewChange] = None
+        self._new_view_msg: Optional[NewView] = None
+        self._nv_sent = -1
+        self._timeout = self.cfg.request_timeout
+        self._timers: dict[str, int] = {}
+        self._timer_seq = 0
+        self._peer_exec: dict[int, int] = {}
+        self._activity = False
+        self._idle_ticks = 0
+        self._out: list[Output] = []
+        self._handlers = {
+            PrePrepare: self._on_pre_prepare, Prepare: self._on_prepare, Commit: self._on_commit,
+            Checkpoint: self._on_checkpoint, ViewChange: self._on_view_change,
+            NewView: self._on_new_view, Forward: self._on_forward, Status: self._on_status,
+            CatchUp: self._on_catch_up,
+        }
+
+    # ============================================================ public API
+
+    @property
+    def primary(self) -> int:
+        return self.view % self.n
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.index
+
+    @property
+    def high_water_mark(self) -> int:
+        return self.h + self.cfg.log_window
+
+    def start(self) -> list[Output]:
+        """Arm the heartbeat; call once before anything else."""
+        self._set_timer("status", self.cfg.status_interval)
+        return self._flush()
+
+    def submit(self, request: Request) -> list[Output]:
+        """A client hands ``request`` to this replica."""
+        if isinstance(request, Request):
+            self._on_request(request, from_client=True)
+        return self._flush()
+
+    def receive(self, msg: Signed) -> list[Output]:
+        """A protocol message arrived; unsigned, forged or outsider messages are dropped."""
+        handler = self._handlers.get(type(msg))
+        if handler is not None and self._authentic(msg):
+            handler(msg)
+        return self._flush()
+
+    def on_timer(self, timer_id: int) -> list[Output]:
+        """The timer ``timer_id`` (from a ``SetTimer``) fired; stale ids are ignored."""
+        kind = next((k for k, t in self._timers.items() if t == timer_id), None)
+        if kind is not None:
+            del self._timers[kind]
+            if kind == "status":
+                self._on_status_timer()
+            elif kind == "request":
+                if self.status == NORMAL:
+                    self._start_view_change(self.view + 1)
+            elif kind == "view-change":
+                self._on_vc_timer()
+        return self._flush()
+
+    def install(self, entries: Iterable[CommittedEntry]) -> list[Output]:
+        """State transfer: execute certified committed entries this replica lacks."""
+        self._take_entries(entries)
+        return self._flush()
+
+    def committed_log(self) -> list[Committed]:
+        """Every executed sequence number so far, from 1, with its certificate."""
+        return list(self._log)
+
+    def committed_entries(self, after: int = 0) -> tuple[CommittedEntry, ...]:
+        """The log from ``after + 1`` in the self-certifying form :meth:`install` takes."""
+        return tuple(CommittedEntry(c.seq, c.request, c.certificate) for c in self._log[after:])
+
+    def stable_checkpoint(self) -> StableCheckpoint:
+        return StableCheckpoint(self.h, self._stable_digest, self._stable_proof)
+
+    @property
+    def state_digest(self) -> str:
+        """Hash chain over every executed (seq, digest)."""
+        return self._state_digest
+
+    # ============================================================ plumbing
+
+    def _flush(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+    def _emit(self, output: Output) -> None:
+        self._out.append(output)
+
+    def _signed(self, msg: Signed) -> Signed:
+        return sign(msg, self._key)
+
+    def _broadcast(self, msg: Signed) -> None:
+        self._out.append(Broadcast(msg))
+
+    def _send(self, to: int, msg: Signed) -> None:
+        if to != self.index:
+            self._out.append(Send(to, msg))
+
+    def _authentic(self, msg: Signed) -> bool:
+        s = getattr(msg, "sender", None)
+        if type(s) is not int or not 0 <= s < self.n:
+            return False
+        return check_signature(self.keys[s], msg.sig, msg.body())
+
+    def _set_timer(self, kind: str, delay: float) -> None:
+        self._timer_seq += 1
+        self._timers[kind] = self._timer_seq
+        self._out.append(SetTimer(self._timer_seq, kind, delay))
+
+    def _cancel_timer(self, kind: str) -> None:
+        tid = self._timers.pop(kind, None)
+        if tid is not None:
+            self._out.append(CancelTimer(tid, kind))
+
+    def _slot(self, view: int, seq: int) -> _Slot:
+        slot = self._slots.get((view, seq))
+        if slot is None:
+            slot = self._slots[(view, seq)] = _Slot()
+        return slot
+
+    def _in_window(self, seq: int) -> bool:
+        return self.h < seq <= self.h + self.cfg.log_window
+
+    # ============================================================ requests
+
+    def _request_ok(self, req: Request) -> bool:
+        if not isinstance(req, Request) or not isinstance(req.value, str):
+            return False
+        if self.client_keys is not None:
+            pub = self.client_keys.get(req.client)
+            if pub is None or not check_signature(pub, req.sig, req.body()):
+                return False
+        if self.validate is not None:
+            try:
+                return bool(self.validate(req.value))
+            except Exception:  # noqa: BLE001 - a crashing hook counts as a refusal
+                return False
+        return True
+
+    def _on_request(self, req: Request, from_client: bool) -> None:
+        if req.key in self._executed_keys or not self._request_ok(req):
+            return
+        self._pending.setdefault(req.key, req)
+        if self.status == NORMAL:
+            if self.is_primary:
+                self._try_assign()
+            elif from_client:
+                self._forward(req)
+        self._update_request_timer()
+
+    def _forward(self, req: Request) -> None:
+        if self.cfg.forward_requests and not self.is_primary:
+            self._send(self.primary, self._signed(Forward(req, self.index)))
+
+    def _on_forward(self, msg: Forward) -> None:
+        self._on_request(msg.request, from_client=False)
+
+    def _update_request_timer(self, restart: bool = False) -> None:
+        if self.status != NORMAL or self.is_primary or not self._pending:
+            self._cancel_timer("request")
+        elif restart or "request" not in self._timers:
+            self._set_timer("request", self._timeout)
+
+    def _try_assign(self) -> None:
+        """Primary: give the next sequence numbers to pending, unassigned requests."""
+        if self.status != NORMAL or not self.is_primary:
+            return
+        for key, req in list(self._pending.items()):
+            if self._next_seq >= self.high_water_mark:
+                break
+            if key in self._assigned or key in self._executed_keys:
+                continue
+            self._next_seq += 1
+            pp = self._signed(PrePrepare(self.view, self._next_seq, req.digest, req, self.index))
+            self._assigned[key] = self._next_seq
+            slot = self._slot(self.view, self._next_seq)
+            slot.pp = pp
+            self._broadcast(pp)
+            self._check_slot(self.view, self._next_seq, slot)
+
+    # ============================================================ normal case
+
+    def _on_pre_prepare(self, pp: PrePrepare) -> None:
+        v = pp.view
+        if pp.sender != v % self.n or pp.sender == self.index or v < self.view:
+            return
+        if v > self.view or self.status != NORMAL:
+            if v <= self.view + self.n + 2 and self.h < pp.seq <= self.h + 2 * self.cfg.log_window:
+                self._future_pps.setdefault((v, pp.seq), pp)
+            return
+        if not self._in_window(pp.seq):
+            return
+        slot = self._slot(v, pp.seq)
+        if slot.pp is not None:
+            if slot.pp.digest != pp.digest:  # two signed proposals for one slot
+                self._start_view_change(self.view + 1)
+            return
+        req = pp.request
+        if req is None or pp.digest != req.digest or not self._request_ok(req):
+            self._start_view_change(self.view + 1)  # invalid proposal: suspect the primary
+            return
+        if self._assigned.get(req.key, pp.seq) != pp.seq:
+            self._start_view_change(self.view + 1)  # one request ordered twice in a view
+            return
+        self._assigned[req.key] = pp.seq
+        slot.pp = pp
+        if req.key not in self._executed_keys:
+            self._pending.setdefault(req.key, req)
+        self._send_prepare(slot, pp)
+        self._check_slot(v, pp.seq, slot)
+        self._update_request_timer()
+
+    def _send_prepare(self, slot: _Slot, pp: PrePrepare) -> None:
+        if pp.sender == self.index or self.index in slot.prepares:
+            return
+        p = self._signed(Prepare(pp.view, pp.seq, pp.digest, self.index))
+        slot.prepares[self.index] = p
+        self._broadcast(p)
+
+    def _on_prepare(self, p: Prepare) -> None:
+        v = p.view
+        if p.sender == self.index or p.sender == v % self.n:
+            return
+        if v < self.view or v > self.view + self.n + 2 or not self._in_window(p.seq):
+            return
+        slot = self._slot(v, p.seq)
+        slot.prepares.setdefault(p.sender, p)
+        if v == self.view and self.status == NORMAL:
+            self._check_slot(v, p.seq, slot)
+
+    def _on_commit(self, c: Commit) -> None:
+        v = c.view
+        if c.sender == self.index or v > self.view + self.n + 2 or not self._in_window(c.seq):
+            return
+        slot = self._slots.get((v, c.seq)) if v < self.view else self._slot(v, c.seq)
+        if slot is None:
+            return
+        slot.commits.setdefault(c.sender, c)
+        self._check_slot(v, c.seq, slot)
+
+    def _is_prepared(self, slot: _Slot, pp: PrePrepare) -> list[Prepare]:
+        """Matching prepares from distinct backups (enough of them = prepared)."""
+        return [p for s, p in slot.prepares.items() if p.digest == pp.digest and s != pp.sender]
+
+    def _check_slot(self, v: int, seq: int, slot: _Slot) -> None:
+        pp = slot.pp
+        if pp is None:
+            return
+        d = pp.digest
+        if not slot.prepared:
+            backups = self._is_prepared(slot, pp)
+            if len(backups) < self.prepare_threshold:
+                return
+            slot.prepared = True
+            cur = self._prepared_certs.get(seq)
+            if cur is None or cur.pre_prepare.view < v:
+                backups.sort(key=lambda p: p.sender)
+                self._prepared_certs[seq] = PreparedCert(pp, tuple(backups[: 2 * self.f]))
+        if not slot.sent_commit and v == self.view and self.status == NORMAL:
+            slot.sent_commit = True
+            c = self._signed(Commit(v, seq, d, self.index))
+            slot.commits[self.index] = c
+            self._broadcast(c)
+        if slot.committed:
+            return
+        matching = [c for c in slot.commits.values() if c.digest == d]
+        if len(matching) < self.commit_threshold:
+            return
+        slot.committed = True
+        matching.sort(key=lambda c: c.sender)
+        cert = QuorumCertificate(v, seq, d, tuple(matching[: self.quorum]))
+        if seq > self.last_executed and seq not in self._ready:
+            self._ready[seq] = (v, d, pp.request, cert)
+            self._execute_ready()
+
+    def _execute_ready(self) -> None:
+        executed_pending = False
+        while self.last_executed + 1 in self._ready:
+            s = self.last_executed + 1
+            v, d, req, cert = self._ready.pop(s)
+            noop = req is None or req.key in self._executed_keys
+            if not noop:
+                self._executed_keys[req.key] = s
+            self._state_digest = sha256_hex(f"{self._state_digest}|{s}|{d}".encode())
+            entry = Committed(s, v, d, req, noop, cert)
+            self._log.append(entry)
+            self.last_executed = s
+            self._activity = True
+            self._emit(entry)
+            if req is not None and self._pending.pop(req.key, None) is not None:
+                executed_pending = True
+                if self.status == NORMAL:
+                    self._timeout = self.cfg.request_timeout
+            if s % self.cfg.checkpoint_interval == 0:
+                self._take_checkpoint(s)
+        if executed_pending:
+            self._update_request_timer(restart=True)
+
+    # ============================================================ checkpoints
+
+    def _take_checkpoint(self, s: int) -> None:
+        c = self._signed(Checkpoint(s, self._state_digest, self.index))
+        self._own_checkpoint = c
+        if s > self.h:
+            self._broadcast(c)
+            self._add_checkpoint(c)
+
+    def _on_checkpoint(self, c: Checkpoint) -> None:
+        k = self.cfg.checkpoint_interval
+        if self.h < c.seq <= self.h + 4 * self.cfg.log_window and c.seq % k == 0:
+            self._add_checkpoint(c)
+
+    def _add_checkpoint(self, c: Checkpoint) -> None:
+        votes = self._checkpoints.setdefault(c.seq, {}).setdefault(c.state_digest, {})
+        votes.setdefault(c.sender, c)
+        if len(votes) >= self.quorum:
+            proof = tuple(sorted(votes.values(), key=lambda m: m.sender)[: self.quorum])
+            self._make_stable(c.seq, c.state_digest, proof)
+
+    def _make_stable(self, s: int, digest: str, proof: tuple[Checkpoint, ...]) -> None:
+        """Checkpoint ``s`` is stable: move the water marks and truncate the log."""
+        if s <= self.h:
+            return
+        self.h = s
+        self._stable_digest = digest
+        self._stable_proof = proof
+        self._slots = {k: v for k, v in self._slots.items() if k[1] > s}
+        self._prepared_certs = {q: c for q, c in self._prepared_certs.items() if q > s}
+        self._checkpoints = {q: c for q, c in self._checkpoints.items() if q > s}
+        self._future_pps = {k: v for k, v in self._future_pps.items() if k[1] > s}
+        if self.status == NORMAL and self.is_primary:
+            self._next_seq = max(self._next_seq, s)
+            self._try_assign()
+
+    # ============================================================ heartbeat / catch-up
+
+    def _on_status_timer(self) -> None:
+        self._set_timer("status", self.cfg.status_interval)
+        behind = max(self._peer_exec.values(), default=0) > self.last_executed
+        active = bool(self._pending) or self.status == VIEW_CHANGE or behind or self._activity
+        self._idle_ticks += 1
+        if active or self._idle_ticks >= self.cfg.idle_status_every:
+            self._idle_ticks = 0
+            self._broadcast(self._signed(
+                Status(self.view, self.status == NORMAL, self.last_executed, self.h, self.index)
+            ))
+        self._activity = False
+        if self.status == VIEW_CHANGE and self._my_vc is not None:
+            self._broadcast(self._my_vc)
+        own = self._own_checkpoint
+        if own is not None and own.seq > self.h:
+            self._broadcast(own)
+
+    def _on_status(self, st: Status) -> None:
+        j = st.sender
+        if j == self.index:
+            return
+        self._peer_exec[j] = st.last_executed
+        if 0 <= st.last_executed < self.last_executed:
+            end = min(self.last_executed, st.last_executed + self.cfg.catchup_batch)
+            entries = tuple(
+                CommittedEntry(c.seq, c.request, c.certificate)
+                for c in self._log[st.last_executed:end]
+            )
+            self._send(j, self._signed(CatchUp(entries, self.index)))
+        if self.status == NORMAL and self._new_view_msg is not None and (
+            st.view < self.view or (st.view == self.view and not st.normal)
+        ):
+            self._send(j, self._new_view_msg)
+        if st.stable_seq < self.h:
+            for c in self._stable_proof:
+                self._send(j, c)
+
+    def _on_catch_up(self, msg: CatchUp) -> None:
+        self._take_entries(msg.entries)
+
+    def _take_entries(self, entries: Iterable[CommittedEntry]) -> None:
+        limit = self.last_executed + 4 * self.cfg.catchup_batch
+        for e in entries:
+            if not isinstance(e, CommittedEntry) or not self.last_executed < e.seq <= limit:
+                continue
+            if e.seq in self._ready:
+                continue
+            cert = e.certificate
+            if not isinstance(cert, QuorumCertificate) or not entry_matches(cert, e.seq, e.request):
+                continue
+            if not verify(cert, self.keys):
+                continue
+            self._ready[e.seq] = (cert.view, cert.digest, e.request, cert)
+        self._execute_ready()

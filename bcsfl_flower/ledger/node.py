@@ -1,0 +1,399 @@
+"""One ledger node: a sans-IO PBFT replica driven over TCP, executing onto SQLite.
+
+:class:`LedgerNode` owns a :class:`~bcsfl_flower.consensus.replica.Replica`, a
+:class:`~.transport.PeerTransport` and a :class:`~.sqlite.SqliteLedger`. It feeds the
+replica (requests, peer messages, timers on the asyncio clock, in seconds) and acts on
+its outputs: sends frames, arms timers, and executes ``Committed`` entries with
+:func:`~.ops.apply_op`, in order, on every node.
+
+Transactions are batched, not ordered one by one: the node that receives them checks
+them and forwards them to the primary, whose :class:`~.batcher.Batcher` builds and
+signs one block per batch and submits it as a single PBFT request.
+
+Crash recovery: nothing but the SQLite file survives a crash. A restarted node's
+replica starts empty; the peers' status heartbeats hand it the committed entries it
+lacks (each with its 2f+1 commit certificate), and idempotent execution skips what the
+file already holds. Until it has caught up with what 2f peers report, the node sends
+no pre-prepare (a restarted primary has forgotten what it proposed) and holds back
+its own requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bcsfl_flower.consensus.messages import (
+    Broadcast, CancelTimer, Committed, PrePrepare, Request, Send, SetTimer, Status, ViewEntered,
+    check_signature,
+)
+from bcsfl_flower.consensus.quorum import max_faulty
+from bcsfl_flower.consensus.replica import NORMAL, PBFTConfig, Replica
+from bcsfl_flower.crypto import SigningKey
+
+from .batcher import Batcher
+from .block import Block, LedgerError
+from .ops import Op, apply_op, parse_op
+from .sqlite import SqliteLedger
+from .transport import PeerTransport
+from .wire import APP, PBFT, WireError, decode_message, encode_message
+
+__all__ = ["LedgerNode", "NodeConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Tuning of one node (times in seconds)."""
+
+    batch_size: int = 1000
+    batch_delay: float = 0.003
+    max_inflight: int = 3
+    request_timeout: float = 2.0
+    status_interval: float = 0.1
+    recovery_grace: float = 3.0
+    tx_retry: float = 5.0
+    max_model_bytes: int = 16 * 1024 * 1024
+    pbft: dict[str, Any] = field(default_factory=dict)
+
+    def pbft_config(self) -> PBFTConfig:
+        """The replica's configuration in this node's time units."""
+        base = {"request_timeout": self.request_timeout, "max_timeout": 16 * self.request_timeout,
+                "status_interval": self.status_interval}
+        base.update(self.pbft)
+        return PBFTConfig(**base)
+
+
+class _TxWait:
+    """Clients waiting for a set of transaction ids to commit."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.remaining = set(ids)
+        self.where: dict[str, int] = {}
+        self.future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+
+    def done(self, tx_id: str, seq: int) -> None:
+        if tx_id in self.remaining:
+            self.remaining.discard(tx_id)
+            self.where[tx_id] = seq
+            if not self.remaining and not self.future.done():
+                self.future.set_result(self.where)
+
+
+class LedgerNode:
+    """A ledger node process's core (everything but HTTP).
+
+    Parameters
+    ----------
+    index : int
+        This node's replica index.
+    key : SigningKey
+        This node's key (signs PBFT messages and the batch blocks it produces).
+    replica_keys : Sequence[str]
+        Public keys of all nodes in index order.
+    pbft_addrs : Sequence[tuple[str, int]]
+        ``(host, port)`` of every node's PBFT listener in index order.
+    db_path : str | os.PathLike[str]
+        This node's SQLite file (created with the genesis block if absent).
+    config : NodeConfig | None (default: None)
+        Tuning; defaults are for a loopback cluster.
+    http_urls : Sequence[str] (default: ())
+        Every node's HTTP base URL in index order (served to clients for failover).
+    """
+
+    def __init__(
+        self,
+        index: int,
+        key: SigningKey,
+        replica_keys: Sequence[str],
+        pbft_addrs: Sequence[tuple[str, int]],
+        db_path: str | os.PathLike[str],
+        config: NodeConfig | None = None,
+        http_urls: Sequence[str] = (),
+    ) -> None:
+        self.index = index
+        self.key = key
+        self.keys = tuple(replica_keys)
+        self.n = len(self.keys)
+        self.f = max_faulty(self.n)
+        self.cfg = config or NodeConfig()
+        self.http_urls = list(http_urls)
+        self.ledger = SqliteLedger(db_path)
+        self.replica = Replica(index, key, self.keys, validate=self._validate,
+                               config=self.cfg.pbft_config())
+        self.transport = PeerTransport(index, pbft_addrs, self._on_frame)
+        self.batcher = Batcher(self)
+        self.client_id = f"node{index}-{uuid.uuid4().hex[:12]}"  # fresh per boot: rids restart
+        self._rid = 0
+        self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
+        self._waiters: dict[tuple[str, int], asyncio.Future[dict[str, Any]]] = {}
+        self._held: list[Request] = []
+        self._parsed: collections.OrderedDict[str, Op | None] = collections.OrderedDict()
+        self._tx_waits: dict[str, list[_TxWait]] = {}
+        self.recovering = self.n > 1
+        self._peer_exec: dict[int, int] = {}
+        self._target: int | None = None
+        self._started = 0.0
+        self.known_keys = {rec["public_key"] for rec in self.ledger.identities().values()}
+        self.latest_model_seq = self._scan_latest_model()
+        self.stats = {"executed_ops": 0, "rejected_ops": 0, "executed_txs": 0,
+                      "ingress_verified_txs": 0, "blocks_built": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Listen for peers, arm the replica and start the recovery clock."""
+        self._started = time.monotonic()
+        await self.transport.start()
+        self._handle(self.replica.start())
+        if not self.recovering:
+            self.batcher.on_view()
+        asyncio.get_running_loop().call_later(self.cfg.recovery_grace, self._check_recovered)
+
+    async def close(self) -> None:
+        """Stop timers and the transport, fail waiters and close the SQLite file."""
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self.batcher.close()
+        await self.transport.close()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+        self.ledger.close()
+
+    # ------------------------------------------------------------------ replica driving
+    def _handle(self, outputs: list[Any]) -> None:
+        for out in outputs:
+            if isinstance(out, Broadcast):
+                if self.recovering and isinstance(out.msg, PrePrepare):
+                    continue
+                self.transport.broadcast(PBFT, encode_message(out.msg))
+            elif isinstance(out, Send):
+                if self.recovering and isinstance(out.msg, PrePrepare):
+                    continue
+                self.transport.send(out.to, PBFT, encode_message(out.msg))
+            elif isinstance(out, Committed):
+                self._execute(out)
+            elif isinstance(out, SetTimer):
+                self._arm(out)
+            elif isinstance(out, CancelTimer):
+                current = self._timers.get(out.kind)
+                if current is not None and current[0] == out.timer_id:
+                    current[1].cancel()
+                    del self._timers[out.kind]
+            elif isinstance(out, ViewEntered):
+                log.info("node %d: entered view %d (primary %d)", self.index, out.view, out.primary)
+                if not self.recovering:
+                    self.batcher.on_view()
+
+    def _arm(self, timer: SetTimer) -> None:
+        old = self._timers.pop(timer.kind, None)
+        if old is not None:
+            old[1].cancel()
+        handle = asyncio.get_running_loop().call_later(timer.delay, self._fire, timer.timer_id)
+        self._timers[timer.kind] = (timer.timer_id, handle)
+
+    def _fire(self, timer_id: int) -> None:
+        for kind, (tid, _) in list(self._timers.items()):
+            if tid == timer_id:
+                del self._timers[kind]
+        self._handle(self.replica.on_timer(timer_id))
+
+    def _on_frame(self, kind: int, payload: bytes) -> None:
+        if kind == APP:
+            self._on_app(payload)
+            return
+        if kind != PBFT:
+            return
+        try:
+            msg = decode_message(payload)
+        except WireError as err:
+            log.warning("node %d: undecodable PBFT frame: %s", self.index, err)
+            return
+        if isinstance(msg, Status) and 0 <= msg.sender < self.n and msg.sender != self.index:
+            if check_signature(self.keys[msg.sender], msg.sig, msg.body()):
+                self._peer_exec[msg.sender] = max(self._peer_exec.get(msg.sender, 0),
+                                                  msg.last_executed)
+        self._handle(self.replica.receive(msg))
+        if self.recovering:
+            self._check_recovered()
+
+    def _on_app(self, payload: bytes) -> None:
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(obj, dict) and obj.get("type") == "txs" and isinstance(obj.get("txs"), list):
+            hops = obj.get("hops")
+            self.batcher.add(obj["txs"], hops=hops if type(hops) is int else 1)
+
+    def send_app(self, to: int, obj: dict[str, Any]) -> None:
+        """Send a driver-to-driver JSON message (e.g. forwarded transactions)."""
+        self.transport.send(to, APP, json.dumps(obj, separators=(",", ":")).encode())
+
+    # ------------------------------------------------------------------ recovery
+    def _check_recovered(self) -> None:
+        if not self.recovering:
+            return
+        need = 2 * self.f
+        if self._target is None and len(self._peer_exec) >= need:
+            self._target = max(self._peer_exec.values(), default=0)
+        waited = time.monotonic() - self._started
+        if self._target is not None and self.replica.last_executed >= self._target:
+            self._finish_recovery("caught up to %d" % self._target)
+        elif self._target is None and waited >= self.cfg.recovery_grace:
+            self._finish_recovery("no quorum of peers heard in %.1fs" % waited)
+
+    def _finish_recovery(self, why: str) -> None:
+        self.recovering = False
+        log.info("node %d: recovered (%s); chain height %d", self.index, why, self.ledger.height())
+        held, self._held = self._held, []
+        for req in held:
+            self._handle(self.replica.submit(req))
+        self.batcher.on_view()
+
+    # ------------------------------------------------------------------ ordering
+    @property
+    def is_primary(self) -> bool:
+        """Whether this node's replica leads its current view in normal operation."""
+        return self.replica.is_primary and self.replica.status == NORMAL and not self.recovering
+
+    def parse(self, value: str) -> Op | None:
+        """The parsed operation of a request value (memoised), or ``None`` if invalid."""
+        if value in self._parsed:
+            self._parsed.move_to_end(value)
+            return self._parsed[value]
+        try:
+            op: Op | None = parse_op(value, self.cfg.max_model_bytes)
+        except LedgerError:
+            op = None
+        self._parsed[value] = op
+        while len(self._parsed) > 64:
+            self._parsed.popitem(last=False)
+        return op
+
+    def _validate(self, value: str) -> bool:
+        return self.parse(value) is not None
+
+    def submit(self, value: str, track: bool = True) -> asyncio.Future[dict[str, Any]]:
+        """Order one operation; the future resolves with this node's execution result.
+
+        Parameters
+        ----------
+        value : str
+            An operation (see :mod:`~.ops`); call :meth:`parse` first to reject bad
+            ones with a reason.
+        track : bool (default: True)
+            Whether to keep a waiter for the result (False: fire and forget).
+
+        Returns
+        -------
+        asyncio.Future[dict[str, Any]]
+            Resolves to :func:`~.ops.apply_op`'s result once committed and executed here.
+        """
+        self._rid += 1
+        req = Request.make(self.client_id, self._rid, value)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if track:
+            self._waiters[req.key] = fut
+            fut.add_done_callback(lambda _f, k=req.key: self._waiters.pop(k, None))
+        if self.recovering:
+            self._held.append(req)
+        else:
+            self._handle(self.replica.submit(req))
+        return fut
+
+    def wait_txs(self, ids: Sequence[str]) -> _TxWait:
+        """Register interest in transaction ids; ``.future`` resolves when all commit."""
+        wait = _TxWait(ids)
+        for tx_id in ids:
+            self._tx_waits.setdefault(tx_id, []).append(wait)
+        return wait
+
+    def forget_txs(self, wait: _TxWait) -> None:
+        """Drop a wait registered with :meth:`wait_txs` (timed out or answered)."""
+        for tx_id in wait.remaining:
+            waits = self._tx_waits.get(tx_id)
+            if waits is not None and wait in waits:
+                waits.remove(wait)
+                if not waits:
+                    del self._tx_waits[tx_id]
+
+    # ------------------------------------------------------------------ execution
+    def _execute(self, entry: Committed) -> None:
+        if entry.noop or entry.request is None:
+            return
+        op = self.parse(entry.request.value)
+        if op is None:
+            result: dict[str, Any] = {"ok": False, "reason": "malformed operation"}
+        else:
+            try:
+                result = apply_op(self.ledger, op)
+            except Exception:  # storage failure: stopping beats diverging
+                log.critical("node %d: cannot execute seq %d; stopping", self.index, entry.seq,
+                             exc_info=True)
+                os._exit(70)
+        self.stats["executed_ops"] += 1
+        if not result.get("ok"):
+            self.stats["rejected_ops"] += 1
+        if op is not None and op.kind == "block" and op.block is not None:
+            self._after_block(op.block, result)
+        elif op is not None and op.kind == "identity" and result.get("ok") and op.identity:
+            self.known_keys.add(op.identity[1])
+        fut = self._waiters.pop(entry.request.key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+        if self.recovering:
+            self._check_recovered()
+
+    def _after_block(self, block: Block, result: dict[str, Any]) -> None:
+        txs = block.transactions
+        if result.get("ok") and not result.get("duplicate"):
+            self.stats["executed_txs"] += len(txs)  # check_append verified each signature
+            if block.data.get("model-params") is not None:
+                self.latest_model_seq = block.sequence_no
+            idents = block.data.get("identities")
+            if isinstance(idents, dict):
+                self.known_keys.update(k for k in idents.values() if isinstance(k, str))
+        ids = [tx.get("id") for tx in txs if isinstance(tx, dict)]
+        if result.get("ok"):
+            for tx_id in ids:
+                for wait in self._tx_waits.pop(tx_id, ()):
+                    wait.done(tx_id, block.sequence_no)
+        self.batcher.on_executed(block, bool(result.get("ok")), ids)
+
+    def _scan_latest_model(self) -> int | None:
+        for seq in range(self.ledger.height() - 1, 0, -1):
+            if self.ledger.block(seq).data.get("model-params") is not None:
+                return seq
+        return None
+
+    # ------------------------------------------------------------------ introspection
+    def health(self) -> dict[str, Any]:
+        """What ``GET /health`` reports."""
+        head = self.ledger.latest()
+        return {
+            "status": "recovering" if self.recovering else "ok",
+            "node": self.index,
+            "nodes": self.n,
+            "public": self.key.public_hex,
+            "height": head.sequence_no + 1,
+            "head": head.hash,
+            "view": self.replica.view,
+            "primary": self.replica.primary,
+            "pbft_status": self.replica.status,
+            "last_executed": self.replica.last_executed,
+            "recovering": self.recovering,
+            "peers_connected": self.transport.connected_peers(),
+            "pool": len(self.batcher.pool),
+            "stats": dict(self.stats),
+        }

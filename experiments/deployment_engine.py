@@ -1,0 +1,119 @@
+"""BCS-FL on Flower's Deployment Engine: a real SuperLink, real SuperNodes, ``flwr run``.
+
+    python -m experiments.deployment_engine --data-dir ../shared/datasets/mnist
+
+Starts ``flower-superlink`` and ``--nodes`` ``flower-supernode`` processes on 127.0.0.1
+(insecure mode, free ports), runs ``examples/quickstart-pytorch`` (the BCS-FL switched app)
+through ``flwr run`` against them, then checks that every round committed a block and the
+final model verifies on the ledger. All processes are stopped at the end. The SuperNodes
+get the ledger's absolute path through node-config (``bcsfl-ledger``); past one machine
+that is the URL of the ledger cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def run(data_dir: str, nodes: int = 2, rounds: int = 2, workdir: Path | None = None, timeout: float = 420) -> dict:
+    """Run the deployment; return a summary dict (raises RuntimeError on failure)."""
+    from bcsfl_flower.ledger import open_ledger, verify_chain
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="bcsfl-deploy-"))
+    app = work / "app"
+    shutil.copytree(ROOT / "examples" / "quickstart-pytorch", app,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.db*", ".bcsfl", "final_model.pt"))
+    ledger_path = work / "bcsfl-ledger.db"
+    link = _free_port()  # Flower 1.42 serves the Fleet, Control and Runtime APIs on one HTTP port
+    env = {**os.environ, "FLWR_HOME": str(work / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    (work / "flwr-home").mkdir(parents=True, exist_ok=True)
+    (work / "flwr-home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    procs: list[subprocess.Popen] = []
+    logs = []
+
+    def start(cmd: list[str], name: str, cwd: Path) -> None:
+        log = open(work / f"{name}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+    try:
+        # The ServerApp runs in the SuperLink's working directory: BCSFL's default ledger
+        # (sqlite:///bcsfl-ledger.db) lands in `work`.
+        start([_bin("flower-superlink"), "--insecure", "--isolation", "subprocess",
+               "--host", "127.0.0.1", "--port", str(link), "--database", str(work / "state.db")],
+              "superlink", work)
+        for i in range(nodes):
+            node_dir = work / f"node-{i}"
+            node_dir.mkdir()
+            config = f'partition-id={i} num-partitions={nodes} bcsfl-ledger="sqlite:///{ledger_path}"'
+            start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+                   "--port", str(_free_port()), "--node-config", config], f"supernode-{i}", node_dir)
+        time.sleep(3)
+        started = time.perf_counter()
+        res = subprocess.run(
+            [_bin("flwr"), "run", ".", "deploy", "--stream",
+             "--run-config", f'data-dir="{Path(data_dir).resolve()}" num-server-rounds={rounds}'],
+            cwd=app, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+        seconds = time.perf_counter() - started
+        log = res.stdout + res.stderr + (work / "superlink.log").read_text()
+        if not ledger_path.exists():
+            raise RuntimeError(f"no ledger written; flwr run said:\n{log[-3000:]}")
+        with open_ledger(ledger_path, create=False) as ledger:
+            report = verify_chain(ledger)
+            height = ledger.height()
+            latest = ledger.latest()
+            model_ok = ledger.has_model(latest.data.get("model-params", ""))
+            accepted = [len(b.data.get("accepted", [])) for b in ledger.blocks(1)]
+        if height != rounds + 1 or not report.ok or not model_ok:
+            raise RuntimeError(f"ledger height {height} (want {rounds + 1}), verify: {report.summary()}\n{log[-3000:]}")
+        return {"nodes": nodes, "rounds": rounds, "blocks": height - 1, "verify": report.summary(), "accepted_per_round": accepted,
+                "latest_model": latest.data["model-params"], "seconds": round(seconds, 1), "workdir": str(work)}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/datasets/mnist")
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    summary = run(args.data_dir, args.nodes, args.rounds)
+    for k, v in summary.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
