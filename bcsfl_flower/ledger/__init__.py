@@ -1,6 +1,7 @@
 """The BCS-FL ledger: an append-only, signed hash chain plus a content-addressed model store.
 
-Backends: ``MemoryLedger`` (in process) and ``SqliteLedger`` (one crash-safe file);
+Backends: ``MemoryLedger`` (in process), ``SqliteLedger`` (one crash-safe file) and
+``RemoteLedger`` (a PBFT cluster of ledger nodes over HTTP, see ``node``/``service``);
 ``open_ledger`` picks one from a URL.
 """
 
@@ -79,10 +80,11 @@ def open_ledger(url: str | os.PathLike[str], create: bool = True) -> Ledger:
         ``"memory"`` or ``"memory://"``: a fresh ``MemoryLedger``.
         ``"sqlite:///relative.db"``, ``"sqlite:////abs/path.db"`` (SQLAlchemy style)
         or a bare filesystem path: a ``SqliteLedger``.
-        ``"http://..."``/``"https://..."``: the remote ledger cluster (not yet
-        available; raises ``NotImplementedError``).
+        ``"http://..."``/``"https://..."``: a ``RemoteLedger`` speaking HTTP to a
+        cluster of ledger nodes (``bcsfl ledger up``); writes are ordered by PBFT.
     create : bool (default: True)
-        Whether a missing SQLite file is created (else ``FileNotFoundError``).
+        Whether a missing SQLite file is created (else ``FileNotFoundError``);
+        ignored for remote ledgers.
 
     Returns
     -------
@@ -91,7 +93,9 @@ def open_ledger(url: str | os.PathLike[str], create: bool = True) -> Ledger:
     """
     text = os.fspath(url)
     if text.startswith(("http://", "https://")):
-        raise NotImplementedError("remote ledger: see ledger cluster issue")
+        from .remote import RemoteLedger  # httpx is only needed for remote ledgers
+
+        return RemoteLedger(text)
     path = sqlite_path(text)
     if path is None:
         return MemoryLedger()

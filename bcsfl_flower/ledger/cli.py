@@ -1,8 +1,9 @@
-"""``ledger verify`` and ``ledger show`` subcommands.
+"""``ledger verify``, ``show``, ``serve`` and ``up`` subcommands.
 
-``register(subparsers)`` adds ``ledger {verify,show}`` to the top-level ``bcsfl``
-parser; each sets ``func(args) -> int``. ``python -m bcsfl_flower.ledger.cli`` offers
-``verify`` and ``show`` directly.
+``register(subparsers)`` adds ``ledger {verify,show,serve,up}`` to the top-level
+``bcsfl`` parser; each sets ``func(args) -> int``. ``python -m bcsfl_flower.ledger.cli``
+offers them directly. ``verify`` and ``show`` take a file path or an ``http://`` URL of
+a ledger node; ``serve`` runs one ledger node, ``up`` a local cluster of N nodes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import open_ledger
+from .cluster import add_serve_args
 from .block import Block, LedgerError
 from .verify import verify_chain
 
-__all__ = ["add_commands", "cmd_show", "cmd_verify", "main", "register"]
+__all__ = ["add_commands", "cmd_serve", "cmd_show", "cmd_up", "cmd_verify", "main", "register"]
 
 _PREFIX = 12
 
@@ -137,6 +139,51 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run one ledger node (HTTP API + PBFT) until SIGINT/SIGTERM.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The options of ``cluster.add_serve_args``.
+
+    Returns
+    -------
+    int
+        0 after a clean stop, 2 on bad options.
+    """
+    from .cluster import serve
+
+    try:
+        return serve(args)
+    except (ValueError, TimeoutError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start ``args.nodes`` node processes on consecutive ports; stop them on a signal.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments with ``nodes``, ``base_port``, ``dir``, ``pbft_base_port``,
+        ``batch_size`` and ``request_timeout``.
+
+    Returns
+    -------
+    int
+        0 after a clean stop, 1 if a node died, 2 on bad options.
+    """
+    from .cluster import up
+
+    if args.nodes < 1 or not 0 < args.base_port < 65536:
+        print("ERROR: need --nodes >= 1 and a valid --base-port", file=sys.stderr)
+        return 2
+    extra = ["--batch-size", str(args.batch_size), "--request-timeout", str(args.request_timeout)]
+    return up(args.nodes, args.base_port, args.dir, args.pbft_base_port, extra)
+
+
 def _limit(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -145,12 +192,12 @@ def _limit(text: str) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    """Add ``verify`` and ``show`` to ``subparsers`` (from ``add_subparsers()``).
+    """Add ``verify``, ``show``, ``serve`` and ``up`` to ``subparsers``.
 
     Parameters
     ----------
     subparsers : argparse._SubParsersAction
-        Where the two commands are added.
+        Where the commands are added (from ``add_subparsers()``).
     """
     verify = subparsers.add_parser(
         "verify", help="re-verify every block and stored model of a ledger"
@@ -163,24 +210,38 @@ def add_commands(subparsers: Any) -> None:
         "--limit", type=_limit, default=None, metavar="N", help="show only the newest N"
     )
     show.set_defaults(func=cmd_show)
+    serve = subparsers.add_parser("serve", help="run one ledger node (HTTP API + PBFT)")
+    add_serve_args(serve)
+    serve.set_defaults(func=cmd_serve)
+    up = subparsers.add_parser("up", help="run N ledger nodes on this machine until Ctrl-C")
+    up.add_argument("--nodes", type=int, default=4, help="number of nodes (3f+1 tolerates f)")
+    up.add_argument("--base-port", type=int, default=8500,
+                    help="HTTP ports base-port .. base-port+N-1")
+    up.add_argument("--pbft-base-port", type=int, default=None,
+                    help="PBFT ports (default: right after the HTTP ports)")
+    up.add_argument("--dir", default="ledger-cluster", help="folder for keys and databases")
+    up.add_argument("--batch-size", type=int, default=1000, help="transactions per block")
+    up.add_argument("--request-timeout", type=float, default=2.0,
+                    help="seconds before backups suspect the primary")
+    up.set_defaults(func=cmd_up)
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``ledger`` command group (``verify``, ``show``) to a top-level CLI.
+    """Add the ``ledger`` command group (``verify``, ``show``, ``serve``, ``up``) to a CLI.
 
     Parameters
     ----------
     subparsers : argparse._SubParsersAction
         The top-level ``bcsfl`` subparsers; dispatch to ``args.func(args)``.
     """
-    ledger = subparsers.add_parser("ledger", help="inspect and verify a BCS-FL ledger")
-    inner = ledger.add_subparsers(dest="ledger_command", metavar="{verify,show}")
+    ledger = subparsers.add_parser("ledger", help="inspect, verify and serve a BCS-FL ledger")
+    inner = ledger.add_subparsers(dest="ledger_command", metavar="{verify,show,serve,up}")
     inner.required = True
     add_commands(inner)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m bcsfl_flower.ledger.cli {verify,show} ...``.
+    """Entry point of ``python -m bcsfl_flower.ledger.cli {verify,show,serve,up} ...``.
 
     Parameters
     ----------
@@ -195,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bcsfl_flower.ledger.cli", description="BCS-FL ledger tools"
     )
-    sub = parser.add_subparsers(dest="command", metavar="{verify,show}")
+    sub = parser.add_subparsers(dest="command", metavar="{verify,show,serve,up}")
     sub.required = True
     add_commands(sub)
     args = parser.parse_args(argv)

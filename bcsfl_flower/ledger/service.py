@@ -190,7 +190,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
                                "timestamp": block.timestamp, "round": block.data.get("round"),
                                "model": {"hash": digest, "url": f"/models/{digest}"}}
         if include_bytes:
-            data = ledger.get_model(digest)
+            data = ledger.read_model_raw(digest)
             out["model"].update(size=len(data), bytes=base64.b64encode(data).decode("ascii"))
         return out
 
@@ -278,9 +278,9 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
              responses={200: {"content": {"application/octet-stream": {}}},
                         404: {"description": "not stored"}})
     def get_model(digest: str = Path(pattern=_HEX64)) -> Response:
-        """The model bytes stored under ``digest`` (checked against it)."""
+        """The model bytes stored under ``digest``, as stored (clients check the hash)."""
         try:
-            data = ledger.get_model(digest)
+            data = ledger.read_model_raw(digest)
         except KeyError:
             raise HTTPException(404, f"no model {digest}") from None
         return Response(data, media_type="application/octet-stream")

@@ -1,0 +1,216 @@
+"""``RemoteLedger``: the ``Ledger`` interface over HTTP to a cluster of ledger nodes.
+
+Writes (``append``, ``put_model``, ``register_identity``) are ordered by PBFT and
+executed on every node; they return once the node they were sent to has executed
+them, so a later read from the same node sees them. ``append`` keeps the local
+semantics: a block that does not follow the head (or fails any other
+``check_append`` rule, which every node runs) raises ``LedgerError`` with the
+cluster's reason. Reads come from one node; if it cannot be reached the client moves
+to the next node the cluster advertised. Model bytes are checked against their
+SHA-256 key on the client (``get_model``), so a faulty node cannot hand out a
+forged model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from bcsfl_flower.crypto import sha256_hex
+
+from .base import Ledger
+from .block import Block, BlockRow, LedgerError, canonical_json
+from .memory import validate_identity
+
+__all__ = ["RemoteLedger"]
+
+_WRITE_WAIT = 60.0
+
+
+class RemoteLedger(Ledger):
+    """A ledger cluster reached over HTTP.
+
+    Parameters
+    ----------
+    url : str
+        Base URL of one node, e.g. ``"http://127.0.0.1:8000"``.
+    timeout : float (default: 90.0)
+        Seconds per HTTP request (writes wait up to a minute for their commit).
+    """
+
+    def __init__(self, url: str, timeout: float = 90.0) -> None:
+        self.url = url.rstrip("/")
+        self._urls = [self.url]
+        self._client = httpx.Client(timeout=timeout)
+        try:
+            info = self._request("GET", "/node").json()
+        except LedgerError:
+            self._client.close()
+            raise
+        peers = info.get("peers") if isinstance(info, dict) else None
+        for peer in peers if isinstance(peers, list) else []:
+            if isinstance(peer, str) and peer.rstrip("/") not in self._urls:
+                self._urls.append(peer.rstrip("/"))
+
+    # -- plumbing ------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        last: Exception | None = None
+        for attempt, base in enumerate(list(self._urls)):
+            try:
+                resp = self._client.request(method, base + path, **kwargs)
+            except httpx.TransportError as err:
+                last = err
+                continue
+            if attempt:  # stick to the node that answered
+                self._urls.remove(base)
+                self._urls.insert(0, base)
+            return resp
+        raise LedgerError(f"no ledger node reachable at {self._urls}: {last}")
+
+    @staticmethod
+    def _detail(resp: httpx.Response) -> str:
+        try:
+            detail = resp.json().get("detail")
+        except (ValueError, AttributeError):
+            detail = None
+        return str(detail) if detail else f"HTTP {resp.status_code}"
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self._request(method, path, **kwargs)
+        if resp.status_code >= 400:
+            raise LedgerError(f"{method} {path}: {self._detail(resp)}")
+        return resp.json()
+
+    def _poll(self, done: Any, what: str) -> None:
+        deadline = time.monotonic() + _WRITE_WAIT
+        while time.monotonic() < deadline:
+            if done():
+                return
+            time.sleep(0.1)
+        raise LedgerError(f"{what} was not committed within {_WRITE_WAIT:.0f}s")
+
+    # -- chain ---------------------------------------------------------------------
+    def latest(self) -> Block:
+        return Block.from_json(self._json("GET", "/blocks/latest"))
+
+    def block(self, seq: int) -> Block:
+        resp = self._request("GET", f"/blocks/{int(seq)}")
+        if resp.status_code in (404, 422):
+            raise KeyError(seq)
+        if resp.status_code >= 400:
+            raise LedgerError(f"GET /blocks/{seq}: {self._detail(resp)}")
+        return Block.from_json(resp.json())
+
+    def _chain(self, start: int = 0, end: int | None = None) -> list[Any]:
+        params: dict[str, int] = {"start": max(0, start)}
+        if end is not None:
+            if end <= params["start"]:
+                return []
+            params["end"] = end
+        chain = self._json("GET", "/getBlockchain", params=params).get("chain")
+        if not isinstance(chain, list):
+            raise LedgerError("GET /getBlockchain: no chain in the answer")
+        return chain
+
+    def blocks(self, start: int = 0, end: int | None = None) -> list[Block]:
+        return [Block.from_json(obj) for obj in self._chain(start, end)]
+
+    def height(self) -> int:
+        return int(self._json("GET", "/health")["height"])
+
+    def append(self, block: Block) -> None:
+        if not isinstance(block, Block):
+            raise LedgerError("append expects a Block")
+        resp = self._request("POST", "/blocks", json=block.to_json(),
+                             params={"wait": _WRITE_WAIT})
+        if resp.status_code == 202:
+            self._poll(lambda: self._holds(block), f"block {block.sequence_no}")
+            return
+        if resp.status_code >= 400:
+            raise LedgerError(self._detail(resp))
+
+    def _holds(self, block: Block) -> bool:
+        try:
+            return self.block(block.sequence_no).hash == block.hash
+        except KeyError:
+            return False
+
+    # -- model store ---------------------------------------------------------------
+    def put_model(self, data: bytes) -> str:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("put_model expects bytes")
+        data = bytes(data)
+        digest = sha256_hex(data)
+        resp = self._request("POST", "/models", content=data, params={"wait": _WRITE_WAIT},
+                             headers={"content-type": "application/octet-stream"})
+        if resp.status_code == 202:
+            self._poll(lambda: self.has_model(digest), f"model {digest}")
+            return digest
+        if resp.status_code >= 400:
+            raise LedgerError(f"POST /models: {self._detail(resp)}")
+        if resp.json().get("hash") != digest:
+            raise LedgerError("the cluster stored the model under another hash")
+        return digest
+
+    def has_model(self, digest: str) -> bool:
+        return self._request("GET", f"/models/{digest}").status_code == 200
+
+    def read_model_raw(self, digest: str) -> bytes:
+        resp = self._request("GET", f"/models/{digest}")
+        if resp.status_code in (404, 422):
+            raise KeyError(digest)
+        if resp.status_code >= 400:
+            raise LedgerError(f"GET /models/{digest}: {self._detail(resp)}")
+        return resp.content
+
+    def model_digests(self) -> list[str]:
+        models = self._json("GET", "/models").get("models")
+        return [str(d) for d in models] if isinstance(models, list) else []
+
+    # -- identities ----------------------------------------------------------------
+    def register_identity(self, client_id: str, public_key: str, role: str = "client") -> None:
+        validate_identity(client_id, public_key, role)
+        body = {"client_id": client_id, "public_key": public_key, "role": role}
+        resp = self._request("POST", "/identities", json=body, params={"wait": _WRITE_WAIT})
+        if resp.status_code == 202:
+            self._poll(lambda: self.identity(client_id) == public_key, f"identity {client_id}")
+            return
+        if resp.status_code >= 400:
+            raise LedgerError(self._detail(resp))
+
+    def identity(self, client_id: str) -> str | None:
+        resp = self._request("GET", f"/identities/{quote(client_id, safe='')}")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise LedgerError(f"GET /identities: {self._detail(resp)}")
+        key = resp.json().get("public_key")
+        return str(key) if key is not None else None
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        found = self._json("GET", "/identities")
+        if not isinstance(found, dict):
+            raise LedgerError("GET /identities: not an object")
+        return found
+
+    # -- raw access ----------------------------------------------------------------
+    def block_rows(self) -> Iterator[BlockRow]:
+        """Rows as served: ``data`` re-encoded canonically, other fields untouched."""
+        for obj in self._chain():
+            if not isinstance(obj, dict):
+                raise LedgerError("served block is not an object")
+            data = obj.get("data")
+            yield BlockRow(obj.get("sequenceNo"), obj.get("hash"), obj.get("lastHash"),
+                           obj.get("timestamp"),
+                           canonical_json(data).decode("ascii") if isinstance(data, dict)
+                           else data, obj.get("public"), obj.get("sign"))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteLedger({self.url!r})"
