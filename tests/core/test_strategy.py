@@ -138,3 +138,21 @@ def test_tampering_with_the_sqlite_file_is_detected(tmp_path):
     with open_ledger(url) as tampered:
         report = verify_chain(tampered)
     assert not report.ok and report.first_bad_block == 1
+
+
+def test_unsigned_and_error_replies_are_recorded_and_the_round_goes_on():
+    from flwr.app import Error, Message, MetricRecord, RecordDict
+
+    from bcsfl_flower.package import numpy_to_arrays
+
+    strategy = BCSFL(ledger="memory", committee_size=4)
+    register_all(strategy.ledger)
+    g = global_model()
+    unsigned = reply(RecordDict({"arrays": numpy_to_arrays(g), "metrics": MetricRecord({"num-examples": 5})}), node_id=50)
+    failed = Message(metadata=reply(RecordDict(), node_id=51).metadata, error=Error(code=0, reason="client crashed"))
+    new_arrays, _ = run_round(strategy, g, 1, honest_replies(g, 1) + [unsigned, failed])
+    record = strategy.rounds[-1]
+    assert new_arrays is not None and record["committed"]
+    assert record["rejections"]["node-50"].startswith("unsigned")
+    assert "client crashed" in record["rejections"]["node-51"]
+    assert sorted(record["accepted"]) == CLIENTS
