@@ -14,7 +14,7 @@ from flwr.app import Context
 
 __all__ = ["RunSettings", "STRATEGIES"]
 
-STRATEGIES = ("bcsfl", "fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
+STRATEGIES = ("bcsfl", "fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "fltrust")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,15 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
         return BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
                      enrollment=enrollment)
+    if s.strategy == "fltrust":
+        from ..baselines.fltrust import FLTrust
+
+        if s.root_size < 1:
+            raise ValueError("fltrust needs a root set: root-size must be at least 1")
+        x, y = root_data(s, num_clients)
+        root = RootSet(lambda: build_model(s.dataset), x, y, lr=s.learning_rate,
+                       batch_size=s.batch_size, seed=s.seed, steps=_typical_steps(s, num_clients))
+        return FLTrust(**common, root_set=root)
     baselines = {
         "fedavg": lambda: FedAvg(**common),
         "krum": lambda: Krum(**common, num_malicious_nodes=f),
