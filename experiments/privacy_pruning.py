@@ -1,0 +1,238 @@
+"""Accuracy against the privacy budget (DP-SGD) and against the pruning ratio.
+
+    python -m experiments.privacy_pruning                      # digits, 10 clients, 5 rounds
+    python -m experiments.privacy_pruning --dataset mnist --num-clients 20 --rounds 10
+    python -m experiments.privacy_pruning --plot-only
+
+Every run is one ``bcsfl simulate`` with the same seed and partition; only ``--dp-noise``
+or ``--prune`` changes. The noise multipliers are chosen with
+``bcsfl_flower.client.privacy.noise_for_epsilon`` so that a *typical* client (the
+average partition size, batch 32, one epoch a round) reaches epsilon 1, 3 or 8 at
+delta 1e-5 after all rounds; the epsilon each client actually reached is read back
+from the last ledger block (``data["epsilon"]``, the clients' signed reports), so
+smaller and larger partitions show up as the min/max columns.
+
+Pruning: the upload size per client and round is what the client's own
+``PruneReport`` gives for this model at that ratio (sparse COO-like encoding, 8 bytes
+per kept weight, biases dense), recomputed here with the same function on the model's
+layout: ``metrics.json`` does not carry the replies' ``prune-bytes-saved``.
+
+Outputs ``experiments/results/privacy.csv``, ``pruning.csv``, ``privacy.png``,
+``pruning.png``. Rows already in a CSV are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from statistics import median
+
+from . import common
+
+PRIVACY_FIELDS = ("dataset", "num_clients", "rounds", "alpha", "seed", "strategy", "target_epsilon", "dp_noise",
+                  "dp_max_grad_norm", "epsilon_min", "epsilon_median", "epsilon_max", "final_accuracy",
+                  "accuracy_per_round", "honest_rejected", "seconds")
+PRUNING_FIELDS = ("dataset", "num_clients", "rounds", "alpha", "seed", "strategy", "prune", "final_accuracy",
+                  "accuracy_per_round", "dense_bytes", "upload_bytes", "bytes_saved", "saved_fraction",
+                  "total_upload_mb", "honest_rejected", "seconds")
+
+
+def typical_client(a: argparse.Namespace) -> tuple[float, int]:
+    """(Poisson sample rate, DP-SGD steps over the run) of an average-sized client."""
+    from bcsfl_flower.data import load_dataset
+
+    ds = load_dataset(a.dataset, common.data_dir(a.dataset, a.data_dir) or None)
+    per_client = (len(ds.train_y) - a.root_size) / a.num_clients
+    batches = max(1, math.ceil(per_client / a.batch_size))
+    return 1.0 / batches, batches * a.rounds
+
+
+def noise_for(target: float, a: argparse.Namespace) -> float:
+    if math.isinf(target):
+        return 0.0
+    from bcsfl_flower.client.privacy import noise_for_epsilon
+
+    q, steps = typical_client(a)
+    return math.ceil(noise_for_epsilon(target, q, steps) * 100) / 100  # round up: stay within the target
+
+
+def upload_bytes(dataset: str, ratio: float) -> tuple[int, int, int]:
+    """(dense, sparse upload, saved) bytes of one pruned client model, as the client reports."""
+    from bcsfl_flower.client.pruning import magnitude_prune
+    from bcsfl_flower.models import build_model
+
+    report = magnitude_prune(build_model(dataset, seed=0), ratio)
+    upload = report.sparse_bytes if report.bytes_saved > 0 else report.dense_bytes
+    return report.dense_bytes, upload, report.bytes_saved
+
+
+def _run(a: argparse.Namespace, name: str, extra: list) -> tuple[dict, float, Path]:
+    args = ["--strategy", a.strategy, "--dataset", a.dataset, "--num-clients", a.num_clients, "--rounds", a.rounds,
+            "--dirichlet-alpha", a.alpha, "--seed", a.seed, "--root-size", a.root_size,
+            "--batch-size", a.batch_size, *extra]
+    ddir = common.data_dir(a.dataset, a.data_dir)
+    if ddir:
+        args += ["--data-dir", ddir]
+    out = Path(a.work_dir) / f"{a.dataset}_n{a.num_clients}_r{a.rounds}_a{a.alpha:g}_s{a.seed}_{a.strategy}_{name}"
+    metrics, seconds = common.simulate(args, out, timeout=a.timeout)
+    return metrics, seconds, out
+
+
+def ledger_epsilons(out: Path) -> list[float]:
+    from bcsfl_flower.ledger import open_ledger
+
+    path = out / "ledger.db"
+    if not path.is_file():
+        return []
+    ledger = open_ledger(f"sqlite:///{path}", create=False)
+    try:
+        return sorted(float(v) for v in ledger.latest().data.get("epsilon", {}).values())
+    finally:
+        ledger.close()
+
+
+def _base(a: argparse.Namespace) -> dict:
+    return dict(dataset=a.dataset, num_clients=a.num_clients, rounds=a.rounds, alpha=a.alpha, seed=a.seed,
+                strategy=a.strategy)
+
+
+def _done(path: Path, a: argparse.Namespace, column: str) -> set[float]:
+    base = {k: str(v) for k, v in _base(a).items()}
+    return {float(r[column]) for r in common.read_rows(path)
+            if all(r[k] == base[k] or _num_eq(r[k], base[k]) for k in base)}
+
+
+def _num_eq(x: str, y: str) -> bool:
+    try:
+        return math.isclose(float(x), float(y))
+    except ValueError:
+        return False
+
+
+def sweep(a: argparse.Namespace) -> None:
+    priv_csv, prune_csv = Path(a.privacy_csv), Path(a.pruning_csv)
+    targets = [float(t) for t in a.epsilons.split(",")]
+    ratios = common.floats(a.prunes)
+    todo = [("privacy", t) for t in targets if t not in _done(priv_csv, a, "target_epsilon")]
+    todo += [("pruning", r) for r in ratios if r not in _done(prune_csv, a, "prune")]
+    print(f"{len(todo)} run(s) to do; {common.machine()}")
+    if todo:
+        q, steps = typical_client(a)
+        print(f"typical client: sample rate {q:.4f}, {steps} DP-SGD steps over {a.rounds} rounds")
+    for kind, value in common.progress(todo, len(todo), "privacy/pruning"):
+        if kind == "privacy":
+            sigma = noise_for(value, a)
+            extra = ["--dp-noise", sigma, "--dp-max-grad-norm", a.dp_max_grad_norm] if sigma > 0 else []
+            metrics, seconds, out = _run(a, f"dp{sigma:g}", extra)
+            eps = ledger_epsilons(out)
+            row = dict(_base(a), target_epsilon=value, dp_noise=sigma, dp_max_grad_norm=a.dp_max_grad_norm,
+                       epsilon_min=eps[0] if eps else math.inf, epsilon_median=median(eps) if eps else math.inf,
+                       epsilon_max=eps[-1] if eps else math.inf)
+            path, fields = priv_csv, PRIVACY_FIELDS
+            label = f"target eps {value:g}: noise {sigma:g}, eps reached {row['epsilon_min']:.3g}..{row['epsilon_max']:.3g}"
+        else:
+            metrics, seconds, out = _run(a, f"prune{value:g}", ["--prune", value] if value > 0 else [])
+            dense, upload, saved = upload_bytes(a.dataset, value)
+            row = dict(_base(a), prune=value, dense_bytes=dense, upload_bytes=upload, bytes_saved=saved,
+                       saved_fraction=saved / dense, total_upload_mb=upload * a.num_clients * a.rounds / 1e6)
+            path, fields = prune_csv, PRUNING_FIELDS
+            label = f"prune {value:g}: upload {upload} B of {dense} B per client-round"
+        row.update(final_accuracy=metrics["final_accuracy"], seconds=seconds,
+                   accuracy_per_round=[round(r["accuracy"], 4) for r in metrics["rounds"]],
+                   honest_rejected=common.rejection_rates(metrics, a.num_clients)[1]
+                   if a.strategy in ("bcsfl", "fltrust") else None)
+        common.append_row(path, fields, row)
+        print(f"\n{label}; final accuracy {metrics['final_accuracy']:.4f} ({seconds:.0f}s)", flush=True)
+
+
+def plot(a: argparse.Namespace) -> None:
+    plt = common.plt()
+    outdir = Path(a.plots)
+    base = {k: str(v) for k, v in _base(a).items()}
+
+    def mine(rows):
+        return [r for r in rows if all(r[k] == base[k] or _num_eq(r[k], base[k]) for k in base)]
+
+    priv = sorted(mine(common.read_rows(Path(a.privacy_csv))), key=lambda r: float(r["target_epsilon"]))
+    if priv:
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        xs = list(range(len(priv)))
+        ax.plot(xs, [float(r["final_accuracy"]) for r in priv], "o-", lw=2)
+        labels = []
+        for x, r in zip(xs, priv):
+            t = float(r["target_epsilon"])
+            labels.append("no DP\n(eps = inf)" if math.isinf(t) else
+                          f"eps {t:g}\n(noise {float(r['dp_noise']):g};\nreached {float(r['epsilon_min']):.2g}-"
+                          f"{float(r['epsilon_max']):.2g})")
+            ax.annotate(f"{float(r['final_accuracy']):.3f}", (x, float(r["final_accuracy"])),
+                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.set_xticks(xs, labels, fontsize=7)
+        ax.set_ylabel("final test accuracy")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"DP-SGD: {a.strategy}, {a.dataset}, {a.num_clients} clients, {a.rounds} rounds, delta 1e-5",
+                     fontsize=9)
+        fig.tight_layout()
+        fig.savefig(outdir / "privacy.png", dpi=110)
+        plt.close(fig)
+        print(f"wrote {outdir / 'privacy.png'}")
+        for r in priv:
+            print(f"  target eps {r['target_epsilon']:>4s}  noise {r['dp_noise']:>5s}  eps reached "
+                  f"{r['epsilon_min']}..{r['epsilon_max']} (median {r['epsilon_median']})  "
+                  f"final accuracy {float(r['final_accuracy']):.4f}")
+    prune = sorted(mine(common.read_rows(Path(a.pruning_csv))), key=lambda r: float(r["prune"]))
+    if prune:
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        xs = [float(r["prune"]) for r in prune]
+        ax.plot(xs, [float(r["final_accuracy"]) for r in prune], "o-", lw=2, color="C0", label="final accuracy")
+        ax.set_xlabel("pruning ratio (fraction of weights zeroed)")
+        ax.set_ylabel("final test accuracy", color="C0")
+        ax.set_ylim(0, 1.05)
+        ax2 = ax.twinx()
+        ax2.plot(xs, [int(r["upload_bytes"]) / 1024 for r in prune], "s--", color="C1", label="upload")
+        ax2.set_ylabel("upload per client per round (KiB)", color="C1")
+        ax2.set_ylim(0, None)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"pruning: {a.strategy}, {a.dataset}, {a.num_clients} clients, {a.rounds} rounds", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(outdir / "pruning.png", dpi=110)
+        plt.close(fig)
+        print(f"wrote {outdir / 'pruning.png'}")
+        for r in prune:
+            print(f"  prune {r['prune']:>4s}  upload {r['upload_bytes']} B of {r['dense_bytes']} B "
+                  f"(saved {float(r['saved_fraction']):.0%})  final accuracy {float(r['final_accuracy']):.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-dir", help="dataset folder (default ../shared/datasets/<dataset>)")
+    p.add_argument("--num-clients", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--strategy", default="bcsfl", help="bcsfl records each client's epsilon on its ledger")
+    p.add_argument("--root-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epsilons", default="1,3,8,inf", help="target epsilons of a typical client over the run")
+    p.add_argument("--dp-max-grad-norm", type=float, default=1.0)
+    p.add_argument("--prunes", default="0,0.5,0.7,0.9", help="pruning ratios")
+    p.add_argument("--privacy-csv", default=str(common.RESULTS / "privacy.csv"))
+    p.add_argument("--pruning-csv", default=str(common.RESULTS / "pruning.csv"))
+    p.add_argument("--plots", default=str(common.RESULTS))
+    p.add_argument("--work-dir", default=str(common.RUNS / "privacy_pruning"))
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--plot-only", action="store_true")
+    a = p.parse_args(argv)
+    Path(a.plots).mkdir(parents=True, exist_ok=True)
+    if not a.plot_only:
+        sweep(a)
+    plot(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Fig. 4 and past it: accuracy under poisoning, BCS-FL against robust baselines.
+
+    python -m experiments.robustness --quick                  # digits, a few runs, minutes
+    python -m experiments.robustness                          # the whole grid (days on 2 cores)
+    python -m experiments.robustness --datasets mnist --alphas 0.5 --fractions 0,0.3 \\
+        --strategies bcsfl,fedavg,krum                        # a slice
+    python -m experiments.robustness --plot-only              # re-plot the CSV
+
+Grid: dataset x Dirichlet alpha x malicious fraction x attack x strategy x seed. Each
+cell is one ``bcsfl simulate`` subprocess (20 clients, 10 rounds by default) whose
+``metrics.json`` becomes one row of ``experiments/results/robustness.csv``. Fraction 0
+runs once per strategy with attack "none". Rows already in the CSV are skipped, so an
+interrupted grid resumes where it stopped. Plots: accuracy per round, one panel per
+attack and one line per strategy (the paper's Fig. 4), per setting; and a heat map of
+the worst-case final accuracy (minimum over attacks) per strategy and setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+from . import common
+
+ATTACKS = ("label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max")
+STRATEGIES = ("bcsfl", "fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "fltrust")
+FULL = dict(datasets="mnist,fashion-mnist", alphas="0.5,0.1", fractions="0,0.1,0.3",
+            attacks=",".join(ATTACKS), strategies=",".join(STRATEGIES), seeds="7", num_clients=20, rounds=10)
+QUICK = dict(datasets="digits", alphas="0.5", fractions="0,0.3", attacks="sign-flip,ipm",
+             strategies="bcsfl,fedavg,krum", seeds="7", num_clients=10, rounds=5)
+FIELDS = ("dataset", "alpha", "malicious_fraction", "attack", "strategy", "seed", "num_clients", "rounds",
+          "local_epochs", "lr", "final_accuracy", "accuracy_per_round", "seconds", "malicious_rejected", "honest_rejected",
+          "aggregate_seconds")
+TRACKS_REJECTIONS = ("bcsfl", "fltrust")  # strategies whose metrics say who was left out
+
+
+def _key(dataset, alpha, fraction, attack, strategy, seed, clients, rounds, epochs=1, lr=0.05) -> tuple:
+    return (dataset, round(float(alpha), 6), round(float(fraction), 6), attack, strategy, int(seed),
+            int(clients), int(rounds), int(epochs), round(float(lr), 6))
+
+
+def row_key(r: dict) -> tuple:
+    return _key(r["dataset"], r["alpha"], r["malicious_fraction"], r["attack"], r["strategy"], r["seed"],
+                r["num_clients"], r["rounds"], r.get("local_epochs") or 1, r.get("lr") or 0.05)
+
+
+def plan(a: argparse.Namespace) -> list[tuple]:
+    """Every run of the grid, settings first, so a partial grid compares strategies."""
+    runs = []
+    for dataset in common.words(a.datasets):
+        for alpha in common.floats(a.alphas):
+            for fraction in common.floats(a.fractions):
+                attacks = ["none"] if fraction == 0 else common.words(a.attacks)
+                for attack in attacks:
+                    for seed in common.floats(a.seeds):
+                        for strategy in common.words(a.strategies):
+                            runs.append(_key(dataset, alpha, fraction, attack, strategy, seed,
+                                             a.num_clients, a.rounds, a.local_epochs, a.lr))
+    return runs
+
+
+def run_one(key: tuple, a: argparse.Namespace) -> dict:
+    dataset, alpha, fraction, attack, strategy, seed, clients, rounds, epochs, lr = key
+    name = f"{dataset}_a{alpha:g}_f{fraction:g}_{attack}_{strategy}_s{seed}_n{clients}_r{rounds}_e{epochs}_lr{lr:g}"
+    args = ["--strategy", strategy, "--dataset", dataset, "--num-clients", clients, "--rounds", rounds,
+            "--dirichlet-alpha", alpha, "--seed", seed, "--malicious-fraction", fraction, "--attack", attack,
+            "--local-epochs", epochs, "--lr", lr]
+    ddir = common.data_dir(dataset, a.data_dir)
+    if ddir:
+        args += ["--data-dir", ddir]
+    metrics, seconds = common.simulate(args, Path(a.work_dir) / name, timeout=a.timeout)
+    accs = [r["accuracy"] for r in metrics["rounds"]]
+    aggs = [r["aggregate_seconds"] for r in metrics["rounds"] if r.get("aggregate_seconds") is not None]
+    row = dict(zip(FIELDS[:10], key), final_accuracy=metrics["final_accuracy"],
+               accuracy_per_round=[round(x, 4) for x in accs], seconds=seconds,
+               aggregate_seconds=mean(aggs) if aggs else None)
+    if strategy in TRACKS_REJECTIONS:
+        row["malicious_rejected"], row["honest_rejected"] = common.rejection_rates(metrics, clients)
+    return row
+
+
+# ---------------------------------------------------------------- plots and summary
+def _setting(r: dict) -> tuple:
+    """What a plot compares strategies in: (dataset, alpha, fraction, clients, rounds, epochs, lr)."""
+    return (r["dataset"], float(r["alpha"]), float(r["malicious_fraction"]), int(r["num_clients"]),
+            int(r["rounds"]), int(r.get("local_epochs") or 1), float(r.get("lr") or 0.05))
+
+
+def _clean(s: tuple) -> tuple:
+    return (s[0], s[1], 0.0, *s[3:])
+
+
+def _label(s: tuple) -> str:
+    dataset, alpha, fraction, clients, rounds, epochs, lr = s
+    return f"{dataset} a={alpha:g} {fraction:.0%} ({clients}c,{rounds}r,{epochs}e,lr{lr:g})"
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """{setting: {attack: {strategy: (mean final acc, mean curve)}}}, averaged over seeds."""
+    acc = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        acc[_setting(r)][r["attack"]][r["strategy"]].append(
+            (float(r["final_accuracy"]), json.loads(r["accuracy_per_round"])))
+    out = {}
+    for s, by_attack in acc.items():
+        out[s] = {}
+        for attack, by_strategy in by_attack.items():
+            out[s][attack] = {}
+            for strategy, runs in by_strategy.items():
+                curves = [c for _, c in runs]
+                n = min(len(c) for c in curves)
+                out[s][attack][strategy] = (mean(f for f, _ in runs), [mean(c[i] for c in curves) for i in range(n)])
+    return out
+
+
+def _order(strategies) -> list[str]:
+    return sorted(strategies, key=lambda s: (STRATEGIES.index(s) if s in STRATEGIES else 99, s))
+
+
+def plot_rounds(agg: dict, outdir: Path) -> list[Path]:
+    """One figure per attacked setting: a panel per attack, a line per strategy."""
+    plt = common.plt()
+    paths = []
+    for s, by_attack in sorted(agg.items()):
+        dataset, alpha, fraction, clients, rounds, epochs, lr = s
+        attacks = [a for a in ATTACKS if a in by_attack] + sorted(set(by_attack) - set(ATTACKS) - {"none"})
+        if fraction == 0 or not attacks:
+            continue
+        clean = agg.get(_clean(s), {}).get("none", {}).get("fedavg")
+        cols = min(4, len(attacks))
+        rows_n = math.ceil(len(attacks) / cols)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 2.9 * rows_n), squeeze=False, sharey=True)
+        for ax, attack in zip(axes.flat, attacks):
+            for strategy in _order(by_attack[attack]):
+                curve = by_attack[attack][strategy][1]
+                ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=2.5, lw=1.4 if strategy != "bcsfl" else 2.4,
+                        label=strategy)
+            if clean:
+                ax.plot(range(1, len(clean[1]) + 1), clean[1], "k--", lw=1, label="fedavg, no attack")
+            ax.set_title(attack)
+            ax.set_xlabel("round")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+        for ax in axes.flat[len(attacks):]:
+            ax.axis("off")
+        axes[0][0].set_ylabel("test accuracy")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(9, len(labels)), fontsize=8, frameon=False)
+        fig.suptitle(f"{dataset}, Dirichlet alpha {alpha:g}, {fraction:.0%} malicious, {clients} clients, "
+                     f"{epochs} local epoch(s), lr {lr:g}", fontsize=10)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        path = outdir / f"robustness_rounds_{dataset}_a{alpha:g}_f{fraction:g}_n{clients}_r{rounds}_e{epochs}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def worst_case(agg: dict) -> dict:
+    """{setting: {strategy: (min over attacks of final acc, that attack, attacks seen)}}."""
+    out = {}
+    for s, by_attack in agg.items():
+        per = defaultdict(list)
+        for attack, by_strategy in by_attack.items():
+            for strategy, (final, _) in by_strategy.items():
+                per[strategy].append((final, attack))
+        out[s] = {k: (*min(v), len(v)) for k, v in per.items()}
+    return out
+
+
+def plot_heatmap(worst: dict, outdir: Path) -> Path | None:
+    if not worst:
+        return None
+    import numpy as np
+
+    plt = common.plt()
+    settings = sorted(worst)
+    strategies = _order({k for w in worst.values() for k in w})
+    grid = np.full((len(strategies), len(settings)), np.nan)
+    for j, s in enumerate(settings):
+        for i, k in enumerate(strategies):
+            if k in worst[s]:
+                grid[i, j] = worst[s][k][0]
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.4 + 1.15 * len(settings)), 2.2 + 0.45 * len(strategies)))
+    im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i in range(len(strategies)):
+        for j in range(len(settings)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] < 0.6 else "black")
+    ax.set_xticks(range(len(settings)), [_label(s).replace(" (", "\n(") for s in settings], rotation=45,
+                  ha="right", fontsize=7)
+    ax.set_yticks(range(len(strategies)), strategies)
+    ax.set_title("worst-case final accuracy (min over attacks; 0%: no attack)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    path = outdir / "robustness_worstcase.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def summarise(rows: list[dict], outdir: Path) -> None:
+    agg = aggregate(rows)
+    worst = worst_case(agg)
+    for s in sorted(worst):
+        clean = agg.get(_clean(s), {}).get("none", {}).get("fedavg")
+        ref = f"; clean fedavg {clean[0]:.4f}" if clean else ""
+        print(f"{_label(s)}{ref}")
+        for k in _order(worst[s]):
+            acc, attack, n = worst[s][k]
+            print(f"  {k:14s} worst {acc:.4f} ({attack}, {n} attack(s))")
+    for path in plot_rounds(agg, outdir) + [plot_heatmap(worst, outdir)]:
+        if path:
+            print(f"wrote {path.relative_to(common.REPO) if path.is_relative_to(common.REPO) else path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"small subset: {QUICK}")
+    for name in ("datasets", "alphas", "fractions", "attacks", "strategies", "seeds"):
+        p.add_argument(f"--{name}", help=f"comma-separated (default {FULL[name]})")
+    p.add_argument("--num-clients", type=int)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--data-dir", help="dataset folder (default ../shared/datasets/<dataset>)")
+    p.add_argument("--csv", default=str(common.RESULTS / "robustness.csv"))
+    p.add_argument("--plots", default=str(common.RESULTS), help="folder for the PNGs")
+    p.add_argument("--work-dir", default=str(common.RUNS / "robustness"), help="run folders (metrics, ledgers, logs)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds before one run is abandoned")
+    p.add_argument("--plot-only", action="store_true", help="re-read the CSV and plot")
+    p.add_argument("--dry-run", action="store_true", help="list the runs still to do")
+    a = p.parse_args(argv)
+    defaults = QUICK if a.quick else FULL
+    for name, value in defaults.items():
+        if getattr(a, name) is None:
+            setattr(a, name, value)
+    csv_path, outdir = Path(a.csv), Path(a.plots)
+    outdir.mkdir(parents=True, exist_ok=True)
+    if not a.plot_only:
+        done = {row_key(r) for r in common.read_rows(csv_path)}
+        todo = [k for k in plan(a) if k not in done]
+        print(f"{len(todo)} run(s) to do, {len(plan(a)) - len(todo)} already in {csv_path}; {common.machine()}")
+        if a.dry_run:
+            for k in todo:
+                print("  ", k)
+            return 0
+        failed = 0
+        bar = common.progress(todo, len(todo), "robustness")
+        for key in bar:
+            if hasattr(bar, "set_postfix_str"):
+                bar.set_postfix_str(f"{key[0]} a={key[1]:g} {key[2]:.0%} {key[3]} {key[4]}")
+            try:
+                row = run_one(key, a)
+            except Exception as exc:  # noqa: BLE001 - one bad run must not stop the grid
+                failed += 1
+                print(f"\n{key}: {exc}", file=sys.stderr)
+                continue
+            common.append_row(csv_path, FIELDS, row)
+            print(f"\n{key[4]:14s} {key[0]} a={key[1]:g} {key[2]:.0%} {key[3]:10s} seed {key[5]}: "
+                  f"final {row['final_accuracy']:.4f} ({row['seconds']:.0f}s)", flush=True)
+        if failed:
+            print(f"{failed} run(s) failed; rerun to retry them", file=sys.stderr)
+    rows = common.read_rows(csv_path)
+    if not rows:
+        print(f"no rows in {csv_path}")
+        return 1
+    summarise(rows, outdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
