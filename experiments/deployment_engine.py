@@ -31,6 +31,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(port: int, timeout: float) -> None:
+    """Block until something accepts connections on 127.0.0.1:port (the SuperLink is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
@@ -71,7 +83,7 @@ def run(data_dir: str, nodes: int = 2, rounds: int = 2, workdir: Path | None = N
             config = f'partition-id={i} num-partitions={nodes} bcsfl-ledger="sqlite:///{ledger_path}"'
             start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
                    "--port", str(_free_port()), "--node-config", config], f"supernode-{i}", node_dir)
-        time.sleep(3)
+        _wait_for_port(link, timeout=90)
         started = time.perf_counter()
         res = subprocess.run(
             [_bin("flwr"), "run", ".", "deploy", "--stream",
