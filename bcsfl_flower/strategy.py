@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from .committee.agreement import Agreement, CountingAgreement
+from .committee.chain import committee_seed, stakes_before
 from .committee.committee import Committee, CommitteeDecision
 from .committee.coordinator import Behaviour
 from .committee.filter import FilterConfig, finite_or_none
@@ -187,7 +188,10 @@ class BCSFL(FedAvg):
         stages = {"verify": time.perf_counter() - started}
         new_identities = self._admit_registered()
         head = self.ledger.latest()
-        seed = f"{head.hash}|round-{server_round}"
+        seed = committee_seed(head, server_round)
+        # The stake book is rebuilt from the chain each round, so anyone can recompute the draw.
+        self.stakes.stakes = stakes_before(head, {**dict.fromkeys(self._on_chain_ids or ()), **new_identities},
+                                           self.stakes.policy)
         decision = self.committee.decide(
             server_round=server_round,
             stakes=self.stakes.snapshot(),
@@ -219,6 +223,7 @@ class BCSFL(FedAvg):
         t_commit = time.perf_counter()
         block = self._commit(server_round, decision, updates, rejections, new_identities, seed)
         stages["ledger_commit"] = time.perf_counter() - t_commit
+        self._on_chain_ids.update(new_identities)  # type: ignore[union-attr]
         committed = parse_canonical_bytes(self.ledger.get_model(decision.certificate.value))
         kept = set(result.kept)
         kept_contents = [m.content for m, u in self._pair(replies, updates) if u.client_id in kept]
@@ -251,19 +256,15 @@ class BCSFL(FedAvg):
         return pairs
 
     def _admit_registered(self) -> dict[str, str]:
-        """Give stake to identities registered since the last block; return them."""
+        """Client identities registered since the last committed block (they join this round)."""
         if self._on_chain_ids is None:  # once per strategy: identities already on chain
             self._on_chain_ids = {cid for blk in self.ledger.blocks(1) for cid in blk.data.get("identities", {})}
         on_chain = self._on_chain_ids
-        fresh = {
+        return {
             cid: info["public_key"]
             for cid, info in self.ledger.identities().items()
             if cid not in on_chain and info.get("role", "client") == "client"
         }
-        for cid in self.ledger.identities():
-            self.stakes.register(cid)
-        on_chain.update(fresh)
-        return fresh
 
     def _update_stakes(self, decision: CommitteeDecision, rejections: list[Rejection]) -> None:
         result = decision.output.result  # type: ignore[union-attr]

@@ -108,13 +108,10 @@ def test_byzantine_coordinator_is_outvoted_and_loses_stake():
 
 
 def test_no_quorum_leaves_model_unchanged_and_commits_nothing():
-    liars = {c: poisoned_candidate(-float(i + 2)) for i, c in enumerate(CLIENTS[:2])}
-    strategy = BCSFL(ledger="memory", committee_size=4, byzantine_coordinators=liars)
+    # Committee of all 8 (f = 2, quorum 5); 4 members each propose their own forgery.
+    liars = {c: poisoned_candidate(-float(i + 2)) for i, c in enumerate(CLIENTS[:4])}
+    strategy = BCSFL(ledger="memory", committee_size=len(CLIENTS), byzantine_coordinators=liars)
     register_all(strategy.ledger)
-    # Give the liars all the stake so both sit on the committee of 4 (f = 1).
-    for c in CLIENTS:
-        strategy.stakes.register(c)
-    strategy.stakes.stakes.update({c: 1000.0 for c in liars})
     g = global_model()
     new_arrays, _ = run_round(strategy, g, 1, honest_replies(g, 1))
     assert new_arrays is None
@@ -156,3 +153,18 @@ def test_unsigned_and_error_replies_are_recorded_and_the_round_goes_on():
     assert record["rejections"]["node-50"].startswith("unsigned")
     assert "client crashed" in record["rejections"]["node-51"]
     assert sorted(record["accepted"]) == CLIENTS
+
+
+def test_committee_is_recomputable_from_the_chain_alone():
+    from bcsfl_flower.committee.chain import recompute_committee
+
+    strategy = BCSFL(ledger="memory", committee_size=4)
+    register_all(strategy.ledger)
+    g = global_model()
+    for r in (1, 2, 3):
+        arrays_r, _ = run_round(strategy, g, r, honest_replies(g, r, flipped={"client-5"}, rng_seed=r))
+        g = arrays_to_numpy(arrays_r)
+    for block in strategy.ledger.blocks(1):
+        members = [m["member"] for m in block.data["committee"]]
+        assert recompute_committee(strategy.ledger, block, strategy.stakes.policy, 4) == members
+    assert strategy.ledger.latest().data["stakes"]["client-5"] < strategy.stakes.policy.initial
