@@ -35,25 +35,45 @@ def data_dir(dataset: str, override: str | None = None) -> str:
     return str(path) if path else ""
 
 
+CLIENT_ERROR = "An exception was raised when processing a message"
+
+
+def code_dir() -> Path:
+    """Where the simulated code is imported from: ``$BCSFL_EXPERIMENT_CODE`` or this checkout.
+
+    Point it at a frozen copy (``git archive HEAD | tar -x -C DIR``) when others edit the
+    working tree during a long grid: a module changed under a running simulation breaks
+    the Ray workers' unpickling.
+    """
+    return Path(os.environ.get("BCSFL_EXPERIMENT_CODE") or REPO).resolve()
+
+
 def simulate(args: Sequence[str], out: Path, timeout: float | None = None) -> tuple[dict[str, Any], float]:
     """Run ``bcsfl simulate ARGS --out OUT``; return (metrics.json, wall seconds).
 
-    The log goes to ``OUT.log``; a failed run raises ``RuntimeError`` naming it.
+    The log goes to ``OUT.log``. A run that exits non-zero, writes no metrics, or in
+    which any client raised (its reply is an error, so the round silently goes on
+    without it) raises ``RuntimeError`` naming the log and is not recorded.
     """
+    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name(out.name + ".log")
     cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *map(str, args), "--out", str(out)]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    code_path = code_dir()
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(code_path), os.environ.get("PYTHONPATH", "")) if p)}
     started = time.perf_counter()
     with open(log, "w") as handle:
-        handle.write(" ".join(cmd) + "\n")
+        handle.write(f"# code: {code_path}\n" + " ".join(cmd) + "\n")
         handle.flush()
-        code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+        code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=code_path, env=env,
                               timeout=timeout).returncode
     seconds = time.perf_counter() - started
     metrics_path = out / "metrics.json"
     if code != 0 or not metrics_path.is_file():
         raise RuntimeError(f"run failed (exit {code}); see {log}")
+    if CLIENT_ERROR in log.read_text(errors="replace"):
+        raise RuntimeError(f"a client raised during the run (error replies); see {log}")
     return json.loads(metrics_path.read_text()), seconds
 
 
