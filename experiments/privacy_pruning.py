@@ -32,10 +32,10 @@ from statistics import median
 
 from . import common
 
-PRIVACY_FIELDS = ("dataset", "num_clients", "rounds", "alpha", "seed", "strategy", "target_epsilon", "dp_noise",
+PRIVACY_FIELDS = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "target_epsilon", "dp_noise",
                   "dp_max_grad_norm", "epsilon_min", "epsilon_median", "epsilon_max", "final_accuracy",
                   "accuracy_per_round", "honest_rejected", "seconds")
-PRUNING_FIELDS = ("dataset", "num_clients", "rounds", "alpha", "seed", "strategy", "prune", "final_accuracy",
+PRUNING_FIELDS = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "prune", "final_accuracy",
                   "accuracy_per_round", "dense_bytes", "upload_bytes", "bytes_saved", "saved_fraction",
                   "total_upload_mb", "honest_rejected", "seconds")
 
@@ -47,7 +47,7 @@ def typical_client(a: argparse.Namespace) -> tuple[float, int]:
     ds = load_dataset(a.dataset, common.data_dir(a.dataset, a.data_dir) or None)
     per_client = (len(ds.train_y) - a.root_size) / a.num_clients
     batches = max(1, math.ceil(per_client / a.batch_size))
-    return 1.0 / batches, batches * a.rounds
+    return 1.0 / batches, batches * a.local_epochs * a.rounds
 
 
 def noise_for(target: float, a: argparse.Namespace) -> float:
@@ -71,12 +71,13 @@ def upload_bytes(dataset: str, ratio: float) -> tuple[int, int, int]:
 
 def _run(a: argparse.Namespace, name: str, extra: list) -> tuple[dict, float, Path]:
     args = ["--strategy", a.strategy, "--dataset", a.dataset, "--num-clients", a.num_clients, "--rounds", a.rounds,
-            "--dirichlet-alpha", a.alpha, "--seed", a.seed, "--root-size", a.root_size,
-            "--batch-size", a.batch_size, *extra]
+            "--local-epochs", a.local_epochs, "--dirichlet-alpha", a.alpha, "--seed", a.seed,
+            "--root-size", a.root_size, "--batch-size", a.batch_size, *extra]
     ddir = common.data_dir(a.dataset, a.data_dir)
     if ddir:
         args += ["--data-dir", ddir]
-    out = Path(a.work_dir) / f"{a.dataset}_n{a.num_clients}_r{a.rounds}_a{a.alpha:g}_s{a.seed}_{a.strategy}_{name}"
+    out = Path(a.work_dir) / (f"{a.dataset}_n{a.num_clients}_r{a.rounds}_e{a.local_epochs}_a{a.alpha:g}_s{a.seed}"
+                              f"_{a.strategy}_{name}")
     metrics, seconds = common.simulate(args, out, timeout=a.timeout)
     return metrics, seconds, out
 
@@ -95,8 +96,8 @@ def ledger_epsilons(out: Path) -> list[float]:
 
 
 def _base(a: argparse.Namespace) -> dict:
-    return dict(dataset=a.dataset, num_clients=a.num_clients, rounds=a.rounds, alpha=a.alpha, seed=a.seed,
-                strategy=a.strategy)
+    return dict(dataset=a.dataset, num_clients=a.num_clients, rounds=a.rounds, local_epochs=a.local_epochs,
+                alpha=a.alpha, seed=a.seed, strategy=a.strategy)
 
 
 def _done(path: Path, a: argparse.Namespace, column: str) -> set[float]:
@@ -116,30 +117,38 @@ def sweep(a: argparse.Namespace) -> None:
     priv_csv, prune_csv = Path(a.privacy_csv), Path(a.pruning_csv)
     targets = [float(t) for t in a.epsilons.split(",")]
     ratios = common.floats(a.prunes)
-    todo = [("privacy", t) for t in targets if t not in _done(priv_csv, a, "target_epsilon")]
-    todo += [("pruning", r) for r in ratios if r not in _done(prune_csv, a, "prune")]
+    todo = []
+    for kind, strategies, path, column, values in (
+        ("privacy", a.privacy_strategies, priv_csv, "target_epsilon", targets),
+        ("pruning", a.pruning_strategies, prune_csv, "prune", ratios),
+    ):
+        for strategy in common.words(strategies):
+            done = _done(path, argparse.Namespace(**{**vars(a), "strategy": strategy}), column)
+            todo += [(kind, strategy, v) for v in values if v not in done]
     print(f"{len(todo)} run(s) to do; {common.machine()}")
     if todo:
         q, steps = typical_client(a)
         print(f"typical client: sample rate {q:.4f}, {steps} DP-SGD steps over {a.rounds} rounds")
-    for kind, value in common.progress(todo, len(todo), "privacy/pruning"):
+    for kind, a.strategy, value in common.progress(todo, len(todo), "privacy/pruning"):
         if kind == "privacy":
             sigma = noise_for(value, a)
             extra = ["--dp-noise", sigma, "--dp-max-grad-norm", a.dp_max_grad_norm] if sigma > 0 else []
             metrics, seconds, out = _run(a, f"dp{sigma:g}", extra)
             eps = ledger_epsilons(out)
+            if not eps:  # no DP: infinite; DP without a ledger (not bcsfl): unknown (empty cells)
+                eps = [math.inf] if sigma == 0 else [None]
             row = dict(_base(a), target_epsilon=value, dp_noise=sigma, dp_max_grad_norm=a.dp_max_grad_norm,
-                       epsilon_min=eps[0] if eps else math.inf, epsilon_median=median(eps) if eps else math.inf,
-                       epsilon_max=eps[-1] if eps else math.inf)
+                       epsilon_min=eps[0], epsilon_median=eps[len(eps) // 2] if None in eps else median(eps),
+                       epsilon_max=eps[-1])
             path, fields = priv_csv, PRIVACY_FIELDS
-            label = f"target eps {value:g}: noise {sigma:g}, eps reached {row['epsilon_min']:.3g}..{row['epsilon_max']:.3g}"
+            label = f"{a.strategy} target eps {value:g}: noise {sigma:g}, eps reached {eps[0]}..{eps[-1]}"
         else:
             metrics, seconds, out = _run(a, f"prune{value:g}", ["--prune", value] if value > 0 else [])
             dense, upload, saved = upload_bytes(a.dataset, value)
             row = dict(_base(a), prune=value, dense_bytes=dense, upload_bytes=upload, bytes_saved=saved,
                        saved_fraction=saved / dense, total_upload_mb=upload * a.num_clients * a.rounds / 1e6)
             path, fields = prune_csv, PRUNING_FIELDS
-            label = f"prune {value:g}: upload {upload} B of {dense} B per client-round"
+            label = f"{a.strategy} prune {value:g}: upload {upload} B of {dense} B per client-round"
         row.update(final_accuracy=metrics["final_accuracy"], seconds=seconds,
                    accuracy_per_round=[round(r["accuracy"], 4) for r in metrics["rounds"]],
                    honest_rejected=common.rejection_rates(metrics, a.num_clients)[1]
@@ -148,62 +157,85 @@ def sweep(a: argparse.Namespace) -> None:
         print(f"\n{label}; final accuracy {metrics['final_accuracy']:.4f} ({seconds:.0f}s)", flush=True)
 
 
+def _g(cell: str) -> str:
+    """A CSV number cell, short; '?' when empty (unknown)."""
+    return f"{float(cell):.3g}" if cell not in ("", None) else "?"
+
+
 def plot(a: argparse.Namespace) -> None:
     plt = common.plt()
     outdir = Path(a.plots)
-    base = {k: str(v) for k, v in _base(a).items()}
+    base = {k: str(v) for k, v in _base(a).items() if k != "strategy"}
+    setting = f"{a.dataset}, {a.num_clients} clients, {a.rounds} rounds x {a.local_epochs} epoch(s), seed {a.seed}"
 
-    def mine(rows):
-        return [r for r in rows if all(r[k] == base[k] or _num_eq(r[k], base[k]) for k in base)]
+    def mine(path: Path, column: str) -> dict[str, list[dict]]:
+        by = {}
+        for r in common.read_rows(path):
+            if all(r[k] == base[k] or _num_eq(r[k], base[k]) for k in base):
+                by.setdefault(r["strategy"], []).append(r)
+        return {k: sorted(v, key=lambda r: float(r[column])) for k, v in sorted(by.items())}
 
-    priv = sorted(mine(common.read_rows(Path(a.privacy_csv))), key=lambda r: float(r["target_epsilon"]))
+    priv = mine(Path(a.privacy_csv), "target_epsilon")
     if priv:
-        fig, ax = plt.subplots(figsize=(5.2, 3.6))
-        xs = list(range(len(priv)))
-        ax.plot(xs, [float(r["final_accuracy"]) for r in priv], "o-", lw=2)
-        labels = []
-        for x, r in zip(xs, priv):
-            t = float(r["target_epsilon"])
-            labels.append("no DP\n(eps = inf)" if math.isinf(t) else
-                          f"eps {t:g}\n(noise {float(r['dp_noise']):g};\nreached {float(r['epsilon_min']):.2g}-"
-                          f"{float(r['epsilon_max']):.2g})")
-            ax.annotate(f"{float(r['final_accuracy']):.3f}", (x, float(r["final_accuracy"])),
-                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-        ax.set_xticks(xs, labels, fontsize=7)
+        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+        targets = sorted({float(r["target_epsilon"]) for rs in priv.values() for r in rs})
+        pos = {t: i for i, t in enumerate(targets)}
+        labels = {}
+        for strategy, rs in priv.items():
+            xs = [pos[float(r["target_epsilon"])] for r in rs]
+            ys = [float(r["final_accuracy"]) for r in rs]
+            ax.plot(xs, ys, "o-", lw=2, label=strategy)
+            for x, y, r in zip(xs, ys, rs):
+                ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+                t = float(r["target_epsilon"])
+                labels[t] = ("no DP\n(eps = inf)" if math.isinf(t) else
+                             f"target eps {t:g}\nnoise {float(r['dp_noise']):g}\nreached "
+                             f"{_g(r['epsilon_min'])}-{_g(r['epsilon_max'])}")
+        ax.set_xticks(range(len(targets)), [labels[t] for t in targets], fontsize=7)
         ax.set_ylabel("final test accuracy")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
-        ax.set_title(f"DP-SGD: {a.strategy}, {a.dataset}, {a.num_clients} clients, {a.rounds} rounds, delta 1e-5",
-                     fontsize=9)
+        ax.legend(fontsize=8)
+        ax.set_title(f"DP-SGD (delta 1e-5): {setting}", fontsize=8)
         fig.tight_layout()
         fig.savefig(outdir / "privacy.png", dpi=110)
         plt.close(fig)
         print(f"wrote {outdir / 'privacy.png'}")
-        for r in priv:
-            print(f"  target eps {r['target_epsilon']:>4s}  noise {r['dp_noise']:>5s}  eps reached "
-                  f"{r['epsilon_min']}..{r['epsilon_max']} (median {r['epsilon_median']})  "
-                  f"final accuracy {float(r['final_accuracy']):.4f}")
-    prune = sorted(mine(common.read_rows(Path(a.pruning_csv))), key=lambda r: float(r["prune"]))
+        for strategy, rs in priv.items():
+            for r in rs:
+                print(f"  {strategy:7s} target eps {r['target_epsilon']:>4s}  noise {r['dp_noise']:>5s}  eps reached "
+                      f"{_g(r['epsilon_min'])}..{_g(r['epsilon_max'])} (median {_g(r['epsilon_median'])})  final accuracy {float(r['final_accuracy']):.4f}  "
+                      f"honest rejected {r['honest_rejected'] or '-'}")
+    prune = mine(Path(a.pruning_csv), "prune")
     if prune:
-        fig, ax = plt.subplots(figsize=(5.2, 3.6))
-        xs = [float(r["prune"]) for r in prune]
-        ax.plot(xs, [float(r["final_accuracy"]) for r in prune], "o-", lw=2, color="C0", label="final accuracy")
-        ax.set_xlabel("pruning ratio (fraction of weights zeroed)")
-        ax.set_ylabel("final test accuracy", color="C0")
-        ax.set_ylim(0, 1.05)
+        fig, ax = plt.subplots(figsize=(5.6, 3.8))
         ax2 = ax.twinx()
-        ax2.plot(xs, [int(r["upload_bytes"]) / 1024 for r in prune], "s--", color="C1", label="upload")
-        ax2.set_ylabel("upload per client per round (KiB)", color="C1")
+        for i, (strategy, rs) in enumerate(prune.items()):
+            xs = [float(r["prune"]) for r in rs]
+            ax.plot(xs, [float(r["final_accuracy"]) for r in rs], "o-", lw=2, color=f"C{i}",
+                    label=f"{strategy}: accuracy")
+        first = next(iter(prune.values()))
+        ax2.plot([float(r["prune"]) for r in first], [int(r["upload_bytes"]) / 1024 for r in first], "s--",
+                 color="0.4", label="upload per client-round")
+        ax.set_xlabel("pruning ratio (fraction of weights zeroed)")
+        ax.set_ylabel("final test accuracy")
+        ax.set_ylim(0, 1.05)
+        ax2.set_ylabel("upload per client per round (KiB)")
         ax2.set_ylim(0, None)
         ax.grid(alpha=0.3)
-        ax.set_title(f"pruning: {a.strategy}, {a.dataset}, {a.num_clients} clients, {a.rounds} rounds", fontsize=9)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower left")
+        ax.set_title(f"magnitude pruning: {setting}", fontsize=8)
         fig.tight_layout()
         fig.savefig(outdir / "pruning.png", dpi=110)
         plt.close(fig)
         print(f"wrote {outdir / 'pruning.png'}")
-        for r in prune:
-            print(f"  prune {r['prune']:>4s}  upload {r['upload_bytes']} B of {r['dense_bytes']} B "
-                  f"(saved {float(r['saved_fraction']):.0%})  final accuracy {float(r['final_accuracy']):.4f}")
+        for strategy, rs in prune.items():
+            for r in rs:
+                print(f"  {strategy:7s} prune {r['prune']:>4s}  upload {r['upload_bytes']} B of {r['dense_bytes']} B "
+                      f"(saved {float(r['saved_fraction']):.0%})  final accuracy {float(r['final_accuracy']):.4f}  "
+                      f"honest rejected {r['honest_rejected'] or '-'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--strategy", default="bcsfl", help="bcsfl records each client's epsilon on its ledger")
+    p.add_argument("--privacy-strategies", default="bcsfl", help="bcsfl records each client's epsilon on its ledger")
+    p.add_argument("--pruning-strategies", default="bcsfl,fedavg")
+    p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--root-size", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epsilons", default="1,3,8,inf", help="target epsilons of a typical client over the run")
@@ -227,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--plot-only", action="store_true")
     a = p.parse_args(argv)
+    a.strategy = "bcsfl"
     Path(a.plots).mkdir(parents=True, exist_ok=True)
     if not a.plot_only:
         sweep(a)

@@ -30,9 +30,10 @@ from . import common
 ATTACKS = ("label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max")
 STRATEGIES = ("bcsfl", "fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "fltrust")
 FULL = dict(datasets="mnist,fashion-mnist", alphas="0.5,0.1", fractions="0,0.1,0.3",
-            attacks=",".join(ATTACKS), strategies=",".join(STRATEGIES), seeds="7", num_clients=20, rounds=10)
+            attacks=",".join(ATTACKS), strategies=",".join(STRATEGIES), seeds="7", num_clients=20, rounds=10,
+            local_epochs=1, lr=0.05)
 QUICK = dict(datasets="digits", alphas="0.5", fractions="0,0.3", attacks="sign-flip,ipm",
-             strategies="bcsfl,fedavg,krum", seeds="7", num_clients=10, rounds=5)
+             strategies="bcsfl,fedavg,krum", seeds="7", num_clients=10, rounds=5, local_epochs=3, lr=0.05)
 FIELDS = ("dataset", "alpha", "malicious_fraction", "attack", "strategy", "seed", "num_clients", "rounds",
           "local_epochs", "lr", "final_accuracy", "accuracy_per_round", "seconds", "malicious_rejected", "honest_rejected",
           "aggregate_seconds")
@@ -227,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name}", help=f"comma-separated (default {FULL[name]})")
     p.add_argument("--num-clients", type=int)
     p.add_argument("--rounds", type=int)
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--local-epochs", type=int)
+    p.add_argument("--lr", type=float)
     p.add_argument("--data-dir", help="dataset folder (default ../shared/datasets/<dataset>)")
     p.add_argument("--csv", default=str(common.RESULTS / "robustness.csv"))
     p.add_argument("--plots", default=str(common.RESULTS), help="folder for the PNGs")
