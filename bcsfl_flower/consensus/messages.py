@@ -16,6 +16,8 @@ once per process.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Union
 
@@ -26,7 +28,7 @@ __all__ = [
     "Commit", "Checkpoint", "PreparedCert", "ViewChange", "NewView", "Forward", "Status",
     "CommittedEntry", "CatchUp", "Send", "Broadcast", "Committed", "SetTimer", "CancelTimer",
     "ViewEntered", "Output", "canonical", "check_signature", "set_verify_cache",
-    "verify_cache_stats", "sign",
+    "verify_cache_stats", "sign", "signed_by", "cache_enabled",
 ]
 
 #: Digest of the null request that fills gaps in a new view.
@@ -102,6 +104,7 @@ def sign(msg: Signed, key: SigningKey) -> Signed:
     """Fill in ``msg.sig`` (constructed with ``sig=b""``) and return it."""
     object.__setattr__(msg, "sig", key.sign(msg.body()))  # frozen: set once, before use
     msg.__dict__.pop("_enc", None)
+    msg.__dict__.pop("_sig_ok", None)
     return msg
 
 
@@ -123,11 +126,11 @@ def verify_cache_stats() -> dict[str, int]:
 
 
 def check_signature(public_hex: str, sig: bytes, body: bytes) -> bool:
-    """:func:`verify_signature`, memoised on (key, signature, body)."""
+    """:func:`verify_signature`, memoised on (key, signature, SHA-256 of the body)."""
     if not _CACHE_ON[0]:
         _STATS["verified"] += 1
         return verify_signature(public_hex, sig, body)
-    key = (public_hex, sig, body)
+    key = (public_hex, sig, hashlib.sha256(body).digest())
     hit = _CACHE.get(key)
     if hit is not None:
         _STATS["hits"] += 1
@@ -138,6 +141,30 @@ def check_signature(public_hex: str, sig: bytes, body: bytes) -> bool:
     ok = verify_signature(public_hex, sig, body)
     _CACHE[key] = ok
     return ok
+
+
+def signed_by(msg: Signed, keys: Sequence[str]) -> bool:
+    """True when ``msg.sender`` indexes ``keys`` and the signature verifies under it.
+
+    The answer is also remembered on the (immutable) message object, so a message
+    object delivered to many replicas, or nested in many view-changes, is hashed once.
+    """
+    s = getattr(msg, "sender", None)
+    if type(s) is not int or not 0 <= s < len(keys):
+        return False
+    pub = keys[s]
+    memo = msg.__dict__.get("_sig_ok") if _CACHE_ON[0] else None
+    if memo is not None and memo[0] == pub:
+        _STATS["hits"] += 1
+        return memo[1]
+    ok = check_signature(pub, msg.sig, msg.body())
+    if _CACHE_ON[0]:
+        msg.__dict__["_sig_ok"] = (pub, ok)
+    return ok
+
+
+def cache_enabled() -> bool:
+    return _CACHE_ON[0]
 
 
 # --------------------------------------------------------------------------- requests

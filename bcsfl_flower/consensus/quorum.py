@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .messages import NULL_DIGEST, Commit, Message, Request, check_signature
+from .messages import NULL_DIGEST, Commit, Message, Request, signed_by
 
 __all__ = [
     "max_faulty", "quorum_size", "QuorumCertificate", "verify", "verify_commit", "entry_matches",
@@ -65,9 +65,7 @@ class QuorumCertificate(Message):
 
 def verify_commit(commit: Commit, replica_keys: Sequence[str]) -> bool:
     """True when ``commit`` is signed by the replica it names."""
-    if not 0 <= commit.sender < len(replica_keys):
-        return False
-    return check_signature(replica_keys[commit.sender], commit.sig, commit.body())
+    return signed_by(commit, replica_keys)
 
 
 def verify(

@@ -27,7 +27,7 @@ from ..crypto import SigningKey, sha256_hex
 from .messages import (
     GENESIS_DIGEST, Broadcast, CatchUp, Checkpoint, Commit, Committed, CommittedEntry, Forward,
     NewView, Output, PreparedCert, Prepare, PrePrepare, Request, Send, SetTimer, CancelTimer,
-    Signed, Status, ViewChange, check_signature, sign,
+    Signed, Status, ViewChange, check_signature, sign, signed_by,
 )
 from .quorum import QuorumCertificate, entry_matches, max_faulty, quorum_size, verify
 from .viewchange import NORMAL, VIEW_CHANGE, ViewChangeMixin
@@ -230,10 +230,7 @@ class Replica(ViewChangeMixin):
             self._out.append(Send(to, msg))
 
     def _authentic(self, msg: Signed) -> bool:
-        s = getattr(msg, "sender", None)
-        if type(s) is not int or not 0 <= s < self.n:
-            return False
-        return check_signature(self.keys[s], msg.sig, msg.body())
+        return signed_by(msg, self.keys)
 
     def _set_timer(self, kind: str, delay: float) -> None:
         self._timer_seq += 1

@@ -38,7 +38,8 @@ from .messages import (
     Request,
     ViewChange,
     ViewEntered,
-    check_signature,
+    cache_enabled,
+    signed_by,
 )
 from .quorum import max_faulty, quorum_size
 
@@ -54,11 +55,6 @@ NORMAL = "normal"
 VIEW_CHANGE = "view-change"
 #: View-change messages further ahead than this many views are not stored.
 MAX_VIEWS_AHEAD = 64
-
-
-def _signed_by(msg, keys: Sequence[str]) -> bool:
-    s = msg.sender
-    return type(s) is int and 0 <= s < len(keys) and check_signature(keys[s], msg.sig, msg.body())
 
 
 def digest_ok(pp: PrePrepare) -> bool:
@@ -80,19 +76,36 @@ def valid_checkpoint_proof(
             return False
         if c.sender in signers:
             continue
-        if not _signed_by(c, keys):
+        if not signed_by(c, keys):
             return False
         signers.add(c.sender)
     return len(signers) >= quorum_size(len(keys))
 
 
 def valid_view_change(vc: ViewChange, keys: Sequence[str], log_window: int) -> bool:
-    """Signature, checkpoint proof and every prepared certificate of ``vc`` check out."""
+    """Signature, checkpoint proof and every prepared certificate of ``vc`` check out.
+
+    The verdict is a pure function of (message, keys, window) and is remembered on the
+    immutable message object (a view-change is retransmitted and nested in new-views).
+    """
+    if not isinstance(vc, ViewChange):
+        return False
+    if not cache_enabled():
+        return _valid_view_change(vc, keys, log_window)
+    memo = vc.__dict__.setdefault("_vc_ok", {})
+    k = (tuple(keys), log_window)
+    ok = memo.get(k)
+    if ok is None:
+        ok = memo[k] = _valid_view_change(vc, keys, log_window)
+    return ok
+
+
+def _valid_view_change(vc: ViewChange, keys: Sequence[str], log_window: int) -> bool:
     n = len(keys)
     f = max_faulty(n)
-    if not isinstance(vc, ViewChange) or vc.view <= 0 or vc.stable_seq < 0:
+    if vc.view <= 0 or vc.stable_seq < 0:
         return False
-    if not _signed_by(vc, keys):
+    if not signed_by(vc, keys):
         return False
     if not valid_checkpoint_proof(vc.stable_seq, vc.stable_digest, vc.checkpoint_proof, keys):
         return False
@@ -105,7 +118,7 @@ def valid_view_change(vc: ViewChange, keys: Sequence[str], log_window: int) -> b
             return False
         if not 0 <= pp.view < vc.view or pp.sender != pp.view % n or not digest_ok(pp):
             return False
-        if not _signed_by(pp, keys):
+        if not signed_by(pp, keys):
             return False
         backups: set[int] = set()
         for p in cert.prepares:
@@ -113,7 +126,7 @@ def valid_view_change(vc: ViewChange, keys: Sequence[str], log_window: int) -> b
                 return False
             if p.sender in backups:
                 continue
-            if not _signed_by(p, keys):
+            if not signed_by(p, keys):
                 return False
             backups.add(p.sender)
         if len(backups) < 2 * f:
@@ -169,7 +182,7 @@ def valid_new_view(
     n = len(keys)
     if not isinstance(nv, NewView) or nv.view <= 0 or nv.sender != nv.view % n:
         return None
-    if not _signed_by(nv, keys):
+    if not signed_by(nv, keys):
         return None
     senders: set[int] = set()
     for vc in nv.view_changes:
@@ -188,7 +201,7 @@ def valid_new_view(
             return None
         if (pp.view, pp.seq, pp.digest, pp.sender) != (nv.view, seq, digest, nv.sender):
             return None
-        if not digest_ok(pp) or not _signed_by(pp, keys):
+        if not digest_ok(pp) or not signed_by(pp, keys):
             return None
     return plan
 
