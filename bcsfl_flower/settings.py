@@ -39,6 +39,7 @@ class RunSettings:
     prune: float = 0.0
     root_size: int = 100
     committee_size: int = 4
+    committee: str = "server"  # "server": in-process committee; "nodes": coordinators on client nodes
     bcsfl_ledger: str = "sqlite:///bcsfl-ledger.db"
     bcsfl_key_dir: str = ".bcsfl/keys"
     out: str = ""

@@ -13,16 +13,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from .client.acceptance import CERT_KEY
 from .committee.agreement import Agreement, CountingAgreement
 from .committee.chain import committee_seed, stakes_before
-from .committee.committee import Committee, CommitteeDecision
+from .committee.committee import Committee
+from .committee.outcome import RoundOutcome, block_data
+from .committee.relay import RelayCommittee
+from .committee.stake import draw_committee
 from .committee.coordinator import Behaviour
 from .committee.filter import FilterConfig, finite_or_none
 from .committee.rootset import RootSet
 from .committee.stake import StakeBook, StakePolicy
-from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate
+from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, verify_round
+from .crypto import SigningKey
 from .ledger import Ledger, build_block, make_transaction, open_ledger
-from .package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, numpy_to_arrays, parse_canonical_bytes
+from .package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, canonical_bytes, numpy_to_arrays, parse_canonical_bytes
 
 __all__ = ["BCSFL"]
 
@@ -62,6 +67,11 @@ class BCSFL(FedAvg):
         Packages older than this many seconds are rejected as stale.
     agreement : Agreement | None
         How the committee agrees (default: a 2f+1 quorum count).
+    committee : str (default: "server")
+        ``"server"``: the committee runs inside this ServerApp (quick simulations; its
+        members' keys live here). ``"nodes"``: the drawn coordinators are client nodes
+        that recompute, verify and sign themselves (through ``bcsfl_mod``); this
+        strategy only relays, and clients accept a model only with its certificate.
     enrollment : str (default: "ledger")
         ``"ledger"``: a client counts only once its key is in the ledger's identity
         registry (``bcsfl_mod`` registers it on first use). ``"first-use"``: a
@@ -91,6 +101,7 @@ class BCSFL(FedAvg):
         stake_policy: StakePolicy | None = None,
         max_package_age: float = 600.0,
         agreement: Agreement | None = None,
+        committee: str = "server",
         enrollment: str = "ledger",
         byzantine_coordinators: Mapping[str, Behaviour] | None = None,
     ) -> None:
@@ -106,6 +117,12 @@ class BCSFL(FedAvg):
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
+        if committee not in ("server", "nodes"):
+            raise ValueError("committee must be 'server' or 'nodes'")
+        self.committee_mode = committee
+        self.relay = RelayCommittee()
+        self._relay_key = SigningKey.generate()  # signs blocks; the certificate carries the coordinators' votes
+        self._grid: Grid | None = None
         if enrollment not in ("ledger", "first-use"):
             raise ValueError("enrollment must be 'ledger' or 'first-use'")
         self.enrollment = enrollment
@@ -145,25 +162,31 @@ class BCSFL(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global model (packages are checked against it), then as FedAvg."""
+        """Remember the global model (packages are checked against it), then as FedAvg.
+
+        With the committee on nodes, each message also names the block that certifies
+        the global model, so clients can check it against the ledger before training.
+        """
         self._global = arrays_to_numpy(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
+        self._grid = grid
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.committee_mode == "nodes":
+            head = self.ledger.latest()
+            certificate = ConfigRecord({"block-hash": head.hash, "block-seq": head.sequence_no})
+            for msg in messages:
+                msg.content[CERT_KEY] = certificate
+        return messages
 
     def _verify_all(self, server_round: int, replies: Iterable[Message]) -> tuple[list[VerifiedUpdate], list[Rejection]]:
         valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
         rejections = [Rejection(f"node-{m.metadata.src_node_id}", f"error reply: {m.error.reason}") for m in errors]
         if self.enrollment == "first-use":
             self._enroll_first_use(valid)
-        updates: list[VerifiedUpdate] = []
-        now = time.time()
-        for msg in valid:
-            out = self.verifier.verify(
-                msg.content, server_round=server_round, reference=self._global, now=now,
-                fallback_id=f"node-{msg.metadata.src_node_id}",
-            )
-            if isinstance(out, VerifiedUpdate) and any(u.client_id == out.client_id for u in updates):
-                out = Rejection(out.client_id, "second package from the same client this round", out.package.packet_id)
-            (updates if isinstance(out, VerifiedUpdate) else rejections).append(out)
+        updates, found = verify_round(
+            self.verifier, [(f"node-{m.metadata.src_node_id}", m.content) for m in valid],
+            server_round=server_round, reference=self._global, now=time.time(),
+        )
+        rejections += found
         for r in rejections:
             log(WARNING, "BCS-FL rejected %s: %s", r.client_id, r.reason)
         return updates, rejections
@@ -192,57 +215,114 @@ class BCSFL(FedAvg):
         # The stake book is rebuilt from the chain each round, so anyone can recompute the draw.
         self.stakes.stakes = stakes_before(head, {**dict.fromkeys(self._on_chain_ids or ()), **new_identities},
                                            self.stakes.policy)
-        decision = self.committee.decide(
-            server_round=server_round,
-            stakes=self.stakes.snapshot(),
-            seed=seed,
-            global_tensors=self._global,
-            updates=updates,
-            root=self.root_set,
-            config=self.filter_config,
-        )
-        stages.update(decision.timings)
+        if self.committee_mode == "nodes":
+            outcome = self._decide_on_nodes(server_round, seed, replies, list(new_identities))
+        else:
+            outcome = self._decide_in_process(server_round, seed, updates)
+        stages.update(outcome.timings)
         record: dict[str, Any] = {
             "round": server_round,
             "stages": stages,
-            "committee": decision.members,
+            "committee": outcome.members,
             "rejections": {r.client_id: r.reason for r in rejections},
+            "bytes_moved": outcome.bytes_moved,
         }
-        if decision.certificate is None or decision.output is None:
-            log(WARNING, "BCS-FL round %d: no quorum (%s); global model unchanged", server_round, decision.log)
+        if outcome.certificate is None or outcome.candidate_bytes is None:
+            log(WARNING, "BCS-FL round %d: no quorum (%s); global model unchanged", server_round, outcome.log)
             record.update(accepted=[], rejected=sorted({r.client_id for r in rejections} | {u.client_id for u in updates}),
                           committed=False, server_seconds=time.perf_counter() - started)
             self.rounds.append(record)
             return None, None
 
-        result = decision.output.result
-        self._update_stakes(decision, rejections)
+        self._update_stakes(outcome, rejections)
         for u in updates:
             if "epsilon" in u.metrics:
                 self._epsilon[u.client_id] = u.metrics["epsilon"]
         t_commit = time.perf_counter()
-        block = self._commit(server_round, decision, updates, rejections, new_identities, seed)
+        block = self._commit(server_round, seed, outcome, updates, rejections, new_identities)
         stages["ledger_commit"] = time.perf_counter() - t_commit
         self._on_chain_ids.update(new_identities)  # type: ignore[union-attr]
-        committed = parse_canonical_bytes(self.ledger.get_model(decision.certificate.value))
-        kept = set(result.kept)
+        committed = parse_canonical_bytes(self.ledger.get_model(outcome.certificate.value))
+        kept = set(outcome.kept)
         kept_contents = [m.content for m, u in self._pair(replies, updates) if u.client_id in kept]
         metrics = self.train_metrics_aggr_fn(kept_contents, self.weighted_by_key) if kept_contents else None
-        rejected = sorted(set(result.rejected) | {r.client_id for r in rejections})
+        rejected = sorted(set(outcome.rejected) | {r.client_id for r in rejections})
         log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d",
-            server_round, len(kept), len(rejected), rejected, decision.members, block.sequence_no)
+            server_round, len(kept), len(rejected), rejected, outcome.members, block.sequence_no)
         record.update(
             accepted=sorted(kept),
             rejected=rejected,
-            decisions=[d.to_json() for d in result.decisions],
-            model_hash=decision.certificate.value,
+            decisions=outcome.decisions,
+            model_hash=outcome.certificate.value,
             block=block.sequence_no,
             committed=True,
-            dissenters=decision.dissenters,
+            dissenters=outcome.dissenters,
             server_seconds=time.perf_counter() - started,
         )
         self.rounds.append(record)
         return numpy_to_arrays(committed), metrics
+
+    def _decide_in_process(self, server_round: int, seed: str, updates: list[VerifiedUpdate]) -> RoundOutcome:
+        decision = self.committee.decide(
+            server_round=server_round, stakes=self.stakes.snapshot(), seed=seed, global_tensors=self._global,
+            updates=updates, root=self.root_set, config=self.filter_config,
+        )
+        if decision.output is None or decision.certificate is None:
+            return RoundOutcome(decision.members, decision.public_keys, None, None, [], decision.dissenters, None,
+                                timings=decision.timings, log=decision.log)
+        result = decision.output.result
+        return RoundOutcome(
+            members=decision.members,
+            public_keys=decision.public_keys,
+            certificate=decision.certificate,
+            candidate_bytes=decision.output.candidate_bytes,
+            decisions=[d.to_json() for d in result.decisions],
+            dissenters=decision.dissenters,
+            producer=self.committee.key(decision.primary),
+            filter_info={
+                "reference": result.reference,
+                "root_source": self.root_set.source if self.root_set else None,
+                "clip_norm": finite_or_none(result.clip_norm),
+                "root_loss_before": finite_or_none(result.root_loss_before),
+                "root_loss_after": finite_or_none(result.root_loss_after),
+            },
+            timings=decision.timings,
+            log=decision.log,
+        )
+
+    def _decide_on_nodes(self, server_round: int, seed: str, replies: list[Message], newcomers: list[str]) -> RoundOutcome:
+        if self._grid is None:
+            raise RuntimeError("committee='nodes' needs the Grid from configure_train")
+        t0 = time.perf_counter()
+        members = draw_committee(self.stakes.snapshot(), self.committee.size, seed)
+        node_of: dict[str, int] = {}
+        contents = []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            contents.append(msg.content)
+            header = msg.content.config_records.get(PACKAGE_KEY)
+            if header is not None and isinstance(header.get("client-id"), str):
+                node_of.setdefault(header["client-id"], msg.metadata.src_node_id)
+        identities = {m: self.ledger.identity(m) for m in members}
+        decision = self.relay.decide(
+            self._grid, server_round=server_round, members=members, node_of=node_of, identities=identities,
+            global_arrays=numpy_to_arrays(self._global), contents=contents, newcomers=newcomers,
+        )
+        candidate = decision.candidate
+        return RoundOutcome(
+            members=members,
+            public_keys={m: k for m, k in identities.items() if k},
+            certificate=decision.certificate,
+            candidate_bytes=canonical_bytes(candidate) if candidate is not None else None,
+            decisions=decision.decisions,
+            dissenters=decision.dissenters,
+            producer=self._relay_key,
+            filter_info={"reference": "computed by the coordinator nodes"},
+            timings={"committee_on_nodes": time.perf_counter() - t0},
+            log=decision.log,
+            bytes_moved=decision.bytes_sent + decision.bytes_received,
+        )
 
     @staticmethod
     def _pair(replies: list[Message], updates: list[VerifiedUpdate]) -> list[tuple[Message, VerifiedUpdate]]:
@@ -266,52 +346,25 @@ class BCSFL(FedAvg):
             if cid not in on_chain and info.get("role", "client") == "client"
         }
 
-    def _update_stakes(self, decision: CommitteeDecision, rejections: list[Rejection]) -> None:
-        result = decision.output.result  # type: ignore[union-attr]
-        self.stakes.reward(result.kept)
+    def _update_stakes(self, outcome: RoundOutcome, rejections: list[Rejection]) -> None:
+        self.stakes.reward(outcome.kept)
         registered = self.ledger.identities()
-        self.stakes.punish(result.rejected + [r.client_id for r in rejections if r.client_id in registered])
-        self.stakes.reward(m for m in decision.members if m not in decision.dissenters)
-        self.stakes.punish(decision.dissenters)
+        self.stakes.punish(outcome.rejected + [r.client_id for r in rejections if r.client_id in registered])
+        self.stakes.reward(m for m in outcome.members if m not in outcome.dissenters)
+        self.stakes.punish(outcome.dissenters)
 
-    def _commit(self, server_round, decision, updates, rejections, identities, seed):
-        """Write the candidate bytes and the round's record as a block signed by the primary."""
-        output, cert = decision.output, decision.certificate
-        digest = self.ledger.put_model(output.candidate_bytes)
-        primary_key = self.committee.key(decision.primary)
-        result = output.result
-        tx = make_transaction(primary_key, {
+    def _commit(self, server_round, seed, outcome: RoundOutcome, updates, rejections, identities):
+        """Write the candidate bytes and the round's record as a block signed by the producer."""
+        digest = self.ledger.put_model(outcome.candidate_bytes)
+        kept = set(outcome.kept)
+        tx = make_transaction(outcome.producer, {
             "model-params": digest,
             "model-acc": None,
-            "num": int(sum(u.package.num_examples for u in updates if u.client_id in set(result.kept))),
+            "num": int(sum(u.package.num_examples for u in updates if u.client_id in kept)),
         })
-        data = {
-            "round": server_round,
-            "transactions": [tx],
-            "model-params": digest,
-            "seed": seed,
-            "committee": [
-                {"member": m, "public": decision.public_keys[m], "stake": self.stakes.stakes.get(m, 0.0)}
-                for m in decision.members
-            ],
-            "quorum": cert.to_json(),
-            "dissenters": decision.dissenters,
-            "accepted": result.kept,
-            "rejected": [{"client_id": d.client_id, "reason": d.reason} for d in result.decisions if not d.kept]
-            + [{"client_id": r.client_id, "reason": r.reason} for r in rejections],
-            "decisions": [d.to_json() for d in result.decisions],
-            "packages": {u.client_id: u.package.model_hash for u in updates},
-            "filter": {
-                "reference": result.reference,
-                "root_source": self.root_set.source if self.root_set else None,
-                "clip_norm": finite_or_none(result.clip_norm),
-                "root_loss_before": finite_or_none(result.root_loss_before),
-                "root_loss_after": finite_or_none(result.root_loss_after),
-            },
-            "stakes": self.stakes.snapshot(),
-            "epsilon": dict(sorted(self._epsilon.items())),
-            "identities": identities,
-        }
-        block = build_block(self.ledger.latest(), data, primary_key)
+        data = block_data(outcome, server_round=server_round, seed=seed, digest=digest, transaction=tx,
+                          updates=updates, rejections=rejections, stakes=self.stakes.snapshot(),
+                          epsilon=self._epsilon, identities=identities)
+        block = build_block(self.ledger.latest(), data, outcome.producer)
         self.ledger.append(block)
         return block

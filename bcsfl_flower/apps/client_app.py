@@ -8,6 +8,7 @@ configured attack. ``bcsfl_mod`` then signs the reply as a model package.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -16,12 +17,12 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..client.attacks import DATA_ATTACKS, NEEDS_REFERENCE, flip_labels, poison_update
-from ..client.mod import bcsfl_mod, make_bcsfl_mod
+from ..client.mod import BcsflMod
 from ..client.train import evaluate, get_weights, set_weights, train
 from ..models import build_model
 from ..package import arrays_to_numpy, numpy_to_arrays
 from ..settings import RunSettings
-from .task import client_data, malicious_ids
+from .task import client_data, make_root_set, malicious_ids
 
 __all__ = ["app", "make_client_app"]
 
@@ -97,14 +98,29 @@ def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Contex
     return local_w, metrics
 
 
+def _settings_mod(overrides: Mapping[str, Any] | None):
+    """``bcsfl_mod`` configured from this app's run settings (ledger, keys, committee, root set)."""
+
+    def mod(msg: Message, context: Context, call_next):
+        s = RunSettings.from_context(context, overrides)
+        num_clients = int(context.node_config.get("num-partitions", s.num_clients or 1))
+        return BcsflMod(
+            ledger=s.bcsfl_ledger, key_dir=s.bcsfl_key_dir, committee_size=s.committee_size,
+            require_certificate=s.committee == "nodes",
+            root_set=lambda ctx: _cached_root_set(s, num_clients),
+        )(msg, context, call_next)
+
+    return mod
+
+
+@lru_cache(maxsize=2)
+def _cached_root_set(s: RunSettings, num_clients: int):
+    return make_root_set(s, num_clients)
+
+
 def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     """A ClientApp whose settings are run-config with ``overrides`` on top."""
-    if overrides:
-        base = RunSettings.from_mapping(overrides)
-        mod = make_bcsfl_mod(ledger=base.bcsfl_ledger, key_dir=base.bcsfl_key_dir)
-    else:
-        mod = bcsfl_mod
-    app = ClientApp(mods=[mod])
+    app = ClientApp(mods=[_settings_mod(overrides)])
 
     @app.train()
     def train_fn(msg: Message, context: Context) -> Message:

@@ -19,13 +19,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy
 
 from ..client.train import evaluate, get_weights, set_weights
-from ..committee.rootset import RootSet
 from ..data import load_dataset
 from ..models import build_model
 from ..package import PACKAGE_KEY, arrays_to_numpy
 from ..settings import STRATEGIES, RunSettings
 from ..strategy import BCSFL
-from .task import client_ids, malicious_ids, root_data
+from .task import client_ids, make_root_set, malicious_ids
 
 __all__ = ["app", "build_strategy", "make_server_app"]
 
@@ -35,23 +34,16 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
     common = dict(fraction_evaluate=0.0, min_train_nodes=num_clients, min_available_nodes=num_clients)
     f = max(1, round(s.malicious_fraction * num_clients))
     if s.strategy == "bcsfl":
-        root = None
-        if s.root_size > 0:
-            x, y = root_data(s, num_clients)
-            root = RootSet(lambda: build_model(s.dataset), x, y, lr=s.learning_rate,
-                           batch_size=s.batch_size, seed=s.seed,
-                           steps=_typical_steps(s, num_clients))
+        root = make_root_set(s, num_clients)
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
         return BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
-                     enrollment=enrollment)
+                     enrollment=enrollment, committee=s.committee)
     if s.strategy == "fltrust":
         from ..baselines.fltrust import FLTrust
 
-        if s.root_size < 1:
+        root = make_root_set(s, num_clients)
+        if root is None:
             raise ValueError("fltrust needs a root set: root-size must be at least 1")
-        x, y = root_data(s, num_clients)
-        root = RootSet(lambda: build_model(s.dataset), x, y, lr=s.learning_rate,
-                       batch_size=s.batch_size, seed=s.seed, steps=_typical_steps(s, num_clients))
         return FLTrust(**common, root_set=root)
     baselines = {
         "fedavg": lambda: FedAvg(**common),
@@ -64,13 +56,6 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
     if s.strategy not in baselines:
         raise ValueError(f"unknown strategy {s.strategy!r}; choose from {STRATEGIES}")
     return baselines[s.strategy]()
-
-
-def _typical_steps(s: RunSettings, num_clients: int) -> int:
-    """SGD steps of an average client per round: the root update trains as long."""
-    ds = load_dataset(s.dataset, s.data_dir or None)
-    per_client = (len(ds.train_y) - s.root_size) / max(1, num_clients)
-    return max(1, int(round(s.local_epochs * per_client / s.batch_size)))
 
 
 class _RoundLog:
@@ -138,7 +123,7 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
             "committee": entry.get("committee", []),
             "seconds": stamps.get(r, 0.0) - stamps.get(r - 1, 0.0),
             "aggregate_seconds": round_log.seconds.get(r),
-            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds", "stages")},
+            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds", "stages", "bytes_moved")},
         })
     metrics = {
         "settings": s.to_mapping(),

@@ -9,7 +9,7 @@ import numpy as np
 from ..data import Dataset, dirichlet_partition, load_dataset, malicious_clients, split_root
 from ..settings import RunSettings
 
-__all__ = ["client_data", "client_ids", "malicious_ids", "root_data"]
+__all__ = ["client_data", "client_ids", "make_root_set", "malicious_ids", "root_data"]
 
 
 def _dataset(s: RunSettings) -> Dataset:
@@ -49,3 +49,20 @@ def malicious_ids(s: RunSettings, num_partitions: int) -> list[int]:
 def client_ids(partitions: list[int]) -> list[str]:
     """Client ids (as ``bcsfl_mod`` names them in simulation) of partitions."""
     return [f"client-{p}" for p in partitions]
+
+
+def make_root_set(s: RunSettings, num_clients: int):
+    """The coordinators' RootSet (None when ``root-size`` is 0); the same on server and nodes.
+
+    Its update trains for as many SGD steps as an average client takes per round.
+    """
+    if s.root_size <= 0:
+        return None
+    from ..committee.rootset import RootSet
+    from ..models import build_model
+
+    x, y = root_data(s, num_clients)
+    per_client = (len(_dataset(s).train_y) - s.root_size) / max(1, num_clients)
+    steps = max(1, int(round(s.local_epochs * per_client / s.batch_size)))
+    return RootSet(lambda: build_model(s.dataset), x, y, lr=s.learning_rate, batch_size=s.batch_size,
+                   seed=s.seed, steps=steps)

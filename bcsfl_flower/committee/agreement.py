@@ -9,19 +9,28 @@ that any client or ledger node can check on its own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import hashlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..crypto import SigningKey, verify_signature
 
-__all__ = ["Agreement", "AgreementOutcome", "CountingAgreement", "QuorumCertificate", "Vote", "quorum_size"]
+__all__ = [
+    "Agreement", "AgreementOutcome", "CountingAgreement", "QuorumCertificate", "Vote", "prepare_digest",
+    "quorum_size",
+]
 
 
 def quorum_size(committee_size: int) -> int:
     """2f+1 for a committee of n = 3f+1 (or more) members."""
     f = (committee_size - 1) // 3
     return 2 * f + 1
+
+
+def prepare_digest(server_round: int, value: str) -> bytes:
+    """What a PREPARE vote signs: domain-separated from the commit vote, bound to the round."""
+    return hashlib.sha256(f"bcsfl-prepare|{server_round}|{value}".encode()).digest()
 
 
 @dataclass(frozen=True)

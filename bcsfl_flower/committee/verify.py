@@ -16,7 +16,7 @@ from flwr.app import RecordDict
 
 from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, metrics_hash, model_hash
 
-__all__ = ["PackageVerifier", "Rejection", "VerifiedUpdate"]
+__all__ = ["PackageVerifier", "Rejection", "VerifiedUpdate", "verify_round"]
 
 
 @dataclass(frozen=True)
@@ -136,3 +136,22 @@ def _shape_problem(tensors: Mapping[str, np.ndarray], reference: Mapping[str, np
         if t.dtype != ref.dtype:
             return f"wrong dtype for {name}: {t.dtype} != {ref.dtype}"
     return ""
+
+
+def verify_round(
+    verifier: PackageVerifier,
+    contents: list[tuple[str, RecordDict]],
+    *,
+    server_round: int,
+    reference: Mapping[str, np.ndarray],
+    now: float,
+) -> tuple[list[VerifiedUpdate], list[Rejection]]:
+    """Verify a round's replies (``(fallback id, content)`` pairs); one package per client counts."""
+    updates: list[VerifiedUpdate] = []
+    rejections: list[Rejection] = []
+    for fallback, content in contents:
+        out = verifier.verify(content, server_round=server_round, reference=reference, now=now, fallback_id=fallback)
+        if isinstance(out, VerifiedUpdate) and any(u.client_id == out.client_id for u in updates):
+            out = Rejection(out.client_id, "second package from the same client this round", out.package.packet_id)
+        (updates if isinstance(out, VerifiedUpdate) else rejections).append(out)
+    return updates, rejections
