@@ -20,7 +20,6 @@ proof, and the NEW-VIEW of the current view.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Optional
 
 from ..crypto import SigningKey, sha256_hex
@@ -29,48 +28,15 @@ from .messages import (
     NewView, Output, PreparedCert, Prepare, PrePrepare, Request, Send, SetTimer, CancelTimer,
     Signed, Status, ViewChange, check_signature, sign, signed_by,
 )
-from .quorum import QuorumCertificate, entry_matches, max_faulty, quorum_size, verify
+from .quorum import QuorumCertificate, max_faulty, quorum_size
+from .state import PBFTConfig, StableCheckpoint, Slot
+from .checkpoint import CheckpointMixin
 from .viewchange import NORMAL, VIEW_CHANGE, ViewChangeMixin
 
 __all__ = ["PBFTConfig", "Replica", "StableCheckpoint", "NORMAL", "VIEW_CHANGE"]
 
 
-@dataclass(frozen=True)
-class PBFTConfig:
-    """Protocol constants (time in the driver's units)."""
-
-    checkpoint_interval: int = 16  # K
-    log_window: int = 32  # L: high water mark = low water mark + L
-    request_timeout: float = 60.0  # base timeout; doubles per failed view change
-    max_timeout: float = 1000.0  # cap on the doubled timeout
-    status_interval: float = 15.0  # heartbeat period while there is work
-    idle_status_every: int = 4  # heartbeat every this many periods when idle
-    catchup_batch: int = 64  # committed entries per CatchUp message
-    forward_requests: bool = True  # backups relay client requests to the primary
-
-
-@dataclass(frozen=True)
-class StableCheckpoint:
-    seq: int
-    state_digest: str
-    proof: tuple[Checkpoint, ...]
-
-
-class _Slot:
-    """Log entry for one (view, seq)."""
-
-    __slots__ = ("pp", "prepares", "commits", "prepared", "sent_commit", "committed")
-
-    def __init__(self) -> None:
-        self.pp: Optional[PrePrepare] = None
-        self.prepares: dict[int, Prepare] = {}
-        self.commits: dict[int, Commit] = {}
-        self.prepared = False
-        self.sent_commit = False
-        self.committed = False
-
-
-class Replica(ViewChangeMixin):
+class Replica(CheckpointMixin, ViewChangeMixin):
     """One PBFT replica.
 
     ``replica_keys`` are the public keys (hex) of all n replicas in index order;
@@ -116,7 +82,7 @@ class Replica(ViewChangeMixin):
         self._log: list[Committed] = []
         self._executed_keys: dict[tuple[str, int], int] = {}
         self._ready: dict[int, tuple] = {}
-        self._slots: dict[tuple[int, int], _Slot] = {}
+        self._slots: dict[tuple[int, int], Slot] = {}
         self._prepared_certs: dict[int, PreparedCert] = {}
         self._future_pps: dict[tuple[int, int], PrePrepare] = {}
         self._checkpoints: dict[int, dict[str, dict[int, Checkpoint]]] = {}
@@ -242,10 +208,10 @@ class Replica(ViewChangeMixin):
         if tid is not None:
             self._out.append(CancelTimer(tid, kind))
 
-    def _slot(self, view: int, seq: int) -> _Slot:
+    def _slot(self, view: int, seq: int) -> Slot:
         slot = self._slots.get((view, seq))
         if slot is None:
-            slot = self._slots[(view, seq)] = _Slot()
+            slot = self._slots[(view, seq)] = Slot()
         return slot
 
     def _in_window(self, seq: int) -> bool:
@@ -340,7 +306,7 @@ class Replica(ViewChangeMixin):
         self._check_slot(v, pp.seq, slot)
         self._update_request_timer()
 
-    def _send_prepare(self, slot: _Slot, pp: PrePrepare) -> None:
+    def _send_prepare(self, slot: Slot, pp: PrePrepare) -> None:
         if pp.sender == self.index or self.index in slot.prepares:
             return
         p = self._signed(Prepare(pp.view, pp.seq, pp.digest, self.index))
@@ -368,11 +334,11 @@ class Replica(ViewChangeMixin):
         slot.commits.setdefault(c.sender, c)
         self._check_slot(v, c.seq, slot)
 
-    def _is_prepared(self, slot: _Slot, pp: PrePrepare) -> list[Prepare]:
+    def _is_prepared(self, slot: Slot, pp: PrePrepare) -> list[Prepare]:
         """Matching prepares from distinct backups (enough of them = prepared)."""
         return [p for s, p in slot.prepares.items() if p.digest == pp.digest and s != pp.sender]
 
-    def _check_slot(self, v: int, seq: int, slot: _Slot) -> None:
+    def _check_slot(self, v: int, seq: int, slot: Slot) -> None:
         pp = slot.pp
         if pp is None:
             return
@@ -425,96 +391,3 @@ class Replica(ViewChangeMixin):
                 self._take_checkpoint(s)
         if executed_pending:
             self._update_request_timer(restart=True)
-
-    # ============================================================ checkpoints
-
-    def _take_checkpoint(self, s: int) -> None:
-        c = self._signed(Checkpoint(s, self._state_digest, self.index))
-        self._own_checkpoint = c
-        if s > self.h:
-            self._broadcast(c)
-            self._add_checkpoint(c)
-
-    def _on_checkpoint(self, c: Checkpoint) -> None:
-        k = self.cfg.checkpoint_interval
-        if self.h < c.seq <= self.h + 4 * self.cfg.log_window and c.seq % k == 0:
-            self._add_checkpoint(c)
-
-    def _add_checkpoint(self, c: Checkpoint) -> None:
-        votes = self._checkpoints.setdefault(c.seq, {}).setdefault(c.state_digest, {})
-        votes.setdefault(c.sender, c)
-        if len(votes) >= self.quorum:
-            proof = tuple(sorted(votes.values(), key=lambda m: m.sender)[: self.quorum])
-            self._make_stable(c.seq, c.state_digest, proof)
-
-    def _make_stable(self, s: int, digest: str, proof: tuple[Checkpoint, ...]) -> None:
-        """Checkpoint ``s`` is stable: move the water marks and truncate the log."""
-        if s <= self.h:
-            return
-        self.h = s
-        self._stable_digest = digest
-        self._stable_proof = proof
-        self._slots = {k: v for k, v in self._slots.items() if k[1] > s}
-        self._prepared_certs = {q: c for q, c in self._prepared_certs.items() if q > s}
-        self._checkpoints = {q: c for q, c in self._checkpoints.items() if q > s}
-        self._future_pps = {k: v for k, v in self._future_pps.items() if k[1] > s}
-        if self.status == NORMAL and self.is_primary:
-            self._next_seq = max(self._next_seq, s)
-            self._try_assign()
-
-    # ============================================================ heartbeat / catch-up
-
-    def _on_status_timer(self) -> None:
-        self._set_timer("status", self.cfg.status_interval)
-        behind = max(self._peer_exec.values(), default=0) > self.last_executed
-        active = bool(self._pending) or self.status == VIEW_CHANGE or behind or self._activity
-        self._idle_ticks += 1
-        if active or self._idle_ticks >= self.cfg.idle_status_every:
-            self._idle_ticks = 0
-            self._broadcast(self._signed(
-                Status(self.view, self.status == NORMAL, self.last_executed, self.h, self.index)
-            ))
-        self._activity = False
-        if self.status == VIEW_CHANGE and self._my_vc is not None:
-            self._broadcast(self._my_vc)
-        own = self._own_checkpoint
-        if own is not None and own.seq > self.h:
-            self._broadcast(own)
-
-    def _on_status(self, st: Status) -> None:
-        j = st.sender
-        if j == self.index:
-            return
-        self._peer_exec[j] = st.last_executed
-        if 0 <= st.last_executed < self.last_executed:
-            end = min(self.last_executed, st.last_executed + self.cfg.catchup_batch)
-            entries = tuple(
-                CommittedEntry(c.seq, c.request, c.certificate)
-                for c in self._log[st.last_executed:end]
-            )
-            self._send(j, self._signed(CatchUp(entries, self.index)))
-        if self.status == NORMAL and self._new_view_msg is not None and (
-            st.view < self.view or (st.view == self.view and not st.normal)
-        ):
-            self._send(j, self._new_view_msg)
-        if st.stable_seq < self.h:
-            for c in self._stable_proof:
-                self._send(j, c)
-
-    def _on_catch_up(self, msg: CatchUp) -> None:
-        self._take_entries(msg.entries)
-
-    def _take_entries(self, entries: Iterable[CommittedEntry]) -> None:
-        limit = self.last_executed + 4 * self.cfg.catchup_batch
-        for e in entries:
-            if not isinstance(e, CommittedEntry) or not self.last_executed < e.seq <= limit:
-                continue
-            if e.seq in self._ready:
-                continue
-            cert = e.certificate
-            if not isinstance(cert, QuorumCertificate) or not entry_matches(cert, e.seq, e.request):
-                continue
-            if not verify(cert, self.keys):
-                continue
-            self._ready[e.seq] = (cert.view, cert.digest, e.request, cert)
-        self._execute_ready()

@@ -18,7 +18,7 @@ import hashlib
 import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .messages import Broadcast, CancelTimer, Committed, Request, Send, SetTimer, ViewEntered
