@@ -39,6 +39,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root-size", type=int, default=d.root_size,
                    help="examples the coordinators hold as root set (0: none)")
     p.add_argument("--committee-size", type=int, default=d.committee_size)
+    p.add_argument("--byzantine-coordinators", type=int, default=d.byzantine_coordinators,
+                   help="experiment: the first N coordinators drawn each round propose a poisoned model")
     p.add_argument("--committee", choices=("server", "nodes"), default=d.committee,
                    help="server: in-process committee; nodes: coordinators on client nodes, the server relays")
     p.add_argument("--ledger", default="", help="sqlite:///path | memory (default: OUT/ledger.db)")
@@ -59,7 +61,7 @@ def _simulate(args: argparse.Namespace) -> int:
         learning_rate=args.lr, batch_size=args.batch_size, dirichlet_alpha=args.dirichlet_alpha,
         seed=args.seed, malicious_fraction=args.malicious_fraction, attack=args.attack,
         attack_scale=args.attack_scale, dp_noise=args.dp_noise, dp_max_grad_norm=args.dp_max_grad_norm,
-        prune=args.prune, root_size=args.root_size, committee_size=args.committee_size, committee=args.committee,
+        prune=args.prune, root_size=args.root_size, committee_size=args.committee_size, committee=args.committee, byzantine_coordinators=args.byzantine_coordinators,
         bcsfl_ledger=args.ledger or f"sqlite:///{out / 'ledger.db'}",
         bcsfl_key_dir=str(out / "keys"), out=str(out),
     )

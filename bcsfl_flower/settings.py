@@ -39,6 +39,7 @@ class RunSettings:
     prune: float = 0.0
     root_size: int = 100
     committee_size: int = 4
+    byzantine_coordinators: int = 0  # experiment: the first N drawn coordinators propose poison
     committee: str = "server"  # "server": in-process committee; "nodes": coordinators on client nodes
     bcsfl_ledger: str = "sqlite:///bcsfl-ledger.db"
     bcsfl_key_dir: str = ".bcsfl/keys"

@@ -14,7 +14,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from .client.acceptance import CERT_KEY
-from .committee.agreement import Agreement, CountingAgreement
+from .committee.agreement import Agreement
+from .committee.pbft_agreement import PbftAgreement
 from .committee.chain import committee_seed, stakes_before
 from .committee.committee import Committee
 from .committee.outcome import RoundOutcome, block_data
@@ -66,7 +67,11 @@ class BCSFL(FedAvg):
     max_package_age : float (default: 600)
         Packages older than this many seconds are rejected as stale.
     agreement : Agreement | None
-        How the committee agrees (default: a 2f+1 quorum count).
+        How the committee agrees (default: PBFT among the members,
+        :class:`~bcsfl_flower.committee.pbft_agreement.PbftAgreement`).
+    byzantine_first : int (default: 0)
+        Experiment hook: the first this-many coordinators drawn each round propose a
+        poisoned candidate (the view-0 primary first), forcing view changes.
     committee : str (default: "server")
         ``"server"``: the committee runs inside this ServerApp (quick simulations; its
         members' keys live here). ``"nodes"``: the drawn coordinators are client nodes
@@ -101,6 +106,7 @@ class BCSFL(FedAvg):
         stake_policy: StakePolicy | None = None,
         max_package_age: float = 600.0,
         agreement: Agreement | None = None,
+        byzantine_first: int = 0,
         committee: str = "server",
         enrollment: str = "ledger",
         byzantine_coordinators: Mapping[str, Behaviour] | None = None,
@@ -133,8 +139,9 @@ class BCSFL(FedAvg):
         self.stakes = StakeBook(stake_policy or StakePolicy())
         self.committee = Committee(
             size=committee_size,
-            agreement=agreement or CountingAgreement(),
+            agreement=agreement or PbftAgreement(),
             byzantine=dict(byzantine_coordinators or {}),
+            byzantine_first=byzantine_first,
         )
         self.verifier = PackageVerifier(
             registry=lambda cid: self.ledger.identity(cid),
@@ -257,6 +264,7 @@ class BCSFL(FedAvg):
             block=block.sequence_no,
             committed=True,
             dissenters=outcome.dissenters,
+            consensus=outcome.consensus,
             server_seconds=time.perf_counter() - started,
         )
         self.rounds.append(record)
@@ -288,6 +296,7 @@ class BCSFL(FedAvg):
             },
             timings=decision.timings,
             log=decision.log,
+            consensus=decision.consensus,
         )
 
     def _decide_on_nodes(self, server_round: int, seed: str, replies: list[Message], newcomers: list[str]) -> RoundOutcome:
@@ -322,6 +331,7 @@ class BCSFL(FedAvg):
             timings={"committee_on_nodes": time.perf_counter() - t0},
             log=decision.log,
             bytes_moved=decision.bytes_sent + decision.bytes_received,
+            consensus={"protocol": "prepare/commit votes relayed to coordinator nodes"},
         )
 
     @staticmethod

@@ -37,7 +37,7 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
         root = make_root_set(s, num_clients)
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
         return BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
-                     enrollment=enrollment, committee=s.committee)
+                     enrollment=enrollment, committee=s.committee, byzantine_first=s.byzantine_coordinators)
     if s.strategy == "fltrust":
         from ..baselines.fltrust import FLTrust
 
@@ -123,7 +123,8 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
             "committee": entry.get("committee", []),
             "seconds": stamps.get(r, 0.0) - stamps.get(r - 1, 0.0),
             "aggregate_seconds": round_log.seconds.get(r),
-            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds", "stages", "bytes_moved")},
+            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds", "stages", "bytes_moved",
+                                                   "dissenters", "consensus")},
         })
     metrics = {
         "settings": s.to_mapping(),

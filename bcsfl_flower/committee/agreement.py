@@ -87,6 +87,7 @@ class AgreementOutcome:
     certificate: QuorumCertificate | None
     dissenters: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # protocol facts for the block (view changes, ...)
 
 
 class Agreement(ABC):
@@ -121,4 +122,4 @@ class CountingAgreement(Agreement):
             return AgreementOutcome(None, [], [f"no hash reached {threshold} votes: {dict(counts)}"])
         votes = tuple(Vote.cast(m, keys[m], value) for m in members if proposals.get(m) == value)
         dissent = [m for m in members if proposals.get(m) != value]
-        return AgreementOutcome(QuorumCertificate(value, threshold, votes), dissent)
+        return AgreementOutcome(QuorumCertificate(value, threshold, votes), dissent, [], {"protocol": "quorum-count"})

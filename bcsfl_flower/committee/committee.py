@@ -1,8 +1,8 @@
 """One round of the coordinator committee: draw, compute, agree.
 
 The committee is drawn from the stake book by PoS with the previous block's hash as
-seed, every member proposes the candidate it computed, and the agreement (a quorum
-count, or PBFT) certifies at most one candidate hash. In this in-process committee
+seed, every member proposes the candidate it computed, and the agreement (PBFT by
+default, or a plain quorum count) certifies at most one candidate hash. In this in-process committee
 (``committee="server"``) the members' keys live with the strategy: a stand-in for
 coordinators running on client nodes, which sign with their own keys.
 """
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..crypto import SigningKey
-from .agreement import Agreement, CountingAgreement, QuorumCertificate
-from .coordinator import Behaviour, Coordinator, CoordinatorOutput, coordinate
+from .agreement import Agreement, QuorumCertificate
+from .coordinator import Behaviour, Coordinator, CoordinatorOutput, coordinate, poisoned_candidate
+from .pbft_agreement import PbftAgreement
 from .filter import FilterConfig
 from .rootset import RootSet
 from .stake import draw_committee
@@ -38,6 +39,7 @@ class CommitteeDecision:
     dissenters: list[str]
     log: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    consensus: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -49,14 +51,18 @@ class Committee:
     size : int
         Members per round (3f+1 tolerates f Byzantine; 4 tolerates one).
     agreement : Agreement
-        How members agree on one candidate hash.
+        How members agree on one candidate hash (default: PBFT).
     byzantine : Mapping[str, Behaviour]
         Test hook: members (by id) that propose something else than the honest output.
+    byzantine_first : int
+        Experiment hook: the first this-many members drawn each round (the view-0
+        primary first) propose a poisoned candidate.
     """
 
     size: int = 4
-    agreement: Agreement = field(default_factory=CountingAgreement)
+    agreement: Agreement = field(default_factory=lambda: PbftAgreement())
     byzantine: Mapping[str, Behaviour] = field(default_factory=dict)
+    byzantine_first: int = 0
     _keys: dict[str, SigningKey] = field(default_factory=dict)
 
     def key(self, member: str) -> SigningKey:
@@ -87,16 +93,17 @@ class Committee:
         t1 = clock()
         honest = coordinate(global_tensors, updates, server_round=server_round, root=root, config=config)
         t2 = clock()
-        outputs = {
-            m: Coordinator(m, keys[m], self.byzantine.get(m)).propose(honest, global_tensors) for m in members
-        }
+        twist = {m: poisoned_candidate(-5.0) for m in members[: self.byzantine_first]}
+        twist.update({m: b for m, b in self.byzantine.items() if m in members})
+        outputs = {m: Coordinator(m, keys[m], twist.get(m)).propose(honest, global_tensors) for m in members}
         proposals = {m: out.candidate_hash for m, out in outputs.items()}
         outcome = self.agreement.decide(server_round, members, keys, proposals)
         timings = {"pos_draw": t1 - t0, "filter_aggregate": t2 - t1, "agreement": clock() - t2}
         cert = outcome.certificate
         if cert is None:
-            return CommitteeDecision(members, publics, None, None, None, list(members), outcome.log, timings)
+            return CommitteeDecision(members, publics, None, None, None, list(members), outcome.log, timings,
+                                     outcome.details)
         primary = next(m for m in members if proposals[m] == cert.value)
         return CommitteeDecision(
-            members, publics, outputs[primary], cert, primary, outcome.dissenters, outcome.log, timings
+            members, publics, outputs[primary], cert, primary, outcome.dissenters, outcome.log, timings, outcome.details
         )

@@ -33,6 +33,7 @@ class RoundOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     bytes_moved: int = 0
+    consensus: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kept(self) -> list[str]:  # noqa: D102
@@ -66,6 +67,7 @@ def block_data(
             {"member": m, "public": outcome.public_keys.get(m, ""), "stake": stakes.get(m, 0.0)} for m in outcome.members
         ],
         "quorum": outcome.certificate.to_json() if outcome.certificate else None,
+        "consensus": outcome.consensus,
         "dissenters": outcome.dissenters,
         "accepted": outcome.kept,
         "rejected": [{"client_id": d["client_id"], "reason": d["reason"]} for d in outcome.decisions if not d["kept"]]

@@ -168,3 +168,21 @@ def test_committee_is_recomputable_from_the_chain_alone():
         members = [m["member"] for m in block.data["committee"]]
         assert recompute_committee(strategy.ledger, block, strategy.stakes.policy, 4) == members
     assert strategy.ledger.latest().data["stakes"]["client-5"] < strategy.stakes.policy.initial
+
+
+def test_pbft_committee_replaces_a_byzantine_primary_and_the_block_shows_the_view_change():
+    honest = BCSFL(ledger="memory", committee_size=4)
+    register_all(honest.ledger)
+    byz = BCSFL(ledger="memory", committee_size=4, byzantine_first=1)
+    register_all(byz.ledger)
+    g = global_model()
+    clean, _ = run_round(honest, g, 1, honest_replies(g, 1))
+    attacked, _ = run_round(byz, g, 1, honest_replies(g, 1))
+    assert model_hash(arrays_to_numpy(attacked)) == model_hash(arrays_to_numpy(clean))
+    block = byz.ledger.latest()
+    consensus = block.data["consensus"]
+    assert consensus["protocol"] == "pbft" and consensus["view_changes"] >= 1 and consensus["commit_view"] >= 1
+    primary = block.data["committee"][0]["member"]
+    assert block.data["dissenters"] == [primary]
+    assert honest.ledger.latest().data["consensus"]["view_changes"] == 0
+    assert byz.stakes.stakes[primary] < honest.stakes.stakes[primary]
