@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 def run(name: str, out: Path, common: list[str], extra: list[str]) -> dict:
     started = time.perf_counter()
+    shutil.rmtree(out / name, ignore_errors=True)  # a fresh ledger: --out reuses an existing one
     cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *common, *extra, "--out", str(out / name)]
     log = out / f"{name}.log"
     with open(log, "w") as handle:

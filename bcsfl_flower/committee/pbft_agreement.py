@@ -82,7 +82,8 @@ class PbftAgreement(Agreement):
         values = {i: first_value(i) for i in range(n)}
         counts = {v: sum(1 for x in values.values() if x == v) for v in set(values.values()) - {None}}
         winner = next((v for v, c in counts.items() if c >= needed), None)
-        details = {"protocol": "pbft", "view": max(net.views), "view_changes": net.view_changes,
+        # view_changes: how many times the committee replaced its primary (views advanced).
+        details = {"protocol": "pbft", "view_changes": max(net.views), "replica_view_entries": net.view_changes,
                    "messages": net.stats.sent, "virtual_time": round(net.now, 3)}
         if winner is None:
             return AgreementOutcome(None, list(members), [f"PBFT did not commit by t={self.deadline}: {counts}"], details)
