@@ -96,6 +96,10 @@ class Batcher:
     def on_view(self) -> None:
         """The view changed or recovery ended: lead, or hand the pool to the leader."""
         node = self.node
+        waiting = [tx for tx, _ in self.outstanding.values()
+                   if tx["id"] not in self.committed and tx["id"] not in self.pool]
+        if waiting:
+            self._route(waiting, 0)  # the clients' transactions go to the new primary
         if node.is_primary:
             self.head = None
             for txs in self.proposed.values():
@@ -188,20 +192,32 @@ class Batcher:
     # ------------------------------------------------------------------ retries
     def _arm_retry(self) -> None:
         if self._retry_handle is None:
+            cfg = self.node.cfg
             loop = asyncio.get_running_loop()
-            self._retry_handle = loop.call_later(self.node.cfg.tx_retry, self._retry)
+            self._retry_handle = loop.call_later(min(cfg.request_timeout, cfg.tx_retry) / 2,
+                                                 self._retry)
 
     def _retry(self) -> None:
-        """Re-forward client transactions that have not committed in ``tx_retry``."""
+        """Watch client transactions that have not committed yet.
+
+        After ``request_timeout`` the node pings the primary through PBFT (a view change
+        replaces a primary that does not order it); after ``tx_retry`` it forwards them
+        again (a primary may have dropped them).
+        """
         self._retry_handle = None
-        now = time.monotonic()
+        node, now = self.node, time.monotonic()
         stale = [k for k, (_, t) in self.outstanding.items() if now - t > _OUTSTANDING_TTL]
         for key in stale:
             del self.outstanding[key]
+        oldest = min((t for _, t in self.outstanding.values()), default=now)
+        if now - oldest > node.cfg.request_timeout:
+            node.ping()
         due = [tx for tx, t in self.outstanding.values()
-               if now - t > self.node.cfg.tx_retry and tx["id"] not in self.committed
+               if now - t > node.cfg.tx_retry and tx["id"] not in self.committed
                and tx["id"] not in self.inflight_ids and tx["id"] not in self.pool]
         if due:
+            for tx in due:
+                self.outstanding[tx["id"]] = (tx, now)
             self._route(due, 0)
         if self.outstanding:
             self._arm_retry()

@@ -10,12 +10,21 @@ Transactions are batched, not ordered one by one: the node that receives them ch
 them and forwards them to the primary, whose :class:`~.batcher.Batcher` builds and
 signs one block per batch and submits it as a single PBFT request.
 
-Crash recovery: nothing but the SQLite file survives a crash. A restarted node's
-replica starts empty; the peers' status heartbeats hand it the committed entries it
-lacks (each with its 2f+1 commit certificate), and idempotent execution skips what the
-file already holds. Until it has caught up with what 2f peers report, the node sends
-no pre-prepare (a restarted primary has forgotten what it proposed) and holds back
-its own requests.
+Crash recovery: the SQLite file survives a crash, and so does one number, the highest
+view in which this node proposed (``node-I.pbft.json``, written before its first
+pre-prepare of a view). A restarted node's replica starts empty; the peers' status
+heartbeats hand it the committed entries it lacks (each with its 2f+1 commit
+certificate), and idempotent execution skips what the file already holds. The driver
+fences the forgetful replica: until it has caught up with what 2f peers report it
+holds back its own requests; it never again proposes in a view it may have proposed
+in before the crash (that could equivocate); and it sends no pre-prepare, prepare or
+commit for a sequence number it has already executed.
+
+Liveness: client requests go to every node (as PBFT clients retransmit), so every
+backup times a primary that does not order them. Transactions are not PBFT requests
+themselves; a node holding transactions that have not committed in
+``request_timeout`` orders a tiny ``ping`` the same way, so a dead or fenced primary is
+voted out by a view change and the transactions go to its successor.
 """
 
 from __future__ import annotations
@@ -27,13 +36,14 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bcsfl_flower.consensus.messages import (
-    Broadcast, CancelTimer, Committed, PrePrepare, Request, Send, SetTimer, Status, ViewEntered,
-    check_signature,
+    Broadcast, CancelTimer, Commit, Committed, NewView, PrePrepare, Prepare, Request, Send,
+    SetTimer, Signed, Status, ViewEntered, check_signature,
 )
 from bcsfl_flower.consensus.quorum import max_faulty
 from bcsfl_flower.consensus.replica import NORMAL, PBFTConfig, Replica
@@ -41,7 +51,7 @@ from bcsfl_flower.crypto import SigningKey
 
 from .batcher import Batcher
 from .block import Block, LedgerError
-from .ops import Op, apply_op, parse_op
+from .ops import Op, apply_op, encode_ping_op, parse_op
 from .sqlite import SqliteLedger
 from .transport import PeerTransport
 from .wire import APP, PBFT, WireError, decode_message, encode_message
@@ -143,6 +153,10 @@ class LedgerNode:
         self._peer_exec: dict[int, int] = {}
         self._target: int | None = None
         self._started = 0.0
+        self._view_file = Path(db_path).with_suffix(".pbft.json")
+        self._fenced_view = self._load_view()  # proposed in these views before: never again
+        self._proposed_view = self._fenced_view
+        self._ping: asyncio.Future[dict[str, Any]] | None = None
         self.known_keys = {rec["public_key"] for rec in self.ledger.identities().values()}
         self.latest_model_seq = self._scan_latest_model()
         self.stats = {"executed_ops": 0, "rejected_ops": 0, "executed_txs": 0,
@@ -153,7 +167,7 @@ class LedgerNode:
         """Listen for peers, arm the replica and start the recovery clock."""
         self._started = time.monotonic()
         await self.transport.start()
-        self._handle(self.replica.start())
+        self._call(self.replica.start)
         if not self.recovering:
             self.batcher.on_view()
         asyncio.get_running_loop().call_later(self.cfg.recovery_grace, self._check_recovered)
@@ -171,16 +185,30 @@ class LedgerNode:
         self.ledger.close()
 
     # ------------------------------------------------------------------ replica driving
-    def _handle(self, outputs: list[Any]) -> None:
+    def _call(self, fn: Callable[..., list[Any]], *args: Any) -> None:
+        """Call a replica method and act on its outputs."""
+        executed = self.replica.last_executed
+        self._handle(fn(*args), executed)
+
+    def _allowed(self, msg: Signed, executed: int) -> bool:
+        """The fences of a replica that may have forgotten what it sent before a crash."""
+        if isinstance(msg, (PrePrepare, NewView)):
+            if self.recovering or msg.view <= self._fenced_view:
+                return False
+            if msg.view > self._proposed_view:
+                self._save_view(msg.view)
+        if isinstance(msg, (PrePrepare, Prepare, Commit)) and msg.seq <= executed:
+            return False
+        return True
+
+    def _handle(self, outputs: list[Any], executed: int) -> None:
         for out in outputs:
             if isinstance(out, Broadcast):
-                if self.recovering and isinstance(out.msg, PrePrepare):
-                    continue
-                self.transport.broadcast(PBFT, encode_message(out.msg))
+                if self._allowed(out.msg, executed):
+                    self.transport.broadcast(PBFT, encode_message(out.msg))
             elif isinstance(out, Send):
-                if self.recovering and isinstance(out.msg, PrePrepare):
-                    continue
-                self.transport.send(out.to, PBFT, encode_message(out.msg))
+                if self._allowed(out.msg, executed):
+                    self.transport.send(out.to, PBFT, encode_message(out.msg))
             elif isinstance(out, Committed):
                 self._execute(out)
             elif isinstance(out, SetTimer):
@@ -206,7 +234,7 @@ class LedgerNode:
         for kind, (tid, _) in list(self._timers.items()):
             if tid == timer_id:
                 del self._timers[kind]
-        self._handle(self.replica.on_timer(timer_id))
+        self._call(self.replica.on_timer, timer_id)
 
     def _on_frame(self, kind: int, payload: bytes) -> None:
         if kind == APP:
@@ -223,7 +251,7 @@ class LedgerNode:
             if check_signature(self.keys[msg.sender], msg.sig, msg.body()):
                 self._peer_exec[msg.sender] = max(self._peer_exec.get(msg.sender, 0),
                                                   msg.last_executed)
-        self._handle(self.replica.receive(msg))
+        self._call(self.replica.receive, msg)
         if self.recovering:
             self._check_recovered()
 
@@ -232,9 +260,15 @@ class LedgerNode:
             obj = json.loads(payload)
         except ValueError:
             return
-        if isinstance(obj, dict) and obj.get("type") == "txs" and isinstance(obj.get("txs"), list):
+        if not isinstance(obj, dict):
+            return
+        if obj.get("type") == "txs" and isinstance(obj.get("txs"), list):
             hops = obj.get("hops")
             self.batcher.add(obj["txs"], hops=hops if type(hops) is int else 1)
+        elif obj.get("type") == "request":
+            client, rid, value = obj.get("client"), obj.get("rid"), obj.get("value")
+            if isinstance(client, str) and type(rid) is int and isinstance(value, str):
+                self._submit_request(Request.make(client, rid, value))
 
     def send_app(self, to: int, obj: dict[str, Any]) -> None:
         """Send a driver-to-driver JSON message (e.g. forwarded transactions)."""
@@ -258,14 +292,32 @@ class LedgerNode:
         log.info("node %d: recovered (%s); chain height %d", self.index, why, self.ledger.height())
         held, self._held = self._held, []
         for req in held:
-            self._handle(self.replica.submit(req))
+            self._call(self.replica.submit, req)
         self.batcher.on_view()
+
+    def _load_view(self) -> int:
+        try:
+            value = json.loads(self._view_file.read_text())["proposed_view"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+        return value if type(value) is int else -1
+
+    def _save_view(self, view: int) -> None:
+        """Persist (fsync) the view this node is about to propose in, before proposing."""
+        tmp = self._view_file.with_suffix(".tmp")
+        with open(tmp, "w") as handle:
+            json.dump({"proposed_view": view}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self._view_file)
+        self._proposed_view = view
 
     # ------------------------------------------------------------------ ordering
     @property
     def is_primary(self) -> bool:
-        """Whether this node's replica leads its current view in normal operation."""
-        return self.replica.is_primary and self.replica.status == NORMAL and not self.recovering
+        """Whether this node leads its current view and may propose in it."""
+        return (self.replica.is_primary and self.replica.status == NORMAL
+                and not self.recovering and self.replica.view > self._fenced_view)
 
     def parse(self, value: str) -> Op | None:
         """The parsed operation of a request value (memoised), or ``None`` if invalid."""
@@ -284,7 +336,8 @@ class LedgerNode:
     def _validate(self, value: str) -> bool:
         return self.parse(value) is not None
 
-    def submit(self, value: str, track: bool = True) -> asyncio.Future[dict[str, Any]]:
+    def submit(self, value: str, track: bool = True,
+               broadcast: bool = False) -> asyncio.Future[dict[str, Any]]:
         """Order one operation; the future resolves with this node's execution result.
 
         Parameters
@@ -294,6 +347,9 @@ class LedgerNode:
             ones with a reason.
         track : bool (default: True)
             Whether to keep a waiter for the result (False: fire and forget).
+        broadcast : bool (default: False)
+            Also hand the request to every peer, so that every backup times the primary
+            (a client's request; the primary's own batch blocks need not).
 
         Returns
         -------
@@ -306,11 +362,25 @@ class LedgerNode:
         if track:
             self._waiters[req.key] = fut
             fut.add_done_callback(lambda _f, k=req.key: self._waiters.pop(k, None))
+        self._submit_request(req)
+        if broadcast:
+            for j in range(self.n):
+                if j != self.index:
+                    self.send_app(j, {"type": "request", "client": req.client, "rid": req.rid,
+                                      "value": req.value})
+        return fut
+
+    def _submit_request(self, req: Request) -> None:
         if self.recovering:
             self._held.append(req)
         else:
-            self._handle(self.replica.submit(req))
-        return fut
+            self._call(self.replica.submit, req)
+
+    def ping(self) -> None:
+        """Order a no-op through every node (at most one at a time): a primary that
+        does not order it within ``request_timeout`` is replaced by a view change."""
+        if self._ping is None or self._ping.done():
+            self._ping = self.submit(encode_ping_op(self.index), broadcast=True)
 
     def wait_txs(self, ids: Sequence[str]) -> _TxWait:
         """Register interest in transaction ids; ``.future`` resolves when all commit."""
@@ -394,6 +464,7 @@ class LedgerNode:
             "last_executed": self.replica.last_executed,
             "recovering": self.recovering,
             "peers_connected": self.transport.connected_peers(),
+            "transport": self.transport.stats(),
             "pool": len(self.batcher.pool),
             "stats": dict(self.stats),
         }

@@ -6,7 +6,9 @@ A PBFT request's ``value`` is one operation as compact JSON:
   e.g. the BCSFL strategy, or by the primary from a batch of signed transactions);
 * ``{"op": "model", "data": "<base64>"}``: store model bytes in the content store;
 * ``{"op": "identity", "client_id": ..., "public_key": ..., "role": ...}``: register
-  a client key.
+  a client key;
+* ``{"op": "ping", "from": node, "nonce": ...}``: nothing (a node checks that the
+  primary still orders requests).
 
 Execution (:func:`apply_op`) is a deterministic function of the ledger's state, so
 every correct node that executes the same sequence reaches the same chain. A block
@@ -24,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,7 @@ __all__ = [
     "encode_block_op",
     "encode_identity_op",
     "encode_model_op",
+    "encode_ping_op",
     "parse_op",
 ]
 
@@ -72,6 +76,11 @@ def encode_identity_op(client_id: str, public_key: str, role: str = "client") ->
     return _dumps(
         {"op": "identity", "client_id": client_id, "public_key": public_key, "role": role}
     )
+
+
+def encode_ping_op(node: int) -> str:
+    """A no-op request from node ``node`` (unique, so never de-duplicated away)."""
+    return _dumps({"op": "ping", "from": node, "nonce": uuid.uuid4().hex})
 
 
 def parse_op(value: str, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Op:
@@ -119,6 +128,9 @@ def parse_op(value: str, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Op:
         cid, key, role = obj["client_id"], obj["public_key"], obj["role"]
         validate_identity(cid, key, role)
         return Op("identity", identity=(cid, key, role))
+    if kind == "ping":
+        _keys(obj, {"op", "from", "nonce"})
+        return Op("ping")
     raise LedgerError(f"unknown operation {kind!r}")
 
 
@@ -164,6 +176,8 @@ def apply_op(ledger: Ledger, op: Op) -> dict[str, Any]:
         except LedgerError as err:
             return {"ok": False, "reason": str(err)}
         return {"ok": True, "client_id": cid}
+    if op.kind == "ping":
+        return {"ok": True}
     return {"ok": False, "reason": f"unknown operation {op.kind!r}"}
 
 

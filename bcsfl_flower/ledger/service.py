@@ -34,6 +34,7 @@ __all__ = ["create_app"]
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 MAX_TXS_PER_REQUEST = 20_000
 _HEX64 = r"^[0-9a-f]{64}$"
+_MAX_SEQ = 2**62  # SQLite integers are 64-bit
 
 
 class IdentityIn(BaseModel):
@@ -146,8 +147,8 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
                 "keys": list(node.keys), "peers": node.http_urls}
 
     @app.get("/getBlockchain", tags=["paper"])
-    def get_blockchain(start: int = Query(0, ge=0),
-                       end: int | None = Query(None, ge=0)) -> dict[str, Any]:
+    def get_blockchain(start: int = Query(0, ge=0, le=_MAX_SEQ),
+                       end: int | None = Query(None, ge=0, le=_MAX_SEQ)) -> dict[str, Any]:
         """The chain (paper Table 1), genesis first; ``start``/``end`` select a range."""
         blocks = ledger.blocks(start, end)
         return {"chain": [b.to_json() for b in blocks], "height": ledger.height()}
@@ -158,7 +159,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         return ledger.latest().to_json()
 
     @app.get("/blocks/{seq}", tags=["chain"], responses={404: {"description": "no such block"}})
-    def get_block(seq: int = Path(ge=0, le=2**62)) -> dict[str, Any]:
+    def get_block(seq: int = Path(ge=0, le=_MAX_SEQ)) -> dict[str, Any]:
         """The block with ``sequenceNo == seq``."""
         try:
             return ledger.block(seq).to_json()
@@ -249,7 +250,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         return tx
 
     async def _ordered(value: str, wait: float) -> Any:
-        result = await _await_result(node.submit(value), wait)
+        result = await _await_result(node.submit(value, broadcast=True), wait)
         if result is None:
             return JSONResponse({"status": "pending", "detail": "not committed yet"}, 202)
         if not result.get("ok"):

@@ -47,25 +47,30 @@ class _Link:
         self.wake.set()
 
     async def run(self) -> None:
+        """Connect, drain the queue, and reconnect whenever the connection dies."""
         attempt = 0
         while True:
             try:
-                _, writer = await asyncio.open_connection(*self.addr)
+                reader, writer = await asyncio.open_connection(*self.addr)
             except OSError:
                 await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
                 attempt += 1
                 continue
             attempt = 0
             self.connected = True
+            drain = asyncio.ensure_future(self._drain(writer))
+            watch = asyncio.ensure_future(reader.read(1))  # peers never answer: EOF = gone
             try:
-                await self._drain(writer)
-            except (OSError, ConnectionError):
-                pass
+                done, _ = await asyncio.wait({drain, watch}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.debug("link to %s: %s", self.addr, task.exception())
             finally:
                 self.connected = False
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                for task in (drain, watch):
+                    task.cancel()
+                writer.transport.abort()  # never wait to flush towards a dead peer
+            await asyncio.sleep(_BACKOFF[0])
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -134,9 +139,11 @@ class PeerTransport:
         """Peers whose outgoing connection is up."""
         return sorted(j for j, link in self._links.items() if link.connected)
 
-    def dropped(self) -> int:
-        """Frames dropped so far because a peer's queue was full."""
-        return sum(link.dropped for link in self._links.values())
+    def stats(self) -> dict[str, object]:
+        """Frames received, and per peer: connected, queued bytes, frames dropped."""
+        return {"received": self.received,
+                "links": {j: {"up": link.connected, "queued": link.queued,
+                              "dropped": link.dropped} for j, link in self._links.items()}}
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -155,8 +162,8 @@ class PeerTransport:
                     self.on_frame(kind, payload)
                 except Exception:  # noqa: BLE001 - one bad frame must not stop the node
                     log.exception("frame handler failed")
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
+            pass  # a peer went away, or this node is closing
         finally:
             if task is not None:
                 self._readers.discard(task)
