@@ -1,0 +1,47 @@
+"""Helpers shared by the ledger cluster tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bcsfl_flower.ledger.cluster import LocalCluster
+
+
+def start_cluster(folder: Path, n: int = 4, *extra: str) -> LocalCluster:
+    """Start ``n`` nodes with fast failure detection and wait until they are ready."""
+    cluster = LocalCluster(n, folder, extra=["--request-timeout", "1.0", *extra])
+    try:
+        cluster.start()
+        cluster.wait_ready(120)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def health(url: str) -> dict[str, Any]:
+    """``GET /health`` of one node."""
+    return httpx.get(f"{url}/health", timeout=10).json()
+
+
+def chain(url: str) -> list[dict[str, Any]]:
+    """The whole chain one node serves."""
+    return httpx.get(f"{url}/getBlockchain", timeout=30).json()["chain"]
+
+
+def converge(urls: list[str], timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Wait until every node reports the same head; return their health."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [health(u) for u in urls]
+        if len({h["head"] for h in found}) == 1 and not any(h["recovering"] for h in found):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError("nodes did not converge: " + "; ".join(
+                f"node {h['node']} height {h['height']} head {h['head'][:8]} view {h['view']} "
+                f"exec {h['last_executed']} {h['pbft_status']} stats {h['stats']}" for h in found))
+        time.sleep(0.1)
