@@ -74,8 +74,9 @@ def agree(
     ``keys[i]`` signs for replica i (the primary of view 0 is replica 0, so pass the
     committee in draw order). ``proposals[i]`` is replica i's own candidate (None: it
     proposes nothing). ``validators[i]`` decides whether replica i prepares a proposed
-    value; by default a replica accepts exactly its own candidate (or anything when its
-    proposal is None). ``byzantine`` maps replica indices to behaviours from
+    value; by default a replica accepts exactly its own candidate (and one whose
+    proposal is None abstains: it prepares nothing, but still commits what 2f+1 others
+    decided). ``byzantine`` maps replica indices to behaviours from
     :data:`~.byzantine.BEHAVIOURS` (experiments only).
 
     Returns once every non-Byzantine replica executed the instance, or, with what
@@ -94,10 +95,8 @@ def agree(
     for i in range(k):
         if validators is not None:
             check = validators[i]
-        elif proposals[i] is not None:
-            check = _equals(proposals[i])
         else:
-            check = None
+            check = _equals(proposals[i])
         rep = Replica(i, keys[i], pubs, validate=check, config=cfg)
         if i in byzantine:
             rep = ByzantineReplica(
@@ -138,5 +137,5 @@ def agree(
     )
 
 
-def _equals(mine: str) -> Callable[[str], bool]:
-    return lambda value: value == mine
+def _equals(mine: Optional[str]) -> Callable[[str], bool]:
+    return lambda value: mine is not None and value == mine

@@ -8,15 +8,18 @@ to a set of behaviours:
 ``mute-primary``  drops its own pre-prepares and new-views (a silent primary);
 ``equivocate``    as primary, sends different pre-prepares for one slot to two groups
                   (the second request signed by a Byzantine client) and prepares and
-                  commits both;
+                  commits both; as new primary, sends two groups new-views built from
+                  different sets of 2f+1 view-changes;
 ``bad-proposal``  as primary, proposes a value the validate hook refuses, a digest that
                   does not match the request, or a request with a broken client
                   signature; tampers with the O set of its new-views;
 ``replay``        re-sends old messages (its own and others') to random replicas;
 ``forge``         sends copies of its messages claiming another sender, and copies with
                   garbage signatures;
+``hide-prepared`` its view-changes claim that nothing prepared (empty P set);
 ``noise``         prepares/commits for random digests, wrong checkpoints, validly
-                  signed view-changes for views nobody else wants;
+                  signed view-changes for views nobody else wants, catch-up entries
+                  with forged certificates;
 ``omit``          drops each outgoing message with probability 1/2.
 
 The randomness comes from the ``rng`` handed in (the fault schedule's), never from
@@ -32,15 +35,18 @@ from typing import Any
 
 from ..crypto import SigningKey
 from .messages import (
-    GENESIS_DIGEST, Broadcast, Checkpoint, Commit, NewView, Prepare, PrePrepare, Request, Send,
-    Signed, ViewChange, sign,
+    GENESIS_DIGEST, Broadcast, CatchUp, Checkpoint, Commit, CommittedEntry, NewView, Prepare,
+    PrePrepare, Request, Send, Signed, ViewChange, sign,
 )
+from .quorum import QuorumCertificate
 from .replica import Replica
+from .viewchange import valid_view_change
 
 __all__ = ["BEHAVIOURS", "ByzantineReplica"]
 
 BEHAVIOURS = (
     "silent", "mute-primary", "equivocate", "bad-proposal", "replay", "forge", "noise", "omit",
+    "hide-prepared",
 )
 
 
@@ -68,6 +74,7 @@ class ByzantineReplica:
         self._client_id = client_id
         self._rid = 0
         self._seen: list[Signed] = []
+        self._vcs_seen: dict[int, dict[int, ViewChange]] = {}
 
     # ------------------------------------------------------------ interface
 
@@ -80,6 +87,8 @@ class ByzantineReplica:
     def receive(self, msg: Signed) -> list:
         if "replay" in self.behaviours and len(self._seen) < 400:
             self._seen.append(msg)
+        if "equivocate" in self.behaviours and isinstance(msg, ViewChange):
+            self._vcs_seen.setdefault(msg.view, {}).setdefault(msg.sender, msg)
         return self._mangle(self.inner.receive(msg))
 
     def on_timer(self, timer_id: int) -> list:
@@ -94,7 +103,7 @@ class ByzantineReplica:
         return [i for i in range(self.n) if i != self.index]
 
     def _sign(self, msg: Signed) -> Signed:
-        return sign(msg, self._key)
+        return sign(msg, self._key, self.inner._sig_memo)
 
     def _byz_request(self, value: str | None = None) -> Request:
         self._rid += 1
@@ -130,6 +139,12 @@ class ByzantineReplica:
             if isinstance(msg, NewView) and "bad-proposal" in b and msg.pre_prepares:
                 result.append(Broadcast(self._bad_new_view(msg)))
                 continue
+            if isinstance(msg, NewView) and "equivocate" in b and msg.sender == self.index:
+                result.extend(self._equivocate_new_view(msg))
+                continue
+            if isinstance(msg, ViewChange) and "hide-prepared" in b and msg.sender == self.index:
+                msg = self._sign(dataclasses.replace(msg, prepared=(), sig=b""))
+                out = Broadcast(msg) if isinstance(out, Broadcast) else Send(out.to, msg)
             result.append(out)
             if "forge" in b and self.rng.random() < 0.3:
                 result.extend(self._forgeries(msg))
@@ -156,6 +171,22 @@ class ByzantineReplica:
             ]
             out.extend(Send(i, m) for i in group for m in votes)
         return out
+
+    def _equivocate_new_view(self, nv: NewView) -> list:
+        inner = self.inner
+        seen = dict(self._vcs_seen.get(nv.view, {}))
+        for vc in nv.view_changes:
+            seen.setdefault(vc.sender, vc)
+        pool = [vc for _s, vc in sorted(seen.items()) if valid_view_change(vc, inner.keys, inner.cfg.log_window)]
+        self.rng.shuffle(pool)
+        alt_vcs = tuple(pool[: inner.quorum])
+        plan = inner._plan(alt_vcs)
+        pps = tuple(self._sign(PrePrepare(nv.view, s, d, r, self.index)) for s, d, r in plan.entries)
+        alt = self._sign(NewView(nv.view, alt_vcs, pps, self.index))
+        others = self._others()
+        self.rng.shuffle(others)
+        cut = self.rng.randint(0, len(others))
+        return [Send(i, nv) for i in others[:cut]] + [Send(i, alt) for i in others[cut:]]
 
     def _bad_proposal(self, pp: PrePrepare) -> PrePrepare:
         kind = self.rng.randrange(3)
@@ -199,4 +230,8 @@ class ByzantineReplica:
             self._sign(Checkpoint(inner.cfg.checkpoint_interval, digest, self.index)),
             self._sign(ViewChange(v + self.rng.randint(1, 3), 0, GENESIS_DIGEST, (), (), self.index)),
         ]
+        req = self._byz_request()
+        own = self._sign(Commit(v, seq, req.digest, self.index))
+        fake_cert = QuorumCertificate(v, seq, req.digest, (own,) * inner.quorum)
+        msgs.append(self._sign(CatchUp((CommittedEntry(seq, req, fake_cert),), self.index)))
         return [Broadcast(m) for m in msgs]

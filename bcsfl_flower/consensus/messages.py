@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional
 
 from ..crypto import SigningKey, sha256_hex, verify_signature
 
@@ -100,9 +100,24 @@ class Signed(Message):
     sig: bytes
 
 
-def sign(msg: Signed, key: SigningKey) -> Signed:
-    """Fill in ``msg.sig`` (constructed with ``sig=b""``) and return it."""
-    object.__setattr__(msg, "sig", key.sign(msg.body()))  # frozen: set once, before use
+def sign(msg: Signed, key: SigningKey, memo: Optional[dict] = None) -> Signed:
+    """Fill in ``msg.sig`` (constructed with ``sig=b""``) and return it.
+
+    Ed25519 is deterministic, so a signer that re-sends an identical message (a status
+    heartbeat, a retransmitted view-change) may pass a ``memo`` dict to reuse the
+    signature instead of paying for a new one.
+    """
+    body = msg.body()
+    if memo is None:
+        sig = key.sign(body)
+    else:
+        h = hashlib.sha256(body).digest()
+        sig = memo.get(h)
+        if sig is None:
+            if len(memo) >= 1024:
+                memo.clear()
+            sig = memo[h] = key.sign(body)
+    object.__setattr__(msg, "sig", sig)  # frozen: set once, before use
     msg.__dict__.pop("_enc", None)
     msg.__dict__.pop("_sig_ok", None)
     return msg
@@ -331,64 +346,7 @@ class CatchUp(Signed):
     sig: bytes = b""
 
 
-# ------------------------------------------------------------------------ outputs
-
-@dataclass(frozen=True)
-class Send:
-    """Deliver ``msg`` to replica ``to``."""
-
-    to: int
-    msg: Signed
-
-
-@dataclass(frozen=True)
-class Broadcast:
-    """Deliver ``msg`` to every other replica."""
-
-    msg: Signed
-
-
-@dataclass(frozen=True)
-class Committed:
-    """Sequence number ``seq`` executed, in order, with its quorum certificate.
-
-    ``noop`` is True for a null request or a request whose key already executed;
-    ``request`` is still set for the latter.
-    """
-
-    seq: int
-    view: int
-    digest: str
-    request: Optional[Request]
-    noop: bool
-    certificate: Any  # quorum.QuorumCertificate
-
-    @property
-    def value(self) -> str | None:
-        return None if self.noop or self.request is None else self.request.value
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    """Call ``on_timer(timer_id)`` after ``delay`` time units (replaces any timer of ``kind``)."""
-
-    timer_id: int
-    kind: str
-    delay: float
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    timer_id: int
-    kind: str
-
-
-@dataclass(frozen=True)
-class ViewEntered:
-    """The replica installed ``view`` (normal operation under ``primary``)."""
-
-    view: int
-    primary: int
-
-
-Output = Union[Send, Broadcast, Committed, SetTimer, CancelTimer, ViewEntered]
+# The replica's outputs live in .outputs; re-exported here for convenience.
+from .outputs import (  # noqa: E402
+    Broadcast, CancelTimer, Committed, Output, Send, SetTimer, ViewEntered,
+)

@@ -102,6 +102,7 @@ class Replica(CheckpointMixin, ViewChangeMixin):
         self._activity = False
         self._idle_ticks = 0
         self._out: list[Output] = []
+        self._sig_memo: dict[bytes, bytes] = {}
         self._handlers = {
             PrePrepare: self._on_pre_prepare, Prepare: self._on_prepare, Commit: self._on_commit,
             Checkpoint: self._on_checkpoint, ViewChange: self._on_view_change,
@@ -186,7 +187,7 @@ class Replica(CheckpointMixin, ViewChangeMixin):
         self._out.append(output)
 
     def _signed(self, msg: Signed) -> Signed:
-        return sign(msg, self._key)
+        return sign(msg, self._key, self._sig_memo)
 
     def _broadcast(self, msg: Signed) -> None:
         self._out.append(Broadcast(msg))

@@ -1,0 +1,72 @@
+"""What a replica asks its driver to do: the outputs of every input method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .messages import Request, Signed
+
+__all__ = ["Send", "Broadcast", "Committed", "SetTimer", "CancelTimer", "ViewEntered", "Output"]
+
+
+@dataclass(frozen=True)
+class Send:
+    """Deliver ``msg`` to replica ``to``."""
+
+    to: int
+    msg: Signed
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Deliver ``msg`` to every other replica."""
+
+    msg: Signed
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Sequence number ``seq`` executed, in order, with its quorum certificate.
+
+    ``noop`` is True for a null request or a request whose key already executed;
+    ``request`` is still set for the latter.
+    """
+
+    seq: int
+    view: int
+    digest: str
+    request: Optional[Request]
+    noop: bool
+    certificate: Any  # quorum.QuorumCertificate
+
+    @property
+    def value(self) -> str | None:
+        return None if self.noop or self.request is None else self.request.value
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """Call ``on_timer(timer_id)`` after ``delay`` time units (replaces any timer of ``kind``)."""
+
+    timer_id: int
+    kind: str
+    delay: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    timer_id: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class ViewEntered:
+    """The replica installed ``view`` (normal operation under ``primary``)."""
+
+    view: int
+    primary: int
+
+
+Output = Union[Send, Broadcast, Committed, SetTimer, CancelTimer, ViewEntered]
