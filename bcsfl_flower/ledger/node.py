@@ -34,6 +34,7 @@ import collections
 import json
 import logging
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -326,7 +327,7 @@ class LedgerNode:
             return self._parsed[value]
         try:
             op: Op | None = parse_op(value, self.cfg.max_model_bytes)
-        except LedgerError:
+        except (LedgerError, RecursionError, ValueError, TypeError):
             op = None
         self._parsed[value] = op
         while len(self._parsed) > 64:
@@ -408,10 +409,13 @@ class LedgerNode:
         else:
             try:
                 result = apply_op(self.ledger, op)
-            except Exception:  # storage failure: stopping beats diverging
+            except (sqlite3.Error, OSError):  # local storage failure: stopping beats diverging
                 log.critical("node %d: cannot execute seq %d; stopping", self.index, entry.seq,
                              exc_info=True)
                 os._exit(70)
+            except Exception as err:  # noqa: BLE001 - same input, same outcome on every node
+                log.exception("node %d: operation at seq %d refused", self.index, entry.seq)
+                result = {"ok": False, "reason": f"operation failed: {type(err).__name__}"}
         self.stats["executed_ops"] += 1
         if not result.get("ok"):
             self.stats["rejected_ops"] += 1

@@ -127,6 +127,11 @@ def parse_op(value: str, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Op:
         _keys(obj, {"op", "client_id", "public_key", "role"})
         cid, key, role = obj["client_id"], obj["public_key"], obj["role"]
         validate_identity(cid, key, role)
+        for text in (cid, role):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise LedgerError("client_id and role must be valid Unicode text") from None
         return Op("identity", identity=(cid, key, role))
     if kind == "ping":
         _keys(obj, {"op", "from", "nonce"})
@@ -158,9 +163,8 @@ def apply_op(ledger: Ledger, op: Op) -> dict[str, Any]:
 
     Raises
     ------
-    Exception
-        Storage failures other than ``LedgerError`` propagate: the node must stop
-        rather than diverge.
+    sqlite3.Error | OSError
+        Storage failures propagate: the node must stop rather than diverge.
     """
     if op.kind == "block":
         assert op.block is not None

@@ -19,13 +19,13 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from bcsfl_flower.crypto import sha256_hex
 
 from .block import Block, LedgerError, Transaction, parse_json
 from .node import LedgerNode
-from .ops import encode_block_op, encode_identity_op, encode_model_op
+from .ops import encode_block_op, encode_identity_op, encode_model_op, parse_op
 from .rules import check_block, check_transaction, is_digest
 from .schemas import BLOCK_SCHEMA, UPDATE_SCHEMA
 
@@ -39,6 +39,8 @@ _MAX_SEQ = 2**62  # SQLite integers are 64-bit
 
 class IdentityIn(BaseModel):
     """A client identity to register."""
+
+    model_config = {"extra": "forbid"}
 
     client_id: str = Field(min_length=1, max_length=256)
     public_key: str = Field(pattern=_HEX64, description="Ed25519 public key, 64 hex chars")
@@ -97,6 +99,8 @@ async def _json_body(request: Request) -> Any:
         return parse_json(raw)
     except LedgerError as err:
         raise HTTPException(400, f"malformed JSON: {err}") from None
+    except RecursionError:
+        raise HTTPException(400, "malformed JSON: nested too deeply") from None
 
 
 async def _await_result(fut: asyncio.Future[dict[str, Any]], wait: float) -> dict[str, Any] | None:
@@ -176,6 +180,8 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             check_block(block)
         except LedgerError as err:
             raise HTTPException(422, str(err)) from None
+        except RecursionError:
+            raise HTTPException(422, "block data nested too deeply") from None
         return await _ordered(encode_block_op(block), wait)
 
     @app.get("/getLatestModel", tags=["paper"],
@@ -236,6 +242,8 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             tx = Transaction.from_json(item)
         except LedgerError as err:
             raise HTTPException(422, f"transaction {i}: {err}") from None
+        except RecursionError:
+            raise HTTPException(422, f"transaction {i}: data nested too deeply") from None
         if tx.public not in node.known_keys:
             raise HTTPException(403, f"transaction {tx.id}: unknown client key {tx.public[:16]}"
                                 "...; register it with POST /identities")
@@ -250,6 +258,10 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         return tx
 
     async def _ordered(value: str, wait: float) -> Any:
+        try:  # the same checks every node runs, so a refusal comes with its reason now
+            parse_op(value, node.cfg.max_model_bytes)
+        except LedgerError as err:
+            raise HTTPException(422, str(err)) from None
         result = await _await_result(node.submit(value, broadcast=True), wait)
         if result is None:
             return JSONResponse({"status": "pending", "detail": "not committed yet"}, 202)
@@ -300,9 +312,21 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             raise HTTPException(404, f"unknown client {client_id!r}")
         return {"client_id": client_id, **record}
 
-    @app.post("/identities", tags=["clients"], responses={409: {"description": "other key"}})
-    async def register(body: IdentityIn, wait: float = Query(30.0, ge=0, le=120)) -> Any:
+    @app.post("/identities", tags=["clients"], responses={409: {"description": "other key"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": IdentityIn.model_json_schema()}}}})
+    async def register(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
         """Register a client key through PBFT (idempotent for the same key)."""
+        try:
+            body = IdentityIn.model_validate(await _json_body(request))
+        except ValidationError as err:
+            reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                                for e in err.errors())
+            raise HTTPException(422, f"invalid identity: {reasons}") from None
+        try:
+            body.client_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPException(422, "client_id must be valid Unicode text") from None
         known = ledger.identity(body.client_id)
         if known == body.public_key:
             return {"ok": True, "client_id": body.client_id}
