@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from bcsfl_flower.consensus.messages import (
-    Broadcast, CancelTimer, Commit, Committed, NewView, PrePrepare, Prepare, Request, Send,
-    SetTimer, Signed, Status, ViewEntered, check_signature,
+    Commit, NewView, PrePrepare, Prepare, Request, Signed, Status, check_signature,
+)
+from bcsfl_flower.consensus.outputs import (
+    Broadcast, CancelTimer, Committed, Send, SetTimer, ViewEntered,
 )
 from bcsfl_flower.consensus.quorum import max_faulty
 from bcsfl_flower.consensus.replica import NORMAL, PBFTConfig, Replica
