@@ -12,7 +12,7 @@ training in the simulation engine, aggregation, central evaluation), ``aggregate
 also pays the simulation engine's start-up, so the summary averages rounds 2.. only.
 
 Outputs ``experiments/results/overhead.csv`` (one row per strategy, client count and
-round) and ``overhead.png`` (stacked bars of the mean steady-state round).
+round) and ``overhead_<dataset>.png`` (stacked bars of the mean steady-state round).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def report(rows: list[dict], outdir: Path) -> None:
+def report(rows: list[dict], outdir: Path, dataset: str) -> None:
     s = summary(rows)
     for clients in sorted({k[1] for k in s}):
         b, f = s.get(("bcsfl", clients)), s.get(("fedavg", clients))
@@ -80,10 +80,10 @@ def report(rows: list[dict], outdir: Path) -> None:
                   f"{b['aggregate_seconds'] / f['seconds']:.3f}; BCS-FL round / FedAvg round = "
                   f"{b['seconds'] / f['seconds']:.2f}; BCS-FL server / FedAvg server = "
                   f"{b['aggregate_seconds'] / max(f['aggregate_seconds'], 1e-9):.0f}x")
-    plot(s, outdir)
+    plot(s, outdir, dataset)
 
 
-def plot(s: dict, outdir: Path) -> None:
+def plot(s: dict, outdir: Path, dataset: str) -> None:
     plt = common.plt()
     keys = sorted(s, key=lambda k: (k[1], k[0] != "fedavg"))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -110,7 +110,9 @@ def plot(s: dict, outdir: Path) -> None:
     ax2.set_title("server side (aggregate_train) by stage", fontsize=9)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    path = outdir / "overhead.png"
+    fig.suptitle(f"{dataset}: mean round (rounds >= 2)", fontsize=9)
+    fig.tight_layout()
+    path = outdir / f"overhead_{dataset}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no rows for {a.dataset} in {csv_path}")
         return 1
-    report(rows, outdir)
+    report(rows, outdir, a.dataset)
     return 0
 
 
