@@ -22,20 +22,38 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .block import Block, LedgerError, Transaction, build_block
-from .ops import encode_block_op
+from .ops import Op, encode_block_op
 from .rules import check_transaction
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import LedgerNode
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "TxWait"]
 
 _MAX_HOPS = 3
 _REMEMBER = 1_000_000  # committed transaction ids kept for de-duplication
 _OUTSTANDING_TTL = 120.0
+
+
+class TxWait:
+    """Clients waiting for a set of transaction ids to commit."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.remaining = set(ids)
+        self.where: dict[str, int] = {}
+        self.future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+
+    def done(self, tx_id: str, seq: int) -> None:
+        """``tx_id`` committed in block ``seq``."""
+        if tx_id in self.remaining:
+            self.remaining.discard(tx_id)
+            self.where[tx_id] = seq
+            if not self.remaining and not self.future.done():
+                self.future.set_result(self.where)
 
 
 class Batcher:
@@ -55,6 +73,7 @@ class Batcher:
         self.head: Block | None = None
         self.committed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.outstanding: dict[str, tuple[dict[str, Any], float]] = {}
+        self.waits: dict[str, list[TxWait]] = {}
         self._build_handle: asyncio.TimerHandle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
 
@@ -92,6 +111,22 @@ class Batcher:
         elif txs and hops < _MAX_HOPS:
             node.send_app(target, {"type": "txs", "txs": txs, "hops": hops + 1})
 
+    def wait(self, ids: Sequence[str]) -> TxWait:
+        """Register interest in transaction ids; ``.future`` resolves when all commit."""
+        wait = TxWait(ids)
+        for tx_id in ids:
+            self.waits.setdefault(tx_id, []).append(wait)
+        return wait
+
+    def forget(self, wait: TxWait) -> None:
+        """Drop a wait registered with :meth:`wait` (answered or timed out)."""
+        for tx_id in wait.remaining:
+            waits = self.waits.get(tx_id)
+            if waits is not None and wait in waits:
+                waits.remove(wait)
+                if not waits:
+                    del self.waits[tx_id]
+
     # ------------------------------------------------------------------ events
     def on_view(self) -> None:
         """The view changed or recovery ended: lead, or hand the pool to the leader."""
@@ -119,6 +154,8 @@ class Batcher:
         if ok:
             for tx_id in ids:
                 if isinstance(tx_id, str):
+                    for wait in self.waits.pop(tx_id, ()):
+                        wait.done(tx_id, block.sequence_no)
                     self.committed[tx_id] = None
                     self.outstanding.pop(tx_id, None)
                     self.pool.pop(tx_id, None)
@@ -178,7 +215,7 @@ class Batcher:
                     batch.append(tx)
             if not batch:
                 break
-            prev = self.head if self.head is not None else node.ledger.latest()
+            prev = self.head if self.head is not None else node.head
             try:
                 block = build_block(prev, {"transactions": batch}, node.key)
             except LedgerError:
@@ -187,7 +224,9 @@ class Batcher:
             self.inflight_ids.update(tx["id"] for tx in batch)
             self.head = block
             node.stats["blocks_built"] += 1
-            node.submit(encode_block_op(block), track=False)
+            value = encode_block_op(block)
+            node.remember(value, Op("block", block=block))  # no need to parse our own block
+            node.submit(value, track=False)
 
     # ------------------------------------------------------------------ retries
     def _arm_retry(self) -> None:

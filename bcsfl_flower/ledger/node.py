@@ -10,15 +10,12 @@ Transactions are batched, not ordered one by one: the node that receives them ch
 them and forwards them to the primary, whose :class:`~.batcher.Batcher` builds and
 signs one block per batch and submits it as a single PBFT request.
 
-Crash recovery: the SQLite file survives a crash, and so does one number, the highest
-view in which this node proposed (``node-I.pbft.json``, written before its first
-pre-prepare of a view). A restarted node's replica starts empty; the peers' status
+Crash recovery: only the SQLite file (and one number, see :mod:`~.recovery`)
+survives a crash. A restarted node's replica starts empty; the peers' status
 heartbeats hand it the committed entries it lacks (each with its 2f+1 commit
-certificate), and idempotent execution skips what the file already holds. The driver
-fences the forgetful replica: until it has caught up with what 2f peers report it
-holds back its own requests; it never again proposes in a view it may have proposed
-in before the crash (that could equivocate); and it sends no pre-prepare, prepare or
-commit for a sequence number it has already executed.
+certificate), idempotent execution skips what the file already holds, and a
+:class:`~.recovery.Fence` keeps the forgetful replica from contradicting votes it cast
+before the crash.
 
 Liveness: client requests go to every node (as PBFT clients retransmit), so every
 backup times a primary that does not order them. Transactions are not PBFT requests
@@ -42,9 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bcsfl_flower.consensus.messages import (
-    Commit, NewView, PrePrepare, Prepare, Request, Signed, Status, check_signature,
-)
+from bcsfl_flower.consensus.messages import Request
 from bcsfl_flower.consensus.outputs import (
     Broadcast, CancelTimer, Committed, Send, SetTimer, ViewEntered,
 )
@@ -55,6 +50,7 @@ from bcsfl_flower.crypto import SigningKey
 from .batcher import Batcher
 from .block import Block, LedgerError
 from .ops import Op, apply_op, encode_ping_op, parse_op
+from .recovery import Fence, RecoveryWatch
 from .sqlite import SqliteLedger
 from .transport import PeerTransport
 from .wire import APP, PBFT, WireError, decode_message, encode_message
@@ -84,22 +80,6 @@ class NodeConfig:
                 "status_interval": self.status_interval}
         base.update(self.pbft)
         return PBFTConfig(**base)
-
-
-class _TxWait:
-    """Clients waiting for a set of transaction ids to commit."""
-
-    def __init__(self, ids: Sequence[str]) -> None:
-        self.remaining = set(ids)
-        self.where: dict[str, int] = {}
-        self.future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
-
-    def done(self, tx_id: str, seq: int) -> None:
-        if tx_id in self.remaining:
-            self.remaining.discard(tx_id)
-            self.where[tx_id] = seq
-            if not self.remaining and not self.future.done():
-                self.future.set_result(self.where)
 
 
 class LedgerNode:
@@ -151,24 +131,19 @@ class LedgerNode:
         self._waiters: dict[tuple[str, int], asyncio.Future[dict[str, Any]]] = {}
         self._held: list[Request] = []
         self._parsed: collections.OrderedDict[str, Op | None] = collections.OrderedDict()
-        self._tx_waits: dict[str, list[_TxWait]] = {}
-        self.recovering = self.n > 1
-        self._peer_exec: dict[int, int] = {}
-        self._target: int | None = None
-        self._started = 0.0
-        self._view_file = Path(db_path).with_suffix(".pbft.json")
-        self._fenced_view = self._load_view()  # proposed in these views before: never again
-        self._proposed_view = self._fenced_view
+        self.watch = RecoveryWatch(index, self.keys, self.f, self.cfg.recovery_grace)
+        self.fence = Fence(Path(db_path).with_suffix(".pbft.json"))
         self._ping: asyncio.Future[dict[str, Any]] | None = None
+        self.head = self.ledger.latest()  # cached: parsing a big head block is not free
         self.known_keys = {rec["public_key"] for rec in self.ledger.identities().values()}
-        self.latest_model_seq = self._scan_latest_model()
+        self._model_seq: int | None = -1  # -1: not looked up yet
         self.stats = {"executed_ops": 0, "rejected_ops": 0, "executed_txs": 0,
                       "ingress_verified_txs": 0, "blocks_built": 0}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Listen for peers, arm the replica and start the recovery clock."""
-        self._started = time.monotonic()
+        self.watch.started = time.monotonic()
         await self.transport.start()
         self._call(self.replica.start)
         if not self.recovering:
@@ -193,24 +168,13 @@ class LedgerNode:
         executed = self.replica.last_executed
         self._handle(fn(*args), executed)
 
-    def _allowed(self, msg: Signed, executed: int) -> bool:
-        """The fences of a replica that may have forgotten what it sent before a crash."""
-        if isinstance(msg, (PrePrepare, NewView)):
-            if self.recovering or msg.view <= self._fenced_view:
-                return False
-            if msg.view > self._proposed_view:
-                self._save_view(msg.view)
-        if isinstance(msg, (PrePrepare, Prepare, Commit)) and msg.seq <= executed:
-            return False
-        return True
-
     def _handle(self, outputs: list[Any], executed: int) -> None:
         for out in outputs:
             if isinstance(out, Broadcast):
-                if self._allowed(out.msg, executed):
+                if self.fence.allowed(out.msg, executed, self.recovering):
                     self.transport.broadcast(PBFT, encode_message(out.msg))
             elif isinstance(out, Send):
-                if self._allowed(out.msg, executed):
+                if self.fence.allowed(out.msg, executed, self.recovering):
                     self.transport.send(out.to, PBFT, encode_message(out.msg))
             elif isinstance(out, Committed):
                 self._execute(out)
@@ -250,10 +214,8 @@ class LedgerNode:
         except WireError as err:
             log.warning("node %d: undecodable PBFT frame: %s", self.index, err)
             return
-        if isinstance(msg, Status) and 0 <= msg.sender < self.n and msg.sender != self.index:
-            if check_signature(self.keys[msg.sender], msg.sig, msg.body()):
-                self._peer_exec[msg.sender] = max(self._peer_exec.get(msg.sender, 0),
-                                                  msg.last_executed)
+        if self.recovering:
+            self.watch.observe(msg)
         self._call(self.replica.receive, msg)
         if self.recovering:
             self._check_recovered()
@@ -278,49 +240,27 @@ class LedgerNode:
         self.transport.send(to, APP, json.dumps(obj, separators=(",", ":")).encode())
 
     # ------------------------------------------------------------------ recovery
-    def _check_recovered(self) -> None:
-        if not self.recovering:
-            return
-        need = 2 * self.f
-        if self._target is None and len(self._peer_exec) >= need:
-            self._target = max(self._peer_exec.values(), default=0)
-        waited = time.monotonic() - self._started
-        if self._target is not None and self.replica.last_executed >= self._target:
-            self._finish_recovery("caught up to %d" % self._target)
-        elif self._target is None and waited >= self.cfg.recovery_grace:
-            self._finish_recovery("no quorum of peers heard in %.1fs" % waited)
+    @property
+    def recovering(self) -> bool:
+        """Whether the node is still catching up after a (re)start."""
+        return self.watch.recovering
 
-    def _finish_recovery(self, why: str) -> None:
-        self.recovering = False
+    def _check_recovered(self) -> None:
+        why = self.watch.done(self.replica.last_executed)
+        if why is None:
+            return
         log.info("node %d: recovered (%s); chain height %d", self.index, why, self.ledger.height())
         held, self._held = self._held, []
         for req in held:
             self._call(self.replica.submit, req)
         self.batcher.on_view()
 
-    def _load_view(self) -> int:
-        try:
-            value = json.loads(self._view_file.read_text())["proposed_view"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return -1
-        return value if type(value) is int else -1
-
-    def _save_view(self, view: int) -> None:
-        """Persist (fsync) the view this node is about to propose in, before proposing."""
-        tmp = self._view_file.with_suffix(".tmp")
-        with open(tmp, "w") as handle:
-            json.dump({"proposed_view": view}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self._view_file)
-        self._proposed_view = view
-
     # ------------------------------------------------------------------ ordering
     @property
     def is_primary(self) -> bool:
         """Whether this node leads its current view and may propose in it."""
         return (self.replica.is_primary and self.replica.status == NORMAL
-                and not self.recovering and self.replica.view > self._fenced_view)
+                and not self.recovering and self.fence.may_lead(self.replica.view))
 
     def parse(self, value: str) -> Op | None:
         """The parsed operation of a request value (memoised), or ``None`` if invalid."""
@@ -335,6 +275,12 @@ class LedgerNode:
         while len(self._parsed) > 64:
             self._parsed.popitem(last=False)
         return op
+
+    def remember(self, value: str, op: Op) -> None:
+        """Seed the parse memo with an operation this node built itself."""
+        self._parsed[value] = op
+        while len(self._parsed) > 64:
+            self._parsed.popitem(last=False)
 
     def _validate(self, value: str) -> bool:
         return self.parse(value) is not None
@@ -385,22 +331,6 @@ class LedgerNode:
         if self._ping is None or self._ping.done():
             self._ping = self.submit(encode_ping_op(self.index), broadcast=True)
 
-    def wait_txs(self, ids: Sequence[str]) -> _TxWait:
-        """Register interest in transaction ids; ``.future`` resolves when all commit."""
-        wait = _TxWait(ids)
-        for tx_id in ids:
-            self._tx_waits.setdefault(tx_id, []).append(wait)
-        return wait
-
-    def forget_txs(self, wait: _TxWait) -> None:
-        """Drop a wait registered with :meth:`wait_txs` (timed out or answered)."""
-        for tx_id in wait.remaining:
-            waits = self._tx_waits.get(tx_id)
-            if waits is not None and wait in waits:
-                waits.remove(wait)
-                if not waits:
-                    del self._tx_waits[tx_id]
-
     # ------------------------------------------------------------------ execution
     def _execute(self, entry: Committed) -> None:
         if entry.noop or entry.request is None:
@@ -410,7 +340,7 @@ class LedgerNode:
             result: dict[str, Any] = {"ok": False, "reason": "malformed operation"}
         else:
             try:
-                result = apply_op(self.ledger, op)
+                result = apply_op(self.ledger, op, self.head.sequence_no)
             except (sqlite3.Error, OSError):  # local storage failure: stopping beats diverging
                 log.critical("node %d: cannot execute seq %d; stopping", self.index, entry.seq,
                              exc_info=True)
@@ -433,30 +363,33 @@ class LedgerNode:
 
     def _after_block(self, block: Block, result: dict[str, Any]) -> None:
         txs = block.transactions
+        if result.get("ok") and block.sequence_no > self.head.sequence_no:
+            self.head = block
         if result.get("ok") and not result.get("duplicate"):
             self.stats["executed_txs"] += len(txs)  # check_append verified each signature
             if block.data.get("model-params") is not None:
-                self.latest_model_seq = block.sequence_no
+                self._model_seq = block.sequence_no
             idents = block.data.get("identities")
             if isinstance(idents, dict):
                 self.known_keys.update(k for k in idents.values() if isinstance(k, str))
         ids = [tx.get("id") for tx in txs if isinstance(tx, dict)]
-        if result.get("ok"):
-            for tx_id in ids:
-                for wait in self._tx_waits.pop(tx_id, ()):
-                    wait.done(tx_id, block.sequence_no)
         self.batcher.on_executed(block, bool(result.get("ok")), ids)
 
-    def _scan_latest_model(self) -> int | None:
-        for seq in range(self.ledger.height() - 1, 0, -1):
-            if self.ledger.block(seq).data.get("model-params") is not None:
-                return seq
-        return None
+    @property
+    def latest_model_seq(self) -> int | None:
+        """``sequenceNo`` of the newest block carrying a global model (None: none yet)."""
+        if self._model_seq == -1:  # once per process; execution keeps it current after
+            self._model_seq = None
+            for seq in range(self.head.sequence_no, 0, -1):
+                if self.ledger.block(seq).data.get("model-params") is not None:
+                    self._model_seq = seq
+                    break
+        return self._model_seq
 
     # ------------------------------------------------------------------ introspection
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` reports."""
-        head = self.ledger.latest()
+        head = self.head
         return {
             "status": "recovering" if self.recovering else "ok",
             "node": self.index,

@@ -144,7 +144,7 @@ def _keys(obj: dict[str, Any], keys: set[str]) -> None:
         raise LedgerError(f"operation fields must be {sorted(keys)}, got {sorted(obj)}")
 
 
-def apply_op(ledger: Ledger, op: Op) -> dict[str, Any]:
+def apply_op(ledger: Ledger, op: Op, head_seq: int | None = None) -> dict[str, Any]:
     """Execute one committed operation on ``ledger``.
 
     Parameters
@@ -153,6 +153,8 @@ def apply_op(ledger: Ledger, op: Op) -> dict[str, Any]:
         The node's local ledger.
     op : Op
         A parsed operation.
+    head_seq : int | None (default: None)
+        The head's ``sequenceNo`` if the caller knows it (saves parsing the head).
 
     Returns
     -------
@@ -168,7 +170,7 @@ def apply_op(ledger: Ledger, op: Op) -> dict[str, Any]:
     """
     if op.kind == "block":
         assert op.block is not None
-        return _apply_block(ledger, op.block)
+        return _apply_block(ledger, op.block, head_seq)
     if op.kind == "model":
         assert op.data is not None
         return {"ok": True, "hash": ledger.put_model(op.data), "size": len(op.data)}
@@ -185,15 +187,16 @@ def apply_op(ledger: Ledger, op: Op) -> dict[str, Any]:
     return {"ok": False, "reason": f"unknown operation {op.kind!r}"}
 
 
-def _apply_block(ledger: Ledger, block: Block) -> dict[str, Any]:
-    head = ledger.latest()
-    if block.sequence_no <= head.sequence_no:
+def _apply_block(ledger: Ledger, block: Block, head_seq: int | None) -> dict[str, Any]:
+    if head_seq is None:
+        head_seq = ledger.latest().sequence_no
+    if block.sequence_no <= head_seq:
         stored = ledger.block(block.sequence_no)
         if stored.hash == block.hash:
             return {"ok": True, "sequenceNo": block.sequence_no, "hash": block.hash,
                     "duplicate": True}
         return {"ok": False, "reason": f"block {block.sequence_no} is already committed "
-                f"with another hash (head is {head.sequence_no})"}
+                f"with another hash (head is {head_seq})"}
     try:
         ledger.append(block)
     except LedgerError as err:

@@ -221,23 +221,24 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             items = [obj]
         if not isinstance(items, list) or not items or len(items) > MAX_TXS_PER_REQUEST:
             raise HTTPException(422, f"expected 1..{MAX_TXS_PER_REQUEST} transactions")
-        txs = [_checked_tx(i, item) for i, item in enumerate(items)]
+        stored: dict[str, bool] = {}
+        txs = [_checked_tx(i, item, stored) for i, item in enumerate(items)]
         ids = [tx.id for tx in txs]
         if len(set(ids)) != len(ids):
             raise HTTPException(422, "duplicate transaction ids in one request")
         node.stats["ingress_verified_txs"] += len(txs)
-        wait_for = node.wait_txs(ids)
+        wait_for = node.batcher.wait(ids)
         try:
             node.batcher.add([tx.to_json() for tx in txs], from_client=True)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(wait_for.future), wait)
         finally:
-            node.forget_txs(wait_for)
+            node.batcher.forget(wait_for)
         body = {"committed": len(wait_for.where), "pending": sorted(wait_for.remaining),
                 "blocks": sorted(set(wait_for.where.values()))}
         return JSONResponse(body, status_code=202 if wait_for.remaining else 200)
 
-    def _checked_tx(i: int, item: Any) -> Transaction:
+    def _checked_tx(i: int, item: Any, stored: dict[str, bool]) -> Transaction:
         try:
             tx = Transaction.from_json(item)
         except LedgerError as err:
@@ -248,7 +249,9 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             raise HTTPException(403, f"transaction {tx.id}: unknown client key {tx.public[:16]}"
                                 "...; register it with POST /identities")
         model = tx.data.get("model-params")
-        if is_digest(model) and not ledger.has_model(model):
+        if is_digest(model) and model not in stored:
+            stored[model] = ledger.has_model(model)
+        if is_digest(model) and not stored[model]:
             raise HTTPException(422, f"transaction {tx.id}: model {model} is not stored; "
                                 "upload it with POST /models first")
         try:
