@@ -141,7 +141,7 @@ def sweep(a: argparse.Namespace) -> None:
                        epsilon_min=eps[0], epsilon_median=eps[len(eps) // 2] if None in eps else median(eps),
                        epsilon_max=eps[-1])
             path, fields = priv_csv, PRIVACY_FIELDS
-            label = f"{a.strategy} target eps {value:g}: noise {sigma:g}, eps reached {eps[0]}..{eps[-1]}"
+            label = f"{a.strategy} target eps {value:g}: noise {sigma:g}, eps reached {_g(eps[0])}..{_g(eps[-1])}"
         else:
             metrics, seconds, out = _run(a, f"prune{value:g}", ["--prune", value] if value > 0 else [])
             dense, upload, saved = upload_bytes(a.dataset, value)
