@@ -92,7 +92,9 @@ class ByzantineReplica:
         return self._mangle(self.inner.receive(msg))
 
     def on_timer(self, timer_id: int) -> list:
-        return self._mangle(self.inner.on_timer(timer_id))
+        # Unsolicited traffic is paced by the replica's own timers (heartbeat): sent in
+        # reaction to received messages, two noisy replicas would feed each other.
+        return self._mangle(self.inner.on_timer(timer_id)) + self._unsolicited()
 
     def committed_log(self) -> list:
         return self.inner.committed_log()
@@ -148,10 +150,17 @@ class ByzantineReplica:
             result.append(out)
             if "forge" in b and self.rng.random() < 0.3:
                 result.extend(self._forgeries(msg))
-        if "replay" in b and self._seen and self.rng.random() < 0.5:
-            for _ in range(self.rng.randint(1, 3)):
+        return result
+
+    def _unsolicited(self) -> list:
+        b = self.behaviours
+        result: list = []
+        if "silent" in b:
+            return result
+        if "replay" in b and self._seen:
+            for _ in range(self.rng.randint(1, 6)):
                 result.append(Send(self.rng.choice(self._others()), self.rng.choice(self._seen)))
-        if "noise" in b and self.rng.random() < 0.2:
+        if "noise" in b and self.rng.random() < 0.7:
             result.extend(self._noise())
         return result
 
