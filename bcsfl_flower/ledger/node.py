@@ -123,7 +123,8 @@ class LedgerNode:
         self.ledger = SqliteLedger(db_path)
         self.replica = Replica(index, key, self.keys, validate=self._validate,
                                config=self.cfg.pbft_config())
-        self.transport = PeerTransport(index, pbft_addrs, self._on_frame)
+        self.transport = PeerTransport(index, pbft_addrs, self._on_frame,
+                                       on_connect=self._hello)
         self.batcher = Batcher(self)
         self.client_id = f"node{index}-{uuid.uuid4().hex[:12]}"  # fresh per boot: rids restart
         self._rid = 0
@@ -132,7 +133,7 @@ class LedgerNode:
         self._held: list[Request] = []
         self._parsed: collections.OrderedDict[str, Op | None] = collections.OrderedDict()
         self.watch = RecoveryWatch(index, self.keys, self.f, self.cfg.recovery_grace)
-        self.fence = Fence(Path(db_path).with_suffix(".pbft.json"))
+        self.fence = Fence(Path(db_path).with_suffix(".pbft.json"), self.n - 1)
         self._ping: asyncio.Future[dict[str, Any]] | None = None
         self.head = self.ledger.latest()  # cached: parsing a big head block is not free
         self.known_keys = {rec["public_key"] for rec in self.ledger.identities().values()}
@@ -230,10 +231,19 @@ class LedgerNode:
         if obj.get("type") == "txs" and isinstance(obj.get("txs"), list):
             hops = obj.get("hops")
             self.batcher.add(obj["txs"], hops=hops if type(hops) is int else 1)
+        elif obj.get("type") == "hello":
+            peer, boot = obj.get("from"), obj.get("boot")
+            if type(peer) is int and 0 <= peer < self.n and peer != self.index \
+                    and isinstance(boot, str) and self.fence.peer_booted(peer, boot):
+                log.info("node %d: every peer restarted since; may lead any view", self.index)
+                self.batcher.on_view()
         elif obj.get("type") == "request":
             client, rid, value = obj.get("client"), obj.get("rid"), obj.get("value")
             if isinstance(client, str) and type(rid) is int and isinstance(value, str):
                 self._submit_request(Request.make(client, rid, value))
+
+    def _hello(self, peer: int) -> None:
+        self.send_app(peer, {"type": "hello", "from": self.index, "boot": self.client_id})
 
     def send_app(self, to: int, obj: dict[str, Any]) -> None:
         """Send a driver-to-driver JSON message (e.g. forwarded transactions)."""

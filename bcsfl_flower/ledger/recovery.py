@@ -7,7 +7,10 @@ their own votes, so the driver enforces what the replica can no longer know:
 * it never proposes again in a view it may have proposed in before (the highest such
   view is written to ``node-I.pbft.json`` and fsynced *before* the first pre-prepare
   or new-view message of a view leaves the node): an amnesiac primary could otherwise
-  assign a second value to a sequence number;
+  assign a second value to a sequence number. The fence lifts once every peer is
+  known to have restarted since (each node announces a fresh boot id when it connects,
+  and the file records the boot ids seen): after a restart of the whole cluster no
+  replica remembers the old votes, and fencing would only cost view changes;
 * it sends no pre-prepare, prepare or commit for a sequence number it has already
   executed (it learnt those from certified catch-up entries, not by voting);
 * until it has executed what 2f peers report (or heard nothing from them for a grace
@@ -38,26 +41,47 @@ class Fence:
         The file that remembers the highest view this node proposed in.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], peers: int) -> None:
         self.path = Path(path)
-        self.fenced_view = self._load()  # proposed in these views before: never again
-        self.proposed_view = self.fenced_view
+        self.peers = peers
+        view, boots = self._load()
+        self.fenced_view = view  # proposed in these views before: never again
+        self.proposed_view = view
+        self.old_boots = boots  # the peers' boot ids as known before this start
+        self.boots = dict(boots)
+        self.heard: dict[str, str] = {}
 
-    def _load(self) -> int:
+    def _load(self) -> tuple[int, dict[str, str]]:
         try:
-            value = json.loads(self.path.read_text())["proposed_view"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return -1
-        return value if type(value) is int else -1
+            state = json.loads(self.path.read_text())
+            view, boots = state["proposed_view"], state.get("peer_boots", {})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return -1, {}
+        if type(view) is not int or not isinstance(boots, dict):
+            return -1, {}
+        return view, {str(k): str(v) for k, v in boots.items()}
 
-    def _save(self, view: int) -> None:
+    def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as handle:
-            json.dump({"proposed_view": view}, handle)
+            json.dump({"proposed_view": self.proposed_view, "peer_boots": self.boots}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(self.path)
-        self.proposed_view = view
+
+    def peer_booted(self, peer: int, boot: str) -> bool:
+        """Record a peer's boot id; True when this lifts the fence."""
+        key = str(peer)
+        self.heard[key] = boot
+        if self.boots.get(key) != boot:
+            self.boots[key] = boot
+            self._save()
+        if self.fenced_view < 0 or len(self.heard) < self.peers:
+            return False
+        if any(self.old_boots.get(k) == b for k, b in self.heard.items()):
+            return False  # that peer lived through our crash and may remember our votes
+        self.fenced_view = -1
+        return True
 
     def may_lead(self, view: int) -> bool:
         """Whether this node may propose in ``view`` at all."""
@@ -79,7 +103,8 @@ class Fence:
             if recovering or not self.may_lead(msg.view):
                 return False
             if msg.view > self.proposed_view:
-                self._save(msg.view)
+                self.proposed_view = msg.view
+                self._save()
         if isinstance(msg, (PrePrepare, Prepare, Commit)) and msg.seq <= executed:
             return False
         return True

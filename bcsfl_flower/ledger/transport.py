@@ -28,8 +28,10 @@ _BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 class _Link:
     """The outgoing side towards one peer: a queue and the task that drains it."""
 
-    def __init__(self, addr: tuple[str, int], max_bytes: int) -> None:
+    def __init__(self, addr: tuple[str, int], max_bytes: int,
+                 on_connect: Callable[[], None] | None = None) -> None:
         self.addr = addr
+        self.on_connect = on_connect
         self.max_bytes = max_bytes
         self.queue: deque[bytes] = deque()
         self.queued = 0
@@ -58,6 +60,8 @@ class _Link:
                 continue
             attempt = 0
             self.connected = True
+            if self.on_connect is not None:
+                self.on_connect()
             drain = asyncio.ensure_future(self._drain(writer))
             watch = asyncio.ensure_future(reader.read(1))  # peers never answer: EOF = gone
             try:
@@ -97,6 +101,8 @@ class PeerTransport:
         Called on the event loop with ``(kind, payload)`` for every frame received.
     max_queue_bytes : int (default: 256 MiB)
         Bound on the bytes queued for one peer that is slow or down.
+    on_connect : Callable[[int], None] | None (default: None)
+        Called with the peer's index each time the connection to it (re)opens.
     """
 
     def __init__(
@@ -105,12 +111,15 @@ class PeerTransport:
         addrs: Sequence[tuple[str, int]],
         on_frame: FrameHandler,
         max_queue_bytes: int = 256 * 1024 * 1024,
+        on_connect: Callable[[int], None] | None = None,
     ) -> None:
         self.index = index
         self.addrs = list(addrs)
         self.on_frame = on_frame
         self._links = {
-            j: _Link(addr, max_queue_bytes) for j, addr in enumerate(self.addrs) if j != index
+            j: _Link(addr, max_queue_bytes,
+                     (lambda j=j: on_connect(j)) if on_connect is not None else None)
+            for j, addr in enumerate(self.addrs) if j != index
         }
         self._server: asyncio.AbstractServer | None = None
         self._readers: set[asyncio.Task[None]] = set()
