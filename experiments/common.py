@@ -109,7 +109,7 @@ def append_row(path: Path, fields: Sequence[str], row: Mapping[str, Any]) -> Non
 
 def _cell(value: Any) -> Any:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return "" if value != value else f"{value:.6g}"  # NaN (undefined, e.g. no malicious clients): empty
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return "" if value is None else value

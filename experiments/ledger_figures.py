@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", default="4,7,10,13,16", help="node counts")
     p.add_argument("--committee", type=int, default=4, help="PoS committee size")
     p.add_argument("--quick", action="store_true", help="nodes 4,7 and the benchmarks' --quick")
-    p.add_argument("--throughput-args", default="", help="extra arguments for ledger_throughput")
+    p.add_argument("--throughput-args", default="",
+                   help="extra arguments for ledger_throughput, e.g. --throughput-args=--quick")
     p.add_argument("--consensus-args", default="", help="arguments for consensus_bench (default: --nodes N,..)")
     p.add_argument("--skip", default="", help="comma-separated sources not to run")
     p.add_argument("--csv", default=str(common.RESULTS / "ledger.csv"))
