@@ -192,7 +192,9 @@ def plot_heatmap(worst: dict, outdir: Path) -> Path | None:
     for i in range(len(strategies)):
         for j in range(len(settings)):
             if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                n = worst[settings[j]][strategies[i]][2]
+                partial = f"\nof {n} attack{'s' if n > 1 else ''}" if settings[j][2] > 0 and n < len(ATTACKS) else ""
+                ax.text(j, i, f"{grid[i, j]:.2f}{partial}", ha="center", va="center", fontsize=7 if partial else 8,
                         color="white" if grid[i, j] < 0.6 else "black")
     ax.set_xticks(range(len(settings)), [_label(s).replace(" (", "\n(") for s in settings], rotation=45,
                   ha="right", fontsize=7)
