@@ -26,7 +26,7 @@ from typing import Optional
 
 from bcsfl_flower.consensus.bugs import PLANTED_BUGS
 from bcsfl_flower.consensus.replica import Replica
-from bcsfl_flower.consensus.scenario import draw_scenario, run_scenario
+from bcsfl_flower.consensus.scenario import CONFLICT, draw_scenario, run_scenario
 
 SEED_STRIDE = 1_000_000
 
@@ -62,7 +62,7 @@ def fuzz(
     else:
         pool = None
         results = map(run_one, tasks)
-    safety = liveness = reported = 0
+    safety = liveness = reported = conflicts = 0
     failing: list[int] = []
     try:
         for sseed, bad_safety, bad_liveness, desc, _views in results:
@@ -70,8 +70,10 @@ def fuzz(
                 continue
             safety += bool(bad_safety)
             liveness += bool(bad_liveness)
+            conflict = any(CONFLICT in p for p in bad_safety)
             failing.append(sseed)
-            if reported < max_reports:
+            if reported < max_reports or (conflict and not conflicts):
+                conflicts += conflict
                 reported += 1
                 kind = "SAFETY VIOLATION" if bad_safety else "LIVENESS FAILURE"
                 print(f"{kind}: schedule seed {sseed} ({desc})", file=stream)
@@ -82,10 +84,18 @@ def fuzz(
                     f"--replay {sseed}" + (f" --planted-bug {bug}" if bug else ""),
                     file=stream,
                 )
+            else:
+                conflicts += conflict
     finally:
         if pool is not None:
             pool.close()
             pool.join()
+    if safety:
+        print(
+            f"{conflicts} of the {safety} safety violations are conflicting commits "
+            "(correct replicas executed different requests at one sequence number)",
+            file=stream,
+        )
     return safety, liveness, failing
 
 

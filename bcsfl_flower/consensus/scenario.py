@@ -210,4 +210,9 @@ def check_safety(net: SimNetwork, correct: list[int], pubs: list[str]) -> list[s
             cert = entry.certificate
             if not (entry_matches(cert, entry.seq, entry.request) and verify(cert, pubs)):
                 problems.append(f"replica {i}: seq {entry.seq} has an invalid quorum certificate")
-    return problems
+    # Conflicting commits first: they are the violations that matter most.
+    return sorted(problems, key=lambda p: CONFLICT not in p)
+
+
+#: Marker of a conflicting-commit problem in :func:`check_safety`'s output.
+CONFLICT = "but replica"
