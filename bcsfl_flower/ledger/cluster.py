@@ -24,16 +24,10 @@ from typing import IO, Any
 
 from bcsfl_flower.crypto import SigningKey
 
-__all__ = ["LocalCluster", "PeerAddr", "node_command", "parse_peers", "serve_main", "up"]
+__all__ = ["LocalCluster", "PeerAddr", "node_command", "node_env", "parse_peers", "serve_main", "up"]
 
 DEFAULT_PBFT_OFFSET = 1000
-_BOOT = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.find_spec('bcsfl_flower')\n"
-    "sys.modules['bcsfl_flower'] = importlib.util.module_from_spec(spec)\n"
-    "from bcsfl_flower.ledger.cluster import serve_main\n"
-    "sys.exit(serve_main(sys.argv[1:]))\n"
-)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding bcsfl_flower
 
 
 @dataclass(frozen=True)
@@ -177,11 +171,18 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
 def node_command(args: Sequence[str]) -> list[str]:
     """The argv that starts one node process with ``serve`` options ``args``.
 
-    The process imports only the ledger and consensus modules, not the package's
-    top-level ``__init__`` (which loads torch and Flower), so a node starts in well
-    under a second, which matters when a node is restarted after a crash.
+    The process imports only the ledger and consensus modules (neither torch nor
+    Flower), so a node starts in well under a second, which matters when a node is
+    restarted after a crash.
     """
-    return [sys.executable, "-c", _BOOT, *args]
+    return [sys.executable, "-m", "bcsfl_flower.ledger.cluster", *args]
+
+
+def node_env() -> dict[str, str]:
+    """This process's environment, with this copy of ``bcsfl_flower`` importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def free_ports(count: int) -> list[int]:
@@ -251,7 +252,7 @@ class LocalCluster:
             out: Any = None
             if self.log_to_files:
                 self._logs[i] = out = open(self.folder / f"node-{i}.log", "ab")  # noqa: SIM115
-            self.procs[i] = subprocess.Popen(node_command(args), stdout=out,
+            self.procs[i] = subprocess.Popen(node_command(args), stdout=out, env=node_env(),
                                              stderr=subprocess.STDOUT if out else None)
 
     def kill(self, j: int, sig: int = signal.SIGKILL) -> None:
@@ -347,3 +348,7 @@ def up(nodes: int, base_port: int, folder: str, pbft_base_port: int | None = Non
             signal.signal(s, handler)
     print("ledger cluster stopped", flush=True)
     return status
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())
