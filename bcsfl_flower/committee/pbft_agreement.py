@@ -88,7 +88,8 @@ class PbftAgreement(Agreement):
         if winner is None:
             return AgreementOutcome(None, list(members), [f"PBFT did not commit by t={self.deadline}: {counts}"], details)
         first = next(c for i in range(n) for c in net.committed[i] if not c.noop and c.request and c.request.value == winner)
-        details.update(seq=first.seq, commit_view=first.view, committed_by=[members[i] for i in range(n) if values[i] == winner])
+        details.update(seq=first.seq, commit_view=first.view, committed_by=[members[i] for i in range(n) if values[i] == winner],
+                       commit_certificate=first.certificate.to_json())  # 2f+1 signed PBFT commits
         votes = tuple(Vote.cast(m, keys[m], winner) for i, m in enumerate(members) if values[i] == winner)
         dissent = [m for i, m in enumerate(members) if proposals.get(m) != winner or values[i] not in (None, winner)]
         return AgreementOutcome(QuorumCertificate(winner, needed, votes), dissent, [], details)

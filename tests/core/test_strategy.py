@@ -182,6 +182,10 @@ def test_pbft_committee_replaces_a_byzantine_primary_and_the_block_shows_the_vie
     block = byz.ledger.latest()
     consensus = block.data["consensus"]
     assert consensus["protocol"] == "pbft" and consensus["view_changes"] >= 1 and consensus["commit_view"] >= 1
+    from bcsfl_flower.consensus.quorum import QuorumCertificate as PbftCertificate, verify as verify_pbft
+
+    keys = [m["public"] for m in block.data["committee"]]
+    assert verify_pbft(PbftCertificate.from_json(consensus["commit_certificate"]), keys)
     primary = block.data["committee"][0]["member"]
     assert block.data["dissenters"] == [primary]
     assert honest.ledger.latest().data["consensus"]["view_changes"] == 0
