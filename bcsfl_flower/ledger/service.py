@@ -1,6 +1,7 @@
 """The HTTP API of a ledger node (FastAPI), the paper's Table 1 plus what users need.
 
-Reads are answered from the node's own SQLite file; writes are ordered by PBFT and
+Reads are answered from the node's own SQLite file (chain and model reads in FastAPI's
+thread pool; the SQLite backend serialises access), writes are ordered by PBFT and
 answered once this node has executed them. Every error is a 4xx with a ``detail``
 that says why: 400 malformed JSON, 403 unknown client, 404 not found, 409 refused on
 execution (e.g. a block built on a stale head), 413 body too large, 422 wrong types or
@@ -140,7 +141,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     ledger = node.ledger
 
     @app.get("/health", tags=["node"])
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         """Liveness, chain height, PBFT view and recovery state of this node."""
         return node.health()
 
@@ -186,7 +187,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     @app.get("/getLatestModel", tags=["paper"],
              responses={404: {"description": "no block carries a model yet"}})
-    def get_latest_model(include_bytes: bool = False) -> dict[str, Any]:
+    async def get_latest_model(include_bytes: bool = False) -> dict[str, Any]:
         """The newest block's global model (paper Table 1): metadata and a link."""
         seq = node.latest_model_seq
         if seq is None:
@@ -339,7 +340,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
                               wait)
 
     @app.get("/stakes", tags=["clients"])
-    def stakes() -> dict[str, Any]:
+    async def stakes() -> dict[str, Any]:
         """The stake book recorded in the newest block that has one."""
         seq = node.latest_model_seq
         block = ledger.block(seq) if seq is not None else None
