@@ -5,7 +5,7 @@ thread pool; the SQLite backend serialises access), writes are ordered by PBFT a
 answered once this node has executed them. Every error is a 4xx with a ``detail``
 that says why: 400 malformed JSON, 403 unknown client, 404 not found, 409 refused on
 execution (e.g. a block built on a stale head), 413 body too large, 422 wrong types or
-an invalid hash or signature. A write that has not committed within ``wait`` seconds
+an invalid hash or signature, 429 too many transactions already waiting. A write that has not committed within ``wait`` seconds
 gets 202 (pending), never a 5xx.
 """
 
@@ -34,6 +34,7 @@ __all__ = ["create_app"]
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 MAX_TXS_PER_REQUEST = 20_000
+MAX_OUTSTANDING_TXS = 200_000  # per node: beyond this, clients are told to back off (429)
 _HEX64 = r"^[0-9a-f]{64}$"
 _MAX_SEQ = 2**62  # SQLite integers are 64-bit
 
@@ -204,7 +205,8 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     @app.post("/postModelUpdate", tags=["paper"], openapi_extra=UPDATE_SCHEMA,
               responses={202: {"description": "accepted, not yet committed"},
-                         403: {"description": "unknown client"}})
+                         403: {"description": "unknown client"},
+                         429: {"description": "too many transactions pending"}})
     async def post_model_update(request: Request,
                                 wait: float = Query(10.0, ge=0, le=120)) -> Any:
         """Submit signed transactions (paper Table 1); answered once committed.
@@ -222,6 +224,8 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             items = [obj]
         if not isinstance(items, list) or not items or len(items) > MAX_TXS_PER_REQUEST:
             raise HTTPException(422, f"expected 1..{MAX_TXS_PER_REQUEST} transactions")
+        if len(node.batcher.outstanding) + len(items) > MAX_OUTSTANDING_TXS:
+            raise HTTPException(429, "too many transactions waiting to commit; retry later")
         stored: dict[str, bool] = {}
         txs = [_checked_tx(i, item, stored) for i, item in enumerate(items)]
         ids = [tx.id for tx in txs]

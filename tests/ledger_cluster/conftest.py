@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,6 @@ if str(REPO_ROOT) not in sys.path:  # the package may not be installed in the ve
     sys.path.insert(0, str(REPO_ROOT))
 
 from bcsfl_flower.crypto import SigningKey  # noqa: E402
-from bcsfl_flower.ledger.cluster import LocalCluster  # noqa: E402
-
-from .cluster_helpers import start_cluster  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A 4-node cluster shared by the tests of one module; always stopped."""
-    c = start_cluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="session")
