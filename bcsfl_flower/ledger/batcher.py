@@ -71,7 +71,7 @@ class Batcher:
         self.proposed: dict[str, list[dict[str, Any]]] = {}
         self.inflight_ids: set[str] = set()
         self.head: Block | None = None
-        self.committed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.committed: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> block
         self.outstanding: dict[str, tuple[dict[str, Any], float]] = {}
         self.waits: dict[str, list[TxWait]] = {}
         self._build_handle: asyncio.TimerHandle | None = None
@@ -115,7 +115,10 @@ class Batcher:
         """Register interest in transaction ids; ``.future`` resolves when all commit."""
         wait = TxWait(ids)
         for tx_id in ids:
-            self.waits.setdefault(tx_id, []).append(wait)
+            if tx_id in self.committed:  # a client re-sending what already committed
+                wait.done(tx_id, self.committed[tx_id])
+            else:
+                self.waits.setdefault(tx_id, []).append(wait)
         return wait
 
     def forget(self, wait: TxWait) -> None:
@@ -156,7 +159,7 @@ class Batcher:
                 if isinstance(tx_id, str):
                     for wait in self.waits.pop(tx_id, ()):
                         wait.done(tx_id, block.sequence_no)
-                    self.committed[tx_id] = None
+                    self.committed[tx_id] = block.sequence_no
                     self.outstanding.pop(tx_id, None)
                     self.pool.pop(tx_id, None)
             while len(self.committed) > _REMEMBER:

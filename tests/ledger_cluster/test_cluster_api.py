@@ -158,3 +158,33 @@ def test_bad_requests_get_4xx_with_a_reason(cluster: LocalCluster, client_key: S
 
 def test_verify_reports_unreachable_remote(tmp_path: Path) -> None:
     assert ledger_cli(["verify", "http://127.0.0.1:9"]) == 2
+
+
+def test_forged_transaction_forwarded_by_a_faulty_node_never_commits(
+    cluster: LocalCluster, client_key: SigningKey
+) -> None:
+    """A faulty node forwards a forged transaction straight to the primary's PBFT port;
+    every node rejects that block, the primary drops the forgery and commits the rest."""
+    import socket
+
+    from bcsfl_flower.ledger.wire import APP, encode_frame
+
+    url = cluster.urls[0]
+    httpx.post(f"{url}/identities", json={"client_id": "client-a",
+               "public_key": client_key.public_hex}, timeout=60).raise_for_status()
+    good = [make_transaction(client_key, {"num": i}).to_json() for i in range(3)]
+    forged = make_transaction(client_key, {"num": 99}).to_json()
+    forged["sign"] = "00" * 64
+    primary = httpx.get(f"{url}/health", timeout=10).json()["primary"]
+    frame = encode_frame(APP, json.dumps({"type": "txs", "txs": [good[0], forged, good[1]],
+                                          "hops": 1}).encode())
+    with socket.create_connection(("127.0.0.1", cluster.peers[primary].pbft_port)) as sock:
+        sock.sendall(frame)
+    resp = _post_json(f"{cluster.urls[3]}/postModelUpdate", {"transactions": good})
+    assert resp.status_code == 200, resp.text
+    converge(cluster.urls)
+    chains = [chain(u) for u in cluster.urls]
+    assert all(c == chains[0] for c in chains)
+    ids = [tx["id"] for b in chains[0] for tx in b["data"].get("transactions", [])]
+    assert forged["id"] not in ids
+    assert all(ids.count(t["id"]) == 1 for t in good)
