@@ -225,8 +225,9 @@ class LocalCluster:
         self.n = n
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        ports = list(ports) if ports is not None else free_ports(n)
-        pbft = list(pbft_ports) if pbft_ports is not None else free_ports(n)
+        fresh = iter(free_ports((ports is None) * n + (pbft_ports is None) * n))  # one call:
+        ports = list(ports) if ports is not None else [next(fresh) for _ in range(n)]  # distinct
+        pbft = list(pbft_ports) if pbft_ports is not None else [next(fresh) for _ in range(n)]
         self.peers = [PeerAddr("127.0.0.1", ports[j], pbft[j]) for j in range(n)]
         self.extra = list(extra)
         self.log_to_files = log_to_files
@@ -279,7 +280,9 @@ class LocalCluster:
             while True:
                 proc = self.procs[j]
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"node {j} exited with {proc.returncode}")
+                    log_file = self.folder / f"node-{j}.log"
+                    tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+                    raise RuntimeError(f"node {j} exited with {proc.returncode}\n{tail}")
                 try:
                     if not httpx.get(f"{self.urls[j]}/health", timeout=2).json()["recovering"]:
                         break
