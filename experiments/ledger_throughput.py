@@ -239,6 +239,30 @@ def compare(node_counts: list[int], committee: int, args: argparse.Namespace) ->
             out.write("scheme,nodes,consensus_nodes,tps,p50_ms,p99_ms\n")
             for scheme, n, size, res in rows:
                 out.write(f"{scheme},{n},{size},{res.tps:.1f},{res.p50_ms:.1f},{res.p99_ms:.1f}\n")
+    if args.plot:
+        _plot(rows, args.plot, " ".join(sys.argv))
+
+
+def _plot(rows: list[tuple[str, int, int, Result]], path: str, command: str) -> None:
+    """Fig. 5 (throughput) and Fig. 6 (latency) against the number of nodes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tps, ax_lat) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for scheme, label in (("pbft", "plain PBFT (all nodes)"), ("pos-committee", "PoS committee")):
+        pts = [(n, r) for s, n, _, r in rows if s == scheme]
+        ax_tps.plot([n for n, _ in pts], [r.tps for _, r in pts], marker="o", label=label)
+        ax_lat.plot([n for n, _ in pts], [r.p50_ms for _, r in pts], marker="o", label=label)
+    ax_tps.set(xlabel="ledger nodes", ylabel="committed tx/s", title="throughput (Fig. 5)")
+    ax_lat.set(xlabel="ledger nodes", ylabel="median latency (ms)", title="latency (Fig. 6)")
+    ax_tps.set_ylim(bottom=0)
+    ax_lat.set_ylim(bottom=0)
+    ax_tps.legend()
+    fig.text(0.01, 0.01, command, fontsize=6)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--committee", type=int, default=4, help="PoS committee size")
     p.add_argument("--compare-nodes", type=_ints, default=None, help="node counts to compare")
     p.add_argument("--csv", default="", help="write the comparison rows here")
+    p.add_argument("--plot", default="", help="write the comparison as a PNG (matplotlib)")
     args = p.parse_args(argv)
     args.clients = args.clients or [4]
     args.batch = args.batch or [500]
