@@ -6,9 +6,7 @@ replica (requests, peer messages, timers on the asyncio clock, in seconds) and a
 its outputs: sends frames, arms timers, and executes ``Committed`` entries with
 :func:`~.ops.apply_op`, in order, on every node.
 
-Transactions are batched, not ordered one by one: the node that receives them checks
-them and forwards them to the primary, whose :class:`~.batcher.Batcher` builds and
-signs one block per batch and submits it as a single PBFT request.
+Transactions are batched (:mod:`~.batcher`): one block, one PBFT request.
 
 Crash recovery: only the SQLite file (and one number, see :mod:`~.recovery`)
 survives a crash. A restarted node's replica starts empty; the peers' status
@@ -28,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import os
@@ -76,8 +75,9 @@ class NodeConfig:
 
     def pbft_config(self) -> PBFTConfig:
         """The replica's configuration in this node's time units."""
-        base = {"request_timeout": self.request_timeout, "max_timeout": 16 * self.request_timeout,
-                "status_interval": self.status_interval}
+        base: dict[str, Any] = {"request_timeout": self.request_timeout,
+                                "max_timeout": 16 * self.request_timeout,
+                                "status_interval": self.status_interval}
         base.update(self.pbft)
         return PBFTConfig(**base)
 
@@ -320,7 +320,7 @@ class LedgerNode:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if track:
             self._waiters[req.key] = fut
-            fut.add_done_callback(lambda _f, k=req.key: self._waiters.pop(k, None))
+            fut.add_done_callback(functools.partial(self._forget_waiter, req.key))
         self._submit_request(req)
         if broadcast:
             for j in range(self.n):
@@ -328,6 +328,9 @@ class LedgerNode:
                     self.send_app(j, {"type": "request", "client": req.client, "rid": req.rid,
                                       "value": req.value})
         return fut
+
+    def _forget_waiter(self, key: tuple[str, int], _fut: object) -> None:
+        self._waiters.pop(key, None)
 
     def _submit_request(self, req: Request) -> None:
         if self.recovering:
@@ -399,21 +402,12 @@ class LedgerNode:
     # ------------------------------------------------------------------ introspection
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` reports."""
-        head = self.head
-        return {
-            "status": "recovering" if self.recovering else "ok",
-            "node": self.index,
-            "nodes": self.n,
-            "public": self.key.public_hex,
-            "height": head.sequence_no + 1,
-            "head": head.hash,
-            "view": self.replica.view,
-            "primary": self.replica.primary,
-            "pbft_status": self.replica.status,
-            "last_executed": self.replica.last_executed,
-            "recovering": self.recovering,
-            "peers_connected": self.transport.connected_peers(),
-            "transport": self.transport.stats(),
-            "pool": len(self.batcher.pool),
-            "stats": dict(self.stats),
-        }
+        rep = self.replica
+        return {"status": "recovering" if self.recovering else "ok", "node": self.index,
+                "nodes": self.n, "public": self.key.public_hex,
+                "height": self.head.sequence_no + 1, "head": self.head.hash, "view": rep.view,
+                "primary": rep.primary, "pbft_status": rep.status,
+                "last_executed": rep.last_executed, "recovering": self.recovering,
+                "peers_connected": self.transport.connected_peers(),
+                "transport": self.transport.stats(), "pool": len(self.batcher.pool),
+                "stats": dict(self.stats)}

@@ -254,9 +254,9 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             raise HTTPException(403, f"transaction {tx.id}: unknown client key {tx.public[:16]}"
                                 "...; register it with POST /identities")
         model = tx.data.get("model-params")
-        if is_digest(model) and model not in stored:
+        if isinstance(model, str) and is_digest(model) and model not in stored:
             stored[model] = ledger.has_model(model)
-        if is_digest(model) and not stored[model]:
+        if isinstance(model, str) and is_digest(model) and not stored[model]:
             raise HTTPException(422, f"transaction {tx.id}: model {model} is not stored; "
                                 "upload it with POST /models first")
         try:

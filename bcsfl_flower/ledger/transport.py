@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -117,8 +118,7 @@ class PeerTransport:
         self.addrs = list(addrs)
         self.on_frame = on_frame
         self._links = {
-            j: _Link(addr, max_queue_bytes,
-                     (lambda j=j: on_connect(j)) if on_connect is not None else None)
+            j: _Link(addr, max_queue_bytes, functools.partial(on_connect, j) if on_connect else None)
             for j, addr in enumerate(self.addrs) if j != index
         }
         self._server: asyncio.AbstractServer | None = None
