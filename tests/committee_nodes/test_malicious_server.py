@@ -8,7 +8,6 @@ clients (real ClientApps with ``bcsfl_mod``) did.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from bcsfl_flower import BCSFL

@@ -3,7 +3,6 @@
 import sqlite3
 
 import numpy as np
-import pytest
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bcsfl_flower import BCSFL
@@ -12,7 +11,7 @@ from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.ledger import open_ledger, verify_chain
 from bcsfl_flower.package import arrays_to_numpy, model_hash
 
-from .helpers import arrays, global_model, reply, signed_content
+from .helpers import global_model, reply, signed_content
 
 CLIENTS = [f"client-{i}" for i in range(8)]
 KEYS = {c: SigningKey.from_seed(c.encode()) for c in CLIENTS}
