@@ -13,7 +13,8 @@ root set give the same decisions and the same candidate bytes on every coordinat
 4. Loss difference: while the candidate does not lower the root-set loss, the kept
    update whose own loss change is worst is dropped and the rest aggregated again.
    Without a root set, clients whose *reported* training loss is far above the
-   others' (median + ``loss_mad_factor`` x MAD) are dropped instead.
+   others' (above both median + ``loss_mad_factor`` x MAD and twice the median, with at
+   least five reports) are dropped instead.
 """
 
 from __future__ import annotations
@@ -169,14 +170,16 @@ def filter_and_aggregate(
     elif root is None and kept.any():
         reported = np.array([u.metrics.get("train_loss", np.nan) for u in updates])
         valid = kept & np.isfinite(reported)
-        if valid.sum() >= 3:
+        if valid.sum() >= 5:  # a spread needs a few reports; honest non-IID losses differ a lot
             med = np.median(reported[valid])
-            mad = np.median(np.abs(reported[valid] - med)) + 1e-12
+            mad = np.median(np.abs(reported[valid] - med))
+            # Far above the others by both measures: k MADs and at least twice the median.
+            limit = max(med + config.loss_mad_factor * mad, 2 * med)
             for i in np.flatnonzero(valid):
                 loss_changes[i] = float(reported[i] - med)
-                if reported[i] > med + config.loss_mad_factor * mad:
+                if reported[i] > limit:
                     kept[i] = False
-                    reasons[i] = f"reported loss {reported[i]:.3f} > median {med:.3f} + {config.loss_mad_factor} MAD"
+                    reasons[i] = f"reported loss {reported[i]:.3f} > {limit:.3f} (median {med:.3f})"
 
     candidate = _aggregate(global_tensors, names, clipped[kept], weights[kept]) if kept.any() else dict(global_tensors)
     decisions = [

@@ -68,3 +68,28 @@ def test_weighted_mean_of_kept_updates():
     weights = np.array([u.package.num_examples for u in updates], float)
     expected = sum(w * (u.tensors["w"].astype(float) - g["w"]) for w, u in zip(weights, updates)) / weights.sum()
     np.testing.assert_allclose(result.candidate["w"], g["w"] + expected, rtol=1e-5, atol=1e-6)
+
+
+def test_reported_loss_rule_needs_several_reports_and_a_clear_outlier():
+    import time
+
+    g = global_model()
+    rng = np.random.default_rng(11)
+    direction = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in g.items()}
+
+    def batch(losses):
+        registry, contents = {}, []
+        for i, loss in enumerate(losses):
+            key = SigningKey.from_seed(f"l{i}".encode())
+            registry[f"l{i}"] = key.public_hex
+            local = {k: (g[k] + 0.1 * direction[k] + 0.01 * rng.normal(size=v.shape)).astype(np.float32)
+                     for k, v in g.items()}
+            contents.append(signed_content(key, local, client_id=f"l{i}", server_round=1, metrics={"train_loss": loss}))
+        verifier = PackageVerifier(registry=registry.get)
+        return [verifier.verify(c, server_round=1, reference=g, now=time.time()) for c in contents]
+
+    # Three honest clients with ordinary spread: nobody is dropped for a loss report.
+    few = filter_and_aggregate(g, batch([0.70, 0.72, 0.80]), server_round=1)
+    assert few.rejected == []
+    many = filter_and_aggregate(g, batch([0.70, 0.72, 0.80, 0.75, 0.71, 3.5]), server_round=1)
+    assert many.rejected == ["l5"] and "reported loss" in next(d.reason for d in many.decisions if not d.kept)

@@ -81,9 +81,10 @@ def test_switched_app_runs_with_flwr_run_and_commits_blocks(tmp_path):
         _stop_local_superlink(home)
     log = res.stdout + res.stderr
     # `flwr run --stream` exits 0 even when the run failed: check what it did.
-    assert res.returncode == 0 and "BCS-FL round 2: kept 3" in log, log[-4000:]
+    assert res.returncode == 0 and "BCS-FL round 2: kept" in log, log[-4000:]
     with open_ledger(app / "bcsfl-ledger.db", create=False) as ledger:
         assert ledger.height() == 3
         assert verify_chain(ledger).ok
+        assert all(len(b.data["accepted"]) >= 2 for b in ledger.blocks(1))
         assert set(ledger.identities()) == {"client-0", "client-1", "client-2"}
     assert (app / "final_model.pt").is_file()
