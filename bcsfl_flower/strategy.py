@@ -15,16 +15,15 @@ from flwr.supercore import log
 
 from .client.acceptance import CERT_KEY
 from .committee.agreement import Agreement
-from .committee.pbft_agreement import PbftAgreement
 from .committee.chain import committee_seed, stakes_before
 from .committee.committee import Committee
-from .committee.outcome import RoundOutcome, block_data
-from .committee.relay import RelayCommittee
-from .committee.stake import draw_committee
 from .committee.coordinator import Behaviour
 from .committee.filter import FilterConfig, finite_or_none
+from .committee.outcome import RoundOutcome, block_data
+from .committee.pbft_agreement import PbftAgreement
+from .committee.relay import RelayCommittee
 from .committee.rootset import RootSet
-from .committee.stake import StakeBook, StakePolicy
+from .committee.stake import StakeBook, StakePolicy, draw_committee
 from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, verify_round
 from .crypto import SigningKey
 from .ledger import Ledger, build_block, make_transaction, open_ledger
