@@ -25,11 +25,11 @@ from collections.abc import Callable, Mapping
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from ..committee.agreement import prepare_digest, quorum_size
-from ..committee.chain import committee_seed, stakes_before
+from ..committee.chain import committee_for
 from ..committee.coordinator import coordinate
 from ..committee.filter import FilterConfig
 from ..committee.rootset import RootSet
-from ..committee.stake import StakePolicy, draw_committee
+from ..committee.stake import StakePolicy
 from ..committee.verify import PackageVerifier, verify_round
 from ..crypto import SigningKey, verify_signature
 from ..ledger import Ledger
@@ -63,13 +63,6 @@ def unpack_packages(content: RecordDict) -> list[RecordDict]:
     return [groups[i] for i in sorted(groups)]
 
 
-def _committee(ledger: Ledger, server_round: int, newcomers: list[str], policy: StakePolicy, size: int) -> list[str]:
-    head = ledger.latest()
-    known = {cid: None for b in ledger.blocks(1) for cid in b.data.get("identities", {})}
-    known.update({cid: None for cid in newcomers if ledger.identity(cid) is not None})
-    return draw_committee(stakes_before(head, known, policy), size, committee_seed(head, server_round))
-
-
 def _reply(msg: Message, vote: dict, extra: Mapping[str, ArrayRecord] | None = None) -> Message:
     content = RecordDict({VOTE_KEY: ConfigRecord(vote)})
     for k, v in (extra or {}).items():
@@ -97,7 +90,8 @@ def play_role(
     base = {"member": client_id, "public-key": key.public_hex, "server-round": server_round}
     if role == "coordinate":
         newcomers = [str(c) for c in config.get("bcsfl.newcomers", [])]
-        members = _committee(ledger, server_round, newcomers, policy, committee_size)
+        registered = [cid for cid in newcomers if ledger.identity(cid) is not None]
+        members = committee_for(ledger, ledger.latest(), server_round, registered, policy, committee_size)
         if client_id not in members:
             return _reply(msg, {**base, "error": f"{client_id} is not in round {server_round}'s committee"})
         global_tensors = arrays_to_numpy(msg.content["arrays"])

@@ -8,12 +8,12 @@ certificate without trusting whoever relays it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ..ledger import Block, Ledger
 from .stake import StakePolicy, draw_committee
 
-__all__ = ["committee_seed", "stakes_before", "recompute_committee"]
+__all__ = ["committee_for", "committee_seed", "recompute_committee", "stakes_before"]
 
 
 def committee_seed(previous: Block, server_round: int) -> str:
@@ -32,14 +32,20 @@ def stakes_before(previous: Block, identities: Mapping[str, object], policy: Sta
     return {m: round(float(stakes[m]), 6) for m in sorted(stakes)}
 
 
-def recompute_committee(ledger: Ledger, block: Block, policy: StakePolicy, size: int) -> list[str]:
-    """The committee that should have certified round block ``block``.
+def committee_for(
+    ledger: Ledger, previous: Block, server_round: int, newcomers: Iterable[str], policy: StakePolicy, size: int
+) -> list[str]:
+    """The committee of ``server_round``, drawn right after block ``previous``.
 
-    Uses the block before it (stakes, hash) and the identities known by then: those on
-    chain up to ``block`` (newcomers of a round are listed in its ``identities``).
+    Eligible: the identities on chain up to ``previous`` plus ``newcomers`` (those
+    registered since, which the round's block lists under ``identities``).
     """
+    known = dict.fromkeys(cid for b in ledger.blocks(1, previous.sequence_no + 1) for cid in b.data.get("identities", {}))
+    known.update(dict.fromkeys(newcomers))
+    return draw_committee(stakes_before(previous, known, policy), size, committee_seed(previous, server_round))
+
+
+def recompute_committee(ledger: Ledger, block: Block, policy: StakePolicy, size: int) -> list[str]:
+    """The committee that should have certified round block ``block``."""
     previous = ledger.block(block.sequence_no - 1)
-    known: dict[str, object] = {}
-    for b in ledger.blocks(1, block.sequence_no + 1):
-        known.update(b.data.get("identities", {}))
-    return draw_committee(stakes_before(previous, known, policy), size, committee_seed(previous, block.data["round"]))
+    return committee_for(ledger, previous, block.data["round"], block.data.get("identities", {}), policy, size)
