@@ -14,12 +14,11 @@ from bcsfl_flower import BCSFL
 from bcsfl_flower.apps.client_app import make_client_app
 from bcsfl_flower.apps.task import client_ids, make_root_set, malicious_ids
 from bcsfl_flower.client.acceptance import CERT_KEY
+from bcsfl_flower.inprocess import LocalGrid
 from bcsfl_flower.ledger import open_ledger, verify_chain
 from bcsfl_flower.models import build_model
 from bcsfl_flower.package import arrays_to_numpy, numpy_to_arrays
 from bcsfl_flower.settings import RunSettings
-
-from .local_grid import LocalGrid
 
 N = 5
 
