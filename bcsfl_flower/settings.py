@@ -43,6 +43,9 @@ class RunSettings:
     committee: str = "server"  # "server": in-process committee; "nodes": coordinators on client nodes
     bcsfl_ledger: str = "sqlite:///bcsfl-ledger.db"
     bcsfl_key_dir: str = ".bcsfl/keys"
+    # torch device of client training and the server's central evaluation: "cpu" (the
+    # reference), "cuda", "cuda:N", or "auto" (cuda when torch sees a GPU, else cpu)
+    device: str = "cpu"
     out: str = ""
 
     @classmethod

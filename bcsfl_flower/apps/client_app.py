@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 
 from ..client.attacks import DATA_ATTACKS, NEEDS_REFERENCE, flip_labels, poison_update
 from ..client.mod import BcsflMod
-from ..client.train import evaluate, get_weights, set_weights, train
+from ..client.train import evaluate, get_weights, set_weights, torch_threads, train
 from ..models import build_model
 from ..package import arrays_to_numpy, numpy_to_arrays
 from ..settings import RunSettings
@@ -53,7 +53,7 @@ def _honest_estimates(s: RunSettings, global_w, x, y, seed: int) -> np.ndarray:
         model = build_model(s.dataset)
         set_weights(model, global_w)
         train(model, x[idx], y[idx], epochs=s.local_epochs, lr=s.learning_rate,
-              batch_size=s.batch_size, seed=seed + k)
+              batch_size=s.batch_size, seed=seed + k, device=s.device)
         rows.append(_flat(get_weights(model)) - _flat(global_w))
     return np.stack(rows)
 
@@ -73,7 +73,7 @@ def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Contex
     result = train(
         model, x, y, epochs=s.local_epochs, lr=s.learning_rate, batch_size=s.batch_size, seed=seed,
         dp_noise=s.dp_noise, dp_max_grad_norm=s.dp_max_grad_norm,
-        privacy_record=dict(privacy) if privacy else None,
+        privacy_record=dict(privacy) if privacy else None, device=s.device,
     )
     metrics: dict[str, Any] = {"num-examples": result.num_examples, "train_loss": result.train_loss}
     if result.privacy_record is not None:
@@ -124,7 +124,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.train()
     def train_fn(msg: Message, context: Context) -> Message:
-        torch.set_num_threads(1)  # one core per simulated client
+        torch.set_num_threads(torch_threads())  # one core per simulated client unless --threads
         s = RunSettings.from_context(context, overrides)
         arrays: ArrayRecord = msg.content["arrays"]
         server_round = int(msg.content["config"].get("server-round", 0))
@@ -134,13 +134,13 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate_fn(msg: Message, context: Context) -> Message:
-        torch.set_num_threads(1)
+        torch.set_num_threads(torch_threads())
         s = RunSettings.from_context(context, overrides)
         pid = int(context.node_config["partition-id"])
         x, y = client_data(s, pid, int(context.node_config["num-partitions"]))
         model = build_model(s.dataset)
         set_weights(model, arrays_to_numpy(msg.content["arrays"]))
-        loss, acc = evaluate(model, x, y)
+        loss, acc = evaluate(model, x, y, device=s.device)
         metrics = MetricRecord({"num-examples": len(y), "eval_loss": loss, "eval_acc": acc})
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 

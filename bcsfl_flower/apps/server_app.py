@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy
 
-from ..client.train import evaluate, set_weights
+from ..client.train import evaluate, resolve_device, set_weights, torch_threads
 from ..data import load_dataset
 from ..models import build_model
 from ..package import PACKAGE_KEY, arrays_to_numpy
@@ -83,9 +83,17 @@ class _RoundLog:
         strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
 
 
+def _describe(device: torch.device) -> str:
+    """``cpu``, or e.g. ``cuda (NVIDIA H200)``: what the central evaluation ran on."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
     """Run ``s.num_server_rounds`` rounds; return (and write to ``s.out``) the metrics."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(torch_threads())
+    device = resolve_device(s.device)  # central evaluation; the root set trains on CPU
     num_clients = s.num_clients or len(list(grid.get_node_ids()))
     strategy = build_strategy(s, num_clients)
     round_log = _RoundLog(strategy)
@@ -96,7 +104,7 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         set_weights(model, arrays_to_numpy(arrays))
-        loss, acc = evaluate(model, ds.test_x, ds.test_y)
+        loss, acc = evaluate(model, ds.test_x, ds.test_y, device=device)
         accuracy[server_round] = acc
         stamps[server_round] = time.perf_counter()
         print(f"[bcsfl] round {server_round}/{s.num_server_rounds} {s.strategy}: "
@@ -131,6 +139,7 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
         "strategy": s.strategy,
         "final_accuracy": accuracy.get(s.num_server_rounds, accuracy.get(max(accuracy), 0.0)),
         "malicious_clients": client_ids(malicious_ids(s, num_clients)),
+        "device": _describe(device),
         "rounds": rounds,
     }
     if s.out:
