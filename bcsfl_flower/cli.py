@@ -45,12 +45,27 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="server: in-process committee; nodes: coordinators on client nodes, the server relays")
     p.add_argument("--ledger", default="", help="sqlite:///path | memory (default: OUT/ledger.db)")
     p.add_argument("--out", default="bcsfl-out", help="folder for metrics.json, keys and the default ledger")
+    p.add_argument("--engine", choices=("ray", "inprocess"), default="ray",
+                   help="ray: Flower's simulation engine (the reference); inprocess: the same apps in this "
+                        "process, clients one after another, no Ray (for many runs side by side)")
+    p.add_argument("--device", default=d.device,
+                   help="torch device of client training and central evaluation: cpu (the reference), "
+                        "cuda, cuda:N, or auto (cuda when available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per training process (default 1: one core per client)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_simulate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import os
+
     from .simulate import simulate
+
+    if args.threads is not None:  # before any training; Ray's workers inherit it too
+        from .client.train import THREADS_ENV
+
+        os.environ[THREADS_ENV] = str(max(1, args.threads))
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -63,9 +78,9 @@ def _simulate(args: argparse.Namespace) -> int:
         attack_scale=args.attack_scale, dp_noise=args.dp_noise, dp_max_grad_norm=args.dp_max_grad_norm,
         prune=args.prune, root_size=args.root_size, committee_size=args.committee_size, committee=args.committee, byzantine_coordinators=args.byzantine_coordinators,
         bcsfl_ledger=args.ledger or f"sqlite:///{out / 'ledger.db'}",
-        bcsfl_key_dir=str(out / "keys"), out=str(out),
+        bcsfl_key_dir=str(out / "keys"), device=args.device, out=str(out),
     )
-    metrics = simulate(settings, verbose=args.verbose)
+    metrics = simulate(settings, args.engine, verbose=args.verbose)
     rounds = metrics["rounds"]
     bad = set(metrics["malicious_clients"])
     caught = sum(len(bad & set(r["rejected"])) for r in rounds)

@@ -1,4 +1,11 @@
-"""``bcsfl simulate``: one Flower simulation through flwr's own simulation engine."""
+"""``bcsfl simulate``: one Flower simulation, through flwr's own engine (Ray) or in-process.
+
+``engine="ray"`` (the default and the reference) is Flower's simulation engine: virtual
+SuperNodes as Ray actors, one CPU each. ``engine="inprocess"`` runs the same ServerApp
+and ClientApp in this process, clients one after another (``bcsfl_flower.inprocess``):
+no Ray, no ``flwr.simulation`` import, so a machine with many cores (or without Ray)
+can run many runs side by side, one per core.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +16,56 @@ from typing import Any
 
 from .settings import RunSettings
 
-__all__ = ["simulate"]
+__all__ = ["ENGINES", "simulate"]
+
+ENGINES = ("ray", "inprocess")
 
 
-def simulate(settings: RunSettings, *, cpus_per_client: float = 1.0, verbose: bool = False) -> dict[str, Any]:
-    """Run ``settings`` with ``settings.num_clients`` virtual SuperNodes; return metrics.
+def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: float = 1.0,
+             gpus_per_client: float | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Run ``settings`` with ``settings.num_clients`` SuperNodes; return the metrics.
 
-    ServerApp and ClientApp are the same components ``flwr run`` loads; the settings
-    reach both as overrides of their run-config.
+    Parameters
+    ----------
+    settings : RunSettings
+        The run; ServerApp and ClientApp receive it as overrides of their run-config
+        (the components ``flwr run`` loads). ``settings.device`` picks the torch device
+        of client training and central evaluation.
+    engine : {"ray", "inprocess"}
+        ``"ray"``: Flower's simulation engine (``flwr.simulation.run_simulation``).
+        ``"inprocess"``: the same apps in this process, clients one after another.
+    cpus_per_client : float
+        Ray only: CPUs each virtual client's actor reserves (so at most
+        ``cores / cpus_per_client`` clients train at once).
+    gpus_per_client : float, optional
+        Ray only: the share of a GPU each actor reserves. Default: 0 when
+        ``settings.device`` resolves to CPU, else enough for all CPU-bound actors to
+        share one GPU. (Ray hides the GPU from an actor that reserves none.)
+    verbose : bool
+        Ray only: Flower's verbose logging.
     """
+    if settings.num_clients < 1:
+        raise ValueError("num_clients must be at least 1")
+    if engine == "inprocess":
+        from .inprocess import run_inprocess
+
+        metrics = run_inprocess(settings)
+    elif engine == "ray":
+        _run_ray(settings, cpus_per_client, gpus_per_client, verbose)
+        metrics = None
+    else:
+        raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+    metrics_path = Path(settings.out) / "metrics.json" if settings.out else None
+    if metrics_path is not None:
+        if not metrics_path.is_file():
+            raise RuntimeError(f"the simulation ended without writing {metrics_path}; see the log above")
+        return json.loads(metrics_path.read_text())
+    if metrics is None:
+        raise RuntimeError("the Ray engine returns metrics through settings.out; set it")
+    return metrics
+
+
+def _run_ray(settings: RunSettings, cpus_per_client: float, gpus_per_client: float | None, verbose: bool) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
@@ -25,20 +73,20 @@ def simulate(settings: RunSettings, *, cpus_per_client: float = 1.0, verbose: bo
     from .apps.client_app import make_client_app
     from .apps.server_app import make_server_app
 
-    if settings.num_clients < 1:
-        raise ValueError("num_clients must be at least 1")
+    cores = os.cpu_count() or 1
+    if gpus_per_client is None:
+        from .client.train import resolve_device
+
+        on_gpu = resolve_device(settings.device).type == "cuda"
+        gpus_per_client = 1.0 / max(1, int(cores / cpus_per_client)) if on_gpu else 0.0
     overrides = settings.to_mapping()
     run_simulation(
         server_app=make_server_app(overrides),
         client_app=make_client_app(overrides),
         num_supernodes=settings.num_clients,
         backend_config={
-            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
+            "init_args": {"num_cpus": cores, "include_dashboard": False},
         },
         verbose_logging=verbose,
     )
-    metrics_path = Path(settings.out) / "metrics.json"
-    if not metrics_path.is_file():
-        raise RuntimeError(f"the simulation ended without writing {metrics_path}; see the log above")
-    return json.loads(metrics_path.read_text())

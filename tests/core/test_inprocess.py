@@ -1,0 +1,122 @@
+"""The in-process engine (no Ray) and the torch ``device`` setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bcsfl_flower.client.train import _DeviceBatches, _train_on, get_weights, resolve_device, train
+from bcsfl_flower.models import build_model
+from bcsfl_flower.settings import RunSettings
+from bcsfl_flower.simulate import simulate
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Runs `bcsfl simulate` with ray and flwr.simulation made unimportable, as on a machine
+# where only Flower's pure-Python parts are installed.
+NO_RAY = """
+import sys
+sys.modules["ray"] = None
+sys.modules["flwr.simulation"] = None
+from bcsfl_flower.cli import main
+code = main(sys.argv[1:])
+assert not any(m.startswith("ray.") for m in sys.modules), "ray was imported"
+sys.exit(code)
+"""
+
+
+def _settings(tmp_path: Path, strategy: str, **kw) -> RunSettings:
+    return RunSettings(strategy=strategy, dataset="digits", num_clients=3, num_server_rounds=2, root_size=50,
+                       bcsfl_ledger=f"sqlite:///{tmp_path / 'ledger.db'}", bcsfl_key_dir=str(tmp_path / "keys"),
+                       out=str(tmp_path / "out"), **kw)
+
+
+def _check(metrics: dict, out: Path) -> None:
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    for r in metrics["rounds"]:
+        assert r["accepted"], r
+        assert isinstance(r["accuracy"], float)
+    assert isinstance(metrics["final_accuracy"], float) and metrics["final_accuracy"] > 0.2
+    assert metrics["device"] == "cpu" and metrics["settings"]["device"] == "cpu"
+
+
+def test_inprocess_bcsfl_runs_without_ray(tmp_path):
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-c", NO_RAY, "simulate", "--engine", "inprocess", "--num-clients", "3", "--rounds", "2",
+         "--root-size", "50", "--malicious-fraction", "0.34", "--attack", "sign-flip", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    _check(metrics, out)
+    bad = set(metrics["malicious_clients"])
+    assert len(bad) == 1 and all(bad <= set(r["rejected"]) for r in metrics["rounds"])
+    assert all(len(r["committee"]) == 3 and r["model_hash"] for r in metrics["rounds"])
+
+
+def test_inprocess_fedavg(tmp_path):
+    s = _settings(tmp_path, "fedavg")
+    metrics = simulate(s, "inprocess")
+    _check(metrics, Path(s.out))
+    assert all(r["accepted"] == ["client-0", "client-1", "client-2"] for r in metrics["rounds"])
+
+
+def test_unknown_engine(tmp_path):
+    with pytest.raises(ValueError, match="engine"):
+        simulate(_settings(tmp_path, "fedavg"), "threads")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("BCSFL_TEST_RAY_PARITY"),
+                    reason="45 s on 2 cores (Ray's start-up); set BCSFL_TEST_RAY_PARITY=1 to run")
+def test_inprocess_matches_flowers_ray_engine(tmp_path):
+    """Same settings, same committed models: the in-process engine is a transport only."""
+    hashes = {}
+    for engine in ("ray", "inprocess"):
+        out = tmp_path / engine
+        res = subprocess.run(
+            [sys.executable, "-m", "bcsfl_flower.cli", "simulate", "--engine", engine, "--num-clients", "3",
+             "--rounds", "2", "--root-size", "50", "--malicious-fraction", "0.34", "--attack", "sign-flip",
+             "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+        hashes[engine] = [(r["model_hash"], r["accepted"], r["accuracy"]) for r in rounds]
+    assert hashes["ray"] == hashes["inprocess"]
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_device_loop_takes_the_cpu_loops_steps():
+    """The loop used off CPU, run on CPU, gives the reference path's weights exactly:
+    same batches in the same order, same steps."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 64)).astype(np.float32)
+    y = rng.integers(0, 10, size=150).astype(np.int64)
+    reference = build_model("digits", seed=1)
+    result = train(reference, x, y, epochs=2, lr=0.05, batch_size=32, seed=5)
+
+    model = build_model("digits", seed=1)
+    torch.manual_seed(5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    total, batches = _train_on(torch.device("cpu"), model, optimizer, torch.nn.CrossEntropyLoss(),
+                               _DeviceBatches(x, y, 32, 5, torch.device("cpu")), 2)
+    for name, w in get_weights(reference).items():
+        np.testing.assert_array_equal(get_weights(model)[name], w)
+    assert batches == 10 and total / batches == pytest.approx(result.train_loss, rel=1e-6)
