@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +48,47 @@ def code_dir() -> Path:
     return Path(os.environ.get("BCSFL_EXPERIMENT_CODE") or REPO).resolve()
 
 
-def simulate(args: Sequence[str], out: Path, timeout: float | None = None) -> tuple[dict[str, Any], float]:
+def simulate(args: Sequence[str], out: Path, timeout: float | None = None, *, engine: str = "ray",
+             device: str = "cpu", threads: int | None = None) -> tuple[dict[str, Any], float]:
     """Run ``bcsfl simulate ARGS --out OUT``; return (metrics.json, wall seconds).
 
+    The run is ``python -m bcsfl_flower.cli simulate`` with this interpreter, importing
+    the code from :func:`code_dir` (no installed package or ``bcsfl`` script needed).
     The log goes to ``OUT.log``. A run that exits non-zero, writes no metrics, or in
     which any client raised (its reply is an error, so the round silently goes on
     without it) raises ``RuntimeError`` naming the log and is not recorded.
+
+    Parameters
+    ----------
+    engine : {"ray", "inprocess"}
+        ``bcsfl simulate --engine``: Flower's Ray engine (the reference) or all clients
+        in the one subprocess, one after another (no Ray; for many runs side by side).
+    device : str
+        ``--device``: torch device of client training and central evaluation
+        ("cpu", "cuda", "auto").
+    threads : int, optional
+        Torch threads in the subprocess (``--threads``, and ``OMP_NUM_THREADS`` /
+        ``MKL_NUM_THREADS``); default: the CLI's own (1 per client).
+
+    The flags are passed only when they differ from the defaults, so a frozen older
+    checkout (``$BCSFL_EXPERIMENT_CODE``) that lacks them still runs the default.
     """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name(out.name + ".log")
-    cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *map(str, args), "--out", str(out)]
+    extra = []
+    if engine != "ray":
+        extra += ["--engine", engine]
+    if device != "cpu":
+        extra += ["--device", device]
+    if threads is not None:
+        extra += ["--threads", str(threads)]
+    cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *map(str, args), *extra, "--out", str(out)]
     code_path = code_dir()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
            "PYTHONPATH": os.pathsep.join(p for p in (str(code_path), os.environ.get("PYTHONPATH", "")) if p)}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.perf_counter()
     with open(log, "w") as handle:
         handle.write(f"# code: {code_path}\n" + " ".join(cmd) + "\n")
@@ -97,14 +124,71 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def append_row(path: Path, fields: Sequence[str], row: Mapping[str, Any]) -> None:
-    """Append one row (header first when the file is new), flushed at once."""
+    """Append one row (header first when the file is new), flushed at once.
+
+    When ``fields`` names columns the file's header lacks (a script gained a column),
+    the file is first rewritten with the widened header: old columns keep their place,
+    new ones go at the end, and old rows get empty cells there, so no column shifts.
+    Columns the file has beyond ``fields`` stay (empty in the new row).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file() or path.stat().st_size == 0
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
-        if new:
+    header = _header(path)
+    if header is None:
+        header = list(fields)
+        with open(path, "w", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=header).writeheader()
+    elif any(f not in header for f in fields):
+        header = header + [f for f in fields if f not in header]
+        rows = read_rows(path)
+        tmp = path.with_name(path.name + ".widen")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
             writer.writeheader()
-        writer.writerow({k: _cell(row.get(k)) for k in fields})
+            writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in header} for r in rows)
+        os.replace(tmp, path)
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
+        writer.writerow({k: _cell(row.get(k)) for k in header})
+
+
+def _header(path: Path) -> list[str] | None:
+    """The CSV's header row, None when the file is missing or empty."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    with open(path, newline="") as handle:
+        return next(csv.reader(handle), None)
+
+
+def merge_rows(dst: Path, src: Path, key: Callable[[Mapping[str, str]], Hashable],
+               fields: Sequence[str]) -> tuple[int, int]:
+    """Append to ``dst`` the rows of ``src`` whose ``key`` ``dst`` does not have yet.
+
+    For bringing back rows another machine produced (its own ``--csv``). Columns are
+    ``fields`` plus any other column ``src`` has (the header widens as in
+    :func:`append_row`). Returns (rows added, rows skipped: already present, a
+    duplicate within ``src``, or without the key's columns).
+    """
+    have = set()
+    for r in read_rows(dst):
+        try:
+            have.add(key(r))
+        except (KeyError, TypeError, ValueError):
+            continue
+    columns = list(fields) + [c for c in (_header(src) or []) if c not in fields]
+    added = skipped = 0
+    for r in read_rows(src):
+        try:
+            k = key(r)
+        except (KeyError, TypeError, ValueError):
+            skipped += 1
+            continue
+        if k in have:
+            skipped += 1
+            continue
+        append_row(dst, columns, r)
+        have.add(k)
+        added += 1
+    return added, skipped
 
 
 def _cell(value: Any) -> Any:
@@ -147,6 +231,17 @@ def machine() -> str:
     except ImportError:  # pragma: no cover
         torch_v = ""
     return f"{model}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}{torch_v}"
+
+
+def run_machine(engine: str, device: str, jobs: int = 1, threads: int | None = None) -> str:
+    """What ran one row, for a ``machine`` column: engine, device, parallelism, machine.
+
+    E.g. ``inprocess cuda:0 (NVIDIA H200), 12 jobs x 1 thread / AMD EPYC ..., 16 cores, ...``.
+    ``device`` is best the run's own ``metrics["device"]`` (what ``auto`` became).
+    """
+    threads = threads or 1
+    return (f"{engine} {device}, {jobs} job{'s' if jobs != 1 else ''} x {threads} thread{'s' if threads != 1 else ''}"
+            f" / {machine()}")
 
 
 def plt():

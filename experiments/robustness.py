@@ -5,12 +5,18 @@
     python -m experiments.robustness --datasets mnist --alphas 0.5 --fractions 0,0.3 \\
         --strategies bcsfl,fedavg,krum                        # a slice
     python -m experiments.robustness --plot-only              # re-plot the CSV
+    python -m experiments.robustness --engine inprocess --device cuda --jobs 12 --threads 1 \\
+        --csv /tmp/robustness_gpu.csv                         # 12 cells at a time, no Ray
+    python -m experiments.robustness --merge /tmp/robustness_gpu.csv   # bring those rows back
 
 Grid: dataset x Dirichlet alpha x malicious fraction x attack x strategy x seed. Each
 cell is one ``bcsfl simulate`` subprocess (20 clients, 10 rounds by default) whose
 ``metrics.json`` becomes one row of ``experiments/results/robustness.csv``. Fraction 0
 runs once per strategy with attack "none". Rows already in the CSV are skipped, so an
-interrupted grid resumes where it stopped. Plots: accuracy per round, one panel per
+interrupted grid resumes where it stopped. ``--jobs N`` runs N cells at a time (each its
+own subprocess; this process alone appends each row as its cell finishes), best with
+``--engine inprocess`` (no Ray; clients of a cell train one after another) and
+``--threads 1``; each row's ``machine`` column says engine, device and parallelism. Plots: accuracy per round, one panel per
 attack and one line per strategy (the paper's Fig. 4), per setting; and a heat map of
 the worst-case final accuracy (minimum over attacks) per strategy and setting.
 """
@@ -22,6 +28,7 @@ import json
 import math
 import sys
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from statistics import mean
 
@@ -36,7 +43,7 @@ QUICK = dict(datasets="digits", alphas="0.5", fractions="0,0.3", attacks="sign-f
              strategies="bcsfl,fedavg,krum", seeds="7", num_clients=10, rounds=5, local_epochs=3, lr=0.05)
 FIELDS = ("dataset", "alpha", "malicious_fraction", "attack", "strategy", "seed", "num_clients", "rounds",
           "local_epochs", "lr", "final_accuracy", "accuracy_per_round", "seconds", "malicious_rejected", "honest_rejected",
-          "aggregate_seconds")
+          "aggregate_seconds", "machine")
 TRACKS_REJECTIONS = ("bcsfl", "fltrust")  # strategies whose metrics say who was left out
 
 
@@ -74,12 +81,14 @@ def run_one(key: tuple, a: argparse.Namespace) -> dict:
     ddir = common.data_dir(dataset, a.data_dir)
     if ddir:
         args += ["--data-dir", ddir]
-    metrics, seconds = common.simulate(args, Path(a.work_dir) / name, timeout=a.timeout)
+    metrics, seconds = common.simulate(args, Path(a.work_dir) / name, timeout=a.timeout, engine=a.engine,
+                                       device=a.device, threads=a.threads)
     accs = [r["accuracy"] for r in metrics["rounds"]]
     aggs = [r["aggregate_seconds"] for r in metrics["rounds"] if r.get("aggregate_seconds") is not None]
     row = dict(zip(FIELDS[:10], key), final_accuracy=metrics["final_accuracy"],
                accuracy_per_round=[round(x, 4) for x in accs], seconds=seconds,
-               aggregate_seconds=mean(aggs) if aggs else None)
+               aggregate_seconds=mean(aggs) if aggs else None,
+               machine=common.run_machine(a.engine, metrics.get("device", a.device), a.jobs, a.threads))
     if strategy in TRACKS_REJECTIONS:
         row["malicious_rejected"], row["honest_rejected"] = common.rejection_rates(metrics, clients)
     return row
@@ -218,9 +227,44 @@ def summarise(rows: list[dict], outdir: Path) -> None:
         for k in _order(worst[s]):
             acc, attack, n = worst[s][k]
             print(f"  {k:14s} worst {acc:.4f} ({attack}, {n} attack(s))")
-    for path in plot_rounds(agg, outdir) + [plot_heatmap(worst, outdir)]:
+    try:
+        paths = plot_rounds(agg, outdir) + [plot_heatmap(worst, outdir)]
+    except ImportError as exc:  # a grid machine without matplotlib still gets its CSV
+        print(f"no plots ({exc}); pip install matplotlib, then --plot-only")
+        return
+    for path in paths:
         if path:
             print(f"wrote {path.relative_to(common.REPO) if path.is_relative_to(common.REPO) else path}")
+
+
+def run_grid(todo: list[tuple], a: argparse.Namespace, csv_path: Path) -> int:
+    """Run ``todo``, ``a.jobs`` cells at a time; append each row as its cell finishes.
+
+    Cells run in worker threads, each driving its own ``bcsfl simulate`` subprocess;
+    only this (main) thread writes the CSV, so rows never interleave and an interrupted
+    grid resumes from what is there. Returns the number of failed cells.
+    """
+    failed = 0
+    pool = ThreadPoolExecutor(max_workers=a.jobs, thread_name_prefix="cell")
+    try:
+        futures = {pool.submit(run_one, key, a): key for key in todo}
+        bar = common.progress(as_completed(futures), len(todo), f"robustness ({a.jobs} at a time)")
+        for future in bar:
+            key = futures[future]
+            try:
+                row = future.result()
+            except Exception as exc:  # noqa: BLE001 - one bad run must not stop the grid
+                failed += 1
+                print(f"\n{key}: {exc}", file=sys.stderr)
+                continue
+            common.append_row(csv_path, FIELDS, row)
+            if hasattr(bar, "set_postfix_str"):
+                bar.set_postfix_str(f"last: {key[0]} a={key[1]:g} {key[2]:.0%} {key[3]} {key[4]}")
+            print(f"\n{key[4]:14s} {key[0]} a={key[1]:g} {key[2]:.0%} {key[3]:10s} seed {key[5]}: "
+                  f"final {row['final_accuracy']:.4f} ({row['seconds']:.0f}s)", flush=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,9 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float)
     p.add_argument("--data-dir", help="dataset folder (default ../shared/datasets/<dataset>)")
     p.add_argument("--csv", default=str(common.RESULTS / "robustness.csv"))
-    p.add_argument("--plots", default=str(common.RESULTS), help="folder for the PNGs")
+    p.add_argument("--plots", help="folder for the PNGs (default: the --csv file's folder)")
     p.add_argument("--work-dir", default=str(common.RUNS / "robustness"), help="run folders (metrics, ledgers, logs)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run is abandoned")
+    p.add_argument("--engine", choices=("ray", "inprocess"), default="ray",
+                   help="bcsfl simulate --engine: ray (Flower's engine, the reference) or inprocess (no Ray, "
+                        "a cell's clients one after another in its subprocess)")
+    p.add_argument("--device", default="cpu", help="torch device of each cell: cpu, cuda, auto")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at a time, each its own subprocess")
+    p.add_argument("--threads", type=int, help="torch threads per cell (default 1 per client)")
+    p.add_argument("--merge", metavar="OTHER_CSV",
+                   help="append OTHER_CSV's rows whose run is not in --csv yet (rows from another machine), "
+                        "then plot; runs nothing")
     p.add_argument("--plot-only", action="store_true", help="re-read the CSV and plot")
     p.add_argument("--dry-run", action="store_true", help="list the runs still to do")
     a = p.parse_args(argv)
@@ -244,30 +297,24 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in defaults.items():
         if getattr(a, name) is None:
             setattr(a, name, value)
-    csv_path, outdir = Path(a.csv), Path(a.plots)
+    if a.jobs < 1:
+        p.error("--jobs must be at least 1")
+    csv_path = Path(a.csv)
+    outdir = Path(a.plots) if a.plots else csv_path.resolve().parent
     outdir.mkdir(parents=True, exist_ok=True)
-    if not a.plot_only:
+    if a.merge:
+        added, skipped = common.merge_rows(csv_path, Path(a.merge), row_key, FIELDS)
+        print(f"merged {a.merge} into {csv_path}: {added} row(s) added, {skipped} skipped (already there, or no key)")
+    elif not a.plot_only:
         done = {row_key(r) for r in common.read_rows(csv_path)}
         todo = [k for k in plan(a) if k not in done]
-        print(f"{len(todo)} run(s) to do, {len(plan(a)) - len(todo)} already in {csv_path}; {common.machine()}")
+        print(f"{len(todo)} run(s) to do, {len(plan(a)) - len(todo)} already in {csv_path}; "
+              f"{common.run_machine(a.engine, a.device, a.jobs, a.threads)}")
         if a.dry_run:
             for k in todo:
                 print("  ", k)
             return 0
-        failed = 0
-        bar = common.progress(todo, len(todo), "robustness")
-        for key in bar:
-            if hasattr(bar, "set_postfix_str"):
-                bar.set_postfix_str(f"{key[0]} a={key[1]:g} {key[2]:.0%} {key[3]} {key[4]}")
-            try:
-                row = run_one(key, a)
-            except Exception as exc:  # noqa: BLE001 - one bad run must not stop the grid
-                failed += 1
-                print(f"\n{key}: {exc}", file=sys.stderr)
-                continue
-            common.append_row(csv_path, FIELDS, row)
-            print(f"\n{key[4]:14s} {key[0]} a={key[1]:g} {key[2]:.0%} {key[3]:10s} seed {key[5]}: "
-                  f"final {row['final_accuracy']:.4f} ({row['seconds']:.0f}s)", flush=True)
+        failed = run_grid(todo, a, csv_path)
         if failed:
             print(f"{failed} run(s) failed; rerun to retry them", file=sys.stderr)
     rows = common.read_rows(csv_path)
