@@ -50,6 +50,7 @@ from .batcher import Batcher
 from .block import Block, LedgerError
 from .ops import Op, apply_op, encode_ping_op, parse_op
 from .recovery import Fence, RecoveryWatch
+from .rules import SIGNATURE_CHECKS
 from .sqlite import SqliteLedger
 from .transport import PeerTransport
 from .wire import APP, PBFT, WireError, decode_message, encode_message
@@ -410,4 +411,4 @@ class LedgerNode:
                 "last_executed": rep.last_executed, "recovering": self.recovering,
                 "peers_connected": self.transport.connected_peers(),
                 "transport": self.transport.stats(), "pool": len(self.batcher.pool),
-                "stats": dict(self.stats)}
+                "stats": dict(self.stats), "signature_checks": dict(SIGNATURE_CHECKS)}

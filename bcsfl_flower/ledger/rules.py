@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from bcsfl_flower.crypto import verify_signature
 
 from .block import GENESIS, Block, LedgerError, Transaction
 
 __all__ = [
+    "ChainHead",
     "check_append",
     "check_block",
     "check_identities",
@@ -39,12 +40,32 @@ def _is_signature(value: Any) -> bool:
     return isinstance(value, str) and _HEX128.fullmatch(value) is not None
 
 
+# Successful checks this process made, oldest first. Verification is a pure function of
+# (key, signature, digest), so remembering it is sound; it spares the node that received
+# a transaction (and checked it then) a second check when it executes the block.
+_VERIFIED: dict[tuple[str, str, str], None] = {}
+_VERIFIED_MAX = 1 << 16
+SIGNATURE_CHECKS = {"verified": 0, "remembered": 0}
+"""Ed25519 verifications this process ran, and checks answered from memory."""
+
+
 def _signed(public: str, sign: str, digest: str) -> bool:
-    return (
-        is_digest(public)
-        and _is_signature(sign)
-        and verify_signature(public, bytes.fromhex(sign), bytes.fromhex(digest))
-    )
+    key = (public, sign, digest)
+    if key in _VERIFIED:
+        SIGNATURE_CHECKS["remembered"] += 1
+        return True
+    if not (is_digest(public) and _is_signature(sign)):
+        return False
+    SIGNATURE_CHECKS["verified"] += 1
+    if not verify_signature(public, bytes.fromhex(sign), bytes.fromhex(digest)):
+        return False
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        try:
+            _VERIFIED.pop(next(iter(_VERIFIED)), None)
+        except (RuntimeError, StopIteration):  # another thread changed it meanwhile
+            pass
+    _VERIFIED[key] = None
+    return True
 
 
 def check_transaction(tx: Transaction) -> None:
@@ -91,7 +112,7 @@ def _parse_transactions(block: Block) -> list[Transaction]:
     txs = block.data.get("transactions", [])
     if not isinstance(txs, list):
         raise LedgerError("data.transactions must be a list")
-    return [Transaction.from_json(tx) for tx in txs]
+    return [Transaction.from_json(tx, copy=False) for tx in txs]
 
 
 def referenced_models(block: Block) -> list[str]:
@@ -144,7 +165,18 @@ def check_block(block: Block) -> None:
                 raise LedgerError(f"identity {cid!r}: public key is not 64-char hex")
 
 
-def check_link(prev: Block, block: Block) -> None:
+class ChainHead(Protocol):
+    """What linking a block needs of its predecessor (a :class:`Block` has these)."""
+
+    @property
+    def sequence_no(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def timestamp(self) -> float: ...
+
+
+def check_link(prev: ChainHead, block: Block) -> None:
     """Check that ``block`` directly follows ``prev``."""
     if block.sequence_no != prev.sequence_no + 1:
         raise LedgerError(
@@ -170,13 +202,13 @@ def check_identities(block: Block, registered: Mapping[str, str | None]) -> None
             raise LedgerError(f"identity {cid!r} is registered with a different key")
 
 
-def check_append(prev: Block, block: Block, has_model: Callable[[str], bool]) -> None:
+def check_append(prev: ChainHead, block: Block, has_model: Callable[[str], bool]) -> None:
     """All checks ``Ledger.append`` runs before writing ``block`` after ``prev``.
 
     Parameters
     ----------
-    prev : Block
-        The current chain head.
+    prev : ChainHead
+        The current chain head (a :class:`Block`, or just its number, hash and time).
     block : Block
         The candidate block.
     has_model : Callable[[str], bool]
