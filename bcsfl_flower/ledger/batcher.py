@@ -220,7 +220,7 @@ class Batcher:
                 break
             prev = self.head if self.head is not None else node.head
             try:
-                block = build_block(prev, {"transactions": batch}, node.key)
+                block = build_block(prev, {"transactions": batch}, node.key, copy=False)
             except LedgerError:
                 continue  # not JSON-serialisable: a faulty forwarder's garbage
             self.proposed[block.hash] = batch

@@ -7,11 +7,13 @@ are snake_case, with ``sequenceNo``/``lastHash`` kept as read-only aliases.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 import uuid
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 from bcsfl_flower.crypto import SigningKey, sha256_hex
@@ -44,6 +46,22 @@ def _reject_constant(name: str) -> Any:
     raise LedgerError(f"non-finite number {name} in JSON")
 
 
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _encode(obj: Any) -> str:
+    # The C encoder that json.dumps builds on every call, called directly: a ledger node
+    # encodes every transaction of every block, and the per-call set-up was a third of it.
+    if c_make_encoder is None:
+        return _ENCODER.encode(obj)
+    return "".join(c_make_encoder(
+        {}, _ENCODER.default, encode_basestring_ascii, None, ":", ",", True, False, False
+    )(obj, 0))
+
+
 def canonical_json(obj: Any) -> bytes:
     """Serialise ``obj`` as canonical JSON (sorted keys, no spaces, ASCII) in UTF-8.
 
@@ -58,9 +76,7 @@ def canonical_json(obj: Any) -> bytes:
         The canonical encoding; equal values always give equal bytes.
     """
     try:
-        text = json.dumps(
-            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        )
+        text = _encode(obj)
     except (TypeError, ValueError) as err:
         raise LedgerError(f"not canonical-JSON serialisable: {err}") from err
     return text.encode("utf-8")
@@ -69,7 +85,9 @@ def canonical_json(obj: Any) -> bytes:
 def parse_json(text: str | bytes) -> Any:
     """Parse JSON strictly (NaN/Infinity rejected); raises ``LedgerError``."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        if isinstance(text, (bytes, bytearray)):
+            text = text.decode("utf-8")
+        return _DECODER.decode(text)
     except (ValueError, TypeError) as err:
         raise LedgerError(f"invalid JSON: {err}") from err
 
@@ -118,15 +136,28 @@ def transaction_hash(tx_id: str, public: str, data: dict[str, Any], timestamp: f
 def block_hash(
     sequence_no: int, timestamp: float, last_hash: str, data: dict[str, Any], public: str
 ) -> str:
-    """SHA-256 hex of the canonical JSON of a block's hashed fields."""
-    body = {
-        "sequenceNo": sequence_no,
-        "timestamp": float(timestamp),
-        "lastHash": last_hash,
-        "data": data,
-        "public": public,
-    }
-    return sha256_hex(canonical_json(body))
+    """SHA-256 hex of the canonical JSON of a block's hashed fields.
+
+    The body is ``{"data", "lastHash", "public", "sequenceNo", "timestamp"}`` as
+    canonical JSON.
+    """
+    data_text = canonical_json(data).decode("ascii")
+    return _hash_block_body(sequence_no, timestamp, last_hash, data_text, public)
+
+
+def _hash_block_body(
+    sequence_no: int, timestamp: float, last_hash: str, data_text: str, public: str
+) -> str:
+    # The canonical JSON of the body, spliced around data's canonical text (keys in
+    # sorted order), so a block whose data is already encoded is not encoded again.
+    try:
+        fields = [json.dumps(x, ensure_ascii=True, allow_nan=False)
+                  for x in (last_hash, public, sequence_no, float(timestamp))]
+    except (TypeError, ValueError) as err:
+        raise LedgerError(f"not canonical-JSON serialisable: {err}") from err
+    body = ('{"data":%s,"lastHash":%s,"public":%s,"sequenceNo":%s,"timestamp":%s}'
+            % (data_text, *fields))
+    return sha256_hex(body.encode("ascii"))
 
 
 @dataclass(frozen=True)
@@ -156,13 +187,24 @@ class Transaction:
         }
 
     @classmethod
-    def from_json(cls, obj: Any) -> Transaction:
-        """Parse a JSON object (as from ``to_json``); raises ``LedgerError`` if malformed."""
+    def from_json(cls, obj: Any, *, copy: bool = True) -> Transaction:
+        """Parse a JSON object (as from ``to_json``); raises ``LedgerError`` if malformed.
+
+        Parameters
+        ----------
+        obj : Any
+            The transaction object.
+        copy : bool (default: True)
+            Deep-copy ``data`` through canonical JSON. ``False`` when ``obj`` came
+            straight from a JSON parser and nothing else holds it (checking the hash
+            still encodes ``data``, which refuses what JSON cannot encode).
+        """
         obj = _exact_keys(obj, _TX_KEYS, "transaction")
+        data = _object(obj["data"], "transaction data")
         return cls(
             id=_string(obj["id"], "transaction id"),
             public=_string(obj["public"], "transaction public"),
-            data=_normalise(_object(obj["data"], "transaction data")),
+            data=_normalise(data) if copy else data,
             timestamp=_number(obj["timestamp"], "transaction timestamp"),
             hash=_string(obj["hash"], "transaction hash"),
             sign=_string(obj["sign"], "transaction sign"),
@@ -209,10 +251,15 @@ class Block:
         txs = self.data.get("transactions", [])
         return txs if isinstance(txs, list) else []
 
+    @functools.cached_property
+    def canonical_data(self) -> str:
+        """``data`` as canonical JSON text (encoded once: the hash and the row need it)."""
+        return canonical_json(self.data).decode("ascii")
+
     def expected_hash(self) -> str:
         """The hash recomputed from the block's hashed fields."""
-        return block_hash(
-            self.sequence_no, self.timestamp, self.last_hash, self.data, self.public
+        return _hash_block_body(
+            self.sequence_no, self.timestamp, self.last_hash, self.canonical_data, self.public
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -228,21 +275,35 @@ class Block:
         }
 
     @classmethod
-    def from_json(cls, obj: Any) -> Block:
-        """Parse a JSON object (as from ``to_json``); raises ``LedgerError`` if malformed."""
+    def from_json(cls, obj: Any, *, copy: bool = True) -> Block:
+        """Parse a JSON object (as from ``to_json``); raises ``LedgerError`` if malformed.
+
+        Parameters
+        ----------
+        obj : Any
+            The block object.
+        copy : bool (default: True)
+            Deep-copy ``data`` through canonical JSON. ``False`` when ``obj`` came
+            straight from a JSON parser and nothing else holds it: ``data`` is kept,
+            and encoded once here (which refuses what JSON cannot encode, e.g. 1e999).
+        """
         obj = _exact_keys(obj, _BLOCK_KEYS, "block")
         seq = obj["sequenceNo"]
         if isinstance(seq, bool) or not isinstance(seq, int):
             raise LedgerError("sequenceNo must be an integer")
-        return cls(
+        data = _object(obj["data"], "data")
+        block = cls(
             sequence_no=seq,
             hash=_string(obj["hash"], "hash"),
             last_hash=_string(obj["lastHash"], "lastHash"),
             timestamp=_number(obj["timestamp"], "timestamp"),
-            data=_normalise(_object(obj["data"], "data")),
+            data=_normalise(data) if copy else data,
             public=_string(obj["public"], "public"),
             sign=_string(obj["sign"], "sign"),
         )
+        if not copy:
+            _ = block.canonical_data  # refuses what JSON parsed but cannot encode
+        return block
 
     def to_row(self) -> BlockRow:
         """The storage row of this block (``data`` as canonical JSON text)."""
@@ -251,7 +312,7 @@ class Block:
             self.hash,
             self.last_hash,
             float(self.timestamp),
-            canonical_json(self.data).decode("ascii"),
+            self.canonical_data,
             self.public,
             self.sign,
         )
@@ -272,7 +333,7 @@ class Block:
         data = _object(parse_json(text), "stored data")
         if canonical_json(data).decode("ascii") != text:
             raise LedgerError("stored data is not canonical JSON")
-        return cls(
+        block = cls(
             sequence_no=seq,
             hash=_string(row.hash, "stored hash"),
             last_hash=_string(row.last_hash, "stored last_hash"),
@@ -281,6 +342,8 @@ class Block:
             public=_string(row.public, "stored public"),
             sign=_string(row.sign, "stored sign"),
         )
+        block.__dict__["canonical_data"] = text  # just checked to be canonical
+        return block
 
 
 GENESIS = Block(
@@ -347,7 +410,8 @@ def make_vote(key: SigningKey, value: str) -> dict[str, str]:
 
 
 def build_block(
-    prev: Block, data: dict[str, Any], key: SigningKey, timestamp: float | None = None
+    prev: Block, data: dict[str, Any], key: SigningKey, timestamp: float | None = None,
+    *, copy: bool = True,
 ) -> Block:
     """Create and sign the block that follows ``prev``.
 
@@ -364,6 +428,10 @@ def build_block(
         Unix seconds; defaults to ``time.time()`` raised to ``prev.timestamp`` if the
         clock is behind. An explicit value is used as given (``append`` rejects one
         earlier than ``prev.timestamp``).
+    copy : bool (default: True)
+        Deep-copy ``data`` through canonical JSON. ``False`` when it holds only values
+        a JSON parser produced and nobody changes them afterwards (a batch of parsed
+        transactions): it is then encoded once, for the hash.
 
     Returns
     -------
@@ -376,12 +444,16 @@ def build_block(
         payload["transactions"] = [
             t.to_json() if isinstance(t, Transaction) else t for t in txs
         ]
-    payload = _normalise(payload)
+    if copy:
+        payload = _normalise(payload)
     if timestamp is None:
         ts = max(time.time(), float(prev.timestamp))
     else:
         ts = _number(timestamp, "timestamp")
     seq = prev.sequence_no + 1
-    digest = block_hash(seq, ts, prev.hash, payload, key.public_hex)
+    data_text = canonical_json(payload).decode("ascii")
+    digest = _hash_block_body(seq, ts, prev.hash, data_text, key.public_hex)
     signature = key.sign(bytes.fromhex(digest)).hex()
-    return Block(seq, digest, prev.hash, ts, payload, key.public_hex, signature)
+    block = Block(seq, digest, prev.hash, ts, payload, key.public_hex, signature)
+    block.__dict__["canonical_data"] = data_text
+    return block

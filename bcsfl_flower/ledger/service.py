@@ -245,7 +245,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     def _checked_tx(i: int, item: Any, stored: dict[str, bool]) -> Transaction:
         try:
-            tx = Transaction.from_json(item)
+            tx = Transaction.from_json(item, copy=False)  # fresh from the body's parser
         except LedgerError as err:
             raise HTTPException(422, f"transaction {i}: {err}") from None
         except RecursionError:

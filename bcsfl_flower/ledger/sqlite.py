@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bcsfl_flower.crypto import sha256_hex
 
@@ -44,6 +44,14 @@ CREATE TABLE identities (
 """
 _COLUMNS = "sequence_no, hash, last_hash, timestamp, data, public, sign"
 _BUSY_TIMEOUT_S = 30.0
+
+
+class _Head(NamedTuple):
+    """The stored head's columns that linking the next block needs."""
+
+    sequence_no: int
+    hash: str
+    timestamp: float
 
 
 class SqliteLedger(Ledger):
@@ -177,7 +185,14 @@ class SqliteLedger(Ledger):
         if not isinstance(block, Block):
             raise LedgerError("append expects a Block")
         with self._write() as conn:
-            prev = Block.from_row(self._latest_row(conn))
+            # Linking needs only the head's number, hash and time: parsing its whole
+            # data (hundreds of transactions in a batched block) would double the work.
+            head = conn.execute(
+                "SELECT sequence_no, hash, timestamp FROM blocks ORDER BY sequence_no DESC LIMIT 1"
+            ).fetchone()
+            if head is None:
+                raise LedgerError("ledger has no blocks (genesis missing)")
+            prev = _Head(*head)
             check_append(prev, block, lambda d: self._has_model(conn, d))
             idents = block_identities(block)
             known: dict[str, str | None] = {}

@@ -134,3 +134,23 @@ def test_arbitrary_json_data_round_trips_and_verifies(payload: dict[str, Any]) -
     assert led.latest() == block
     assert Block.from_json(json.loads(json.dumps(block.to_json()))) == block
     assert verify_chain(led).ok
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=6), _json, max_size=4),
+       seq=st.integers(1, 2**53), ts=st.floats(0, 1e12), last=st.text(max_size=8), public=st.text(max_size=8))
+def test_block_hash_is_the_paper_encoding_of_every_field(payload, seq, ts, last, public) -> None:
+    """The spliced body (data encoded once) hashes exactly like the whole body encoded."""
+    body = {"sequenceNo": seq, "timestamp": float(ts), "lastHash": last, "data": payload, "public": public}
+    want = hashlib.sha256(_paper_canonical(body)).hexdigest()
+    block = Block(seq, want, last, ts, payload, public, "")
+    assert block.expected_hash() == want
+    parsed = Block.from_json(json.loads(json.dumps(block.to_json())), copy=False)
+    assert parsed.expected_hash() == want and parsed.to_row().data == _paper_canonical(payload).decode()
+
+
+def test_parsed_block_with_a_number_json_cannot_encode_is_refused() -> None:
+    obj = json.loads('{"hash":"h","lastHash":"l","timestamp":1,"data":{"x":1e999},"public":"p",'
+                     '"sign":"s","sequenceNo":1}')
+    with pytest.raises(LedgerError, match="canonical"):
+        Block.from_json(obj, copy=False)
