@@ -6,11 +6,15 @@ root set give the same decisions and the same candidate bytes on every coordinat
 1. Reference direction: the root-set update when the coordinators hold a root set,
    otherwise the coordinate-wise median of the updates (robust to a minority that
    drags the mean).
-2. Cosine: an update whose cosine to the reference is at most ``cosine_threshold``
-   is rejected.
+2. Cosine: an update whose cosine to the reference is not clearly positive is
+   rejected: at most ``cosine_threshold``, or within the noise floor
+   ``noise_z / sqrt(d)`` (a random direction in ``d`` dimensions has a cosine of about
+   N(0, 1/d) to any fixed vector, so noise passes with probability 1 - Phi(noise_z)).
 3. Norm bound: kept updates are clipped to ``norm_bound`` times the median norm of
    the kept updates, which stops scaling attacks without shrinking honest steps.
-4. Loss difference: while the candidate does not lower the root-set loss, the kept
+4. Weights: kept updates count in proportion to their examples times their cosine,
+   so an update barely aligned with the reference moves the model little.
+5. Loss difference: while the candidate does not lower the root-set loss, the kept
    update whose own loss change is worst is dropped and the rest aggregated again.
    Without a root set, clients whose *reported* training loss is far above the
    others' (above both median + ``loss_mad_factor`` x MAD and twice the median, with at
@@ -51,12 +55,19 @@ class FilterConfig:
         At most this many updates are dropped by the root-loss check per round.
     loss_mad_factor : float
         Without a root set: reported losses above median + factor x MAD are rejected.
+    noise_z : float
+        Also reject cosines at or below ``noise_z / sqrt(d)`` (``d`` parameters): the
+        cosine a random update reaches with probability 1 - Phi(noise_z). 0 disables.
+    trust_weighted : bool
+        Weight kept updates by examples x cosine (True) or by examples alone.
     """
 
     cosine_threshold: float = 0.0
     norm_bound: float = 2.0
     max_loss_drops: int = 3
     loss_mad_factor: float = 3.0
+    noise_z: float = 3.0
+    trust_weighted: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,10 +156,11 @@ def filter_and_aggregate(
     ref_norm = np.linalg.norm(reference)
     cosines = deltas @ reference / np.maximum(norms * ref_norm, 1e-12)
 
-    kept = cosines > config.cosine_threshold
-    reasons = [
-        "" if k else f"cosine {c:.3f} <= {config.cosine_threshold}" for k, c in zip(kept, cosines)
-    ]
+    threshold = max(config.cosine_threshold, config.noise_z / np.sqrt(max(1, deltas.shape[1])))
+    kept = cosines > threshold
+    reasons = ["" if k else f"cosine {c:.4f} <= {threshold:.4f}" for k, c in zip(kept, cosines)]
+    if config.trust_weighted:
+        weights = weights * np.maximum(cosines, 0.0)
     clip = float(np.median(norms[kept]) * config.norm_bound) if kept.any() and config.norm_bound > 0 else np.inf
     scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
     clipped = deltas * scale[:, None]

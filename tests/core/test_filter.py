@@ -1,5 +1,7 @@
 """The filter keeps honest updates, drops sign-flipped ones, and aggregates deterministically."""
 
+import dataclasses
+
 import numpy as np
 
 from bcsfl_flower.committee.coordinator import coordinate
@@ -10,10 +12,10 @@ from bcsfl_flower.crypto import SigningKey
 from .helpers import global_model, signed_content
 
 
-def make_updates(num_honest=7, num_flipped=3, seed=0, flip_scale=4.0):
+def make_updates(num_honest=7, num_flipped=3, seed=0, flip_scale=4.0, sizes=(6, 4)):
     """Honest updates share a direction (non-IID noise around it); attackers flip it."""
     rng = np.random.default_rng(seed)
-    g = global_model()
+    g = global_model(sizes=sizes)
     direction = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in g.items()}
     keys, registry, updates = {}, {}, []
     for i in range(num_honest + num_flipped):
@@ -64,10 +66,53 @@ def test_aggregation_bytes_identical_across_runs_and_input_order():
 
 def test_weighted_mean_of_kept_updates():
     g, updates = make_updates(num_honest=4, num_flipped=0, seed=5)
-    result = filter_and_aggregate(g, updates, server_round=1, config=FilterConfig(norm_bound=0))
+    result = filter_and_aggregate(g, updates, server_round=1, config=FilterConfig(norm_bound=0, trust_weighted=False))
     weights = np.array([u.package.num_examples for u in updates], float)
     expected = sum(w * (u.tensors["w"].astype(float) - g["w"]) for w, u in zip(weights, updates)) / weights.sum()
     np.testing.assert_allclose(result.candidate["w"], g["w"] + expected, rtol=1e-5, atol=1e-6)
+
+
+def test_trust_weights_are_examples_times_cosine():
+    g, updates = make_updates(num_honest=4, num_flipped=0, seed=5)
+    result = filter_and_aggregate(g, updates, server_round=1, config=FilterConfig(norm_bound=0))
+    cos = {d.client_id: d.cosine for d in result.decisions}
+    assert all(d.kept for d in result.decisions)
+    weights = np.array([u.package.num_examples * cos[u.client_id] for u in updates], float)
+    expected = sum(w * (u.tensors["w"].astype(float) - g["w"]) for w, u in zip(weights, updates)) / weights.sum()
+    np.testing.assert_allclose(result.candidate["w"], g["w"] + expected, rtol=1e-5, atol=1e-6)
+
+
+class _QuadraticRoot:
+    """A root set whose data says "go towards ``target``": update = target - w, loss = |w - target|^2."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def update(self, global_tensors, server_round):
+        return {k: self.target[k].astype(np.float64) - global_tensors[k] for k in global_tensors}
+
+    def loss(self, tensors):
+        return float(sum(np.sum((tensors[k].astype(np.float64) - self.target[k]) ** 2) for k in tensors))
+
+
+def test_noise_floor_rejects_random_directions_that_happen_to_score_above_zero():
+    g, updates = make_updates(num_honest=12, num_flipped=0, seed=9, sizes=(50, 40))
+    d = sum(t.size for t in g.values())
+    mean_step = {k: np.mean([u.tensors[k] - g[k] for u in updates], axis=0) for k in g}
+    root = _QuadraticRoot({k: g[k] + mean_step[k] for k in g})
+    rng = np.random.default_rng(0)
+    base = updates[0]
+    noisy = []
+    for i in range(20):  # pure noise updates of honest size: about half score above 0
+        tensors = {k: (g[k] + rng.normal(scale=0.1, size=g[k].shape)).astype(g[k].dtype) for k in g}
+        package = dataclasses.replace(base.package, client_id=f"noise-{i:02d}")
+        noisy.append(dataclasses.replace(base, package=package, tensors=tensors))
+    result = filter_and_aggregate(g, updates + noisy, server_round=1, root=root, config=FilterConfig())
+    noise = [dec for dec in result.decisions if dec.client_id.startswith("noise")]
+    assert sum(dec.cosine > 0 for dec in noise) >= 5  # the old rule (cos > 0) would keep these
+    assert not any(dec.kept for dec in noise)
+    assert all(dec.kept for dec in result.decisions if not dec.client_id.startswith("noise"))
+    assert "<= %.4f" % (3 / np.sqrt(d)) in noise[0].reason
 
 
 def test_reported_loss_rule_needs_several_reports_and_a_clear_outlier():
