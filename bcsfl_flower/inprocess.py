@@ -102,7 +102,12 @@ class LocalGrid(Grid):
         raise NotImplementedError("use send_and_receive")
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Deliver each message to its node in turn; return the replies in the same order.
+        """Deliver each message to its node in turn, in node order; return the replies in that order.
+
+        Flower's strategies sample nodes in a random order and Ray returns replies as
+        they finish; FedAvg's float32 sum depends on that order (by about 1e-7), so a
+        Ray run is not bit-reproducible. Here the order is the nodes' (partition ids'),
+        so the same settings give the same models every time.
 
         Each node receives a copy, as it would over the network (a client changing
         what it received cannot change what the server or another node holds).
@@ -110,7 +115,7 @@ class LocalGrid(Grid):
         synchronous.
         """
         replies = []
-        for msg in messages:
+        for msg in sorted(messages, key=lambda m: m.metadata.dst_node_id):
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as InMemoryGrid.push_messages
             reply = self._deliver(copy.deepcopy(msg), self.contexts[msg.metadata.dst_node_id])
             reply.metadata.__dict__["_message_id"] = str(uuid4())

@@ -120,3 +120,48 @@ def test_device_loop_takes_the_cpu_loops_steps():
     for name, w in get_weights(reference).items():
         np.testing.assert_array_equal(get_weights(model)[name], w)
     assert batches == 10 and total / batches == pytest.approx(result.train_loss, rel=1e-6)
+
+
+def test_local_grid_delivers_in_node_order_and_copies():
+    """Replies come in node order whatever order the strategy sampled; a node gets a copy."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from bcsfl_flower.inprocess import LocalGrid
+
+    app = ClientApp()
+    seen = []
+
+    @app.train()
+    def train_fn(msg, context):
+        seen.append(int(context.node_config["partition-id"]))
+        msg.content["config"]["touched"] = True  # must not reach the server's message
+        return Message(RecordDict({"config": ConfigRecord({"pid": seen[-1]})}), reply_to=msg)
+
+    grid = LocalGrid(app, 4)
+    sent = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type="train", group_id="1")
+            for n in (102, 100, 103, 101)]
+    replies = list(grid.send_and_receive(sent))
+    assert seen == [0, 1, 2, 3]
+    assert [r.content["config"]["pid"] for r in replies] == [0, 1, 2, 3]
+    assert all("touched" not in m.content["config"] for m in sent)
+    assert all(r.metadata.reply_to_message_id and r.metadata.message_id for r in replies)
+
+
+def test_local_grid_turns_a_client_exception_into_an_error_reply():
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from bcsfl_flower.inprocess import LocalGrid
+
+    app = ClientApp()
+
+    @app.train()
+    def train_fn(msg, context):
+        raise ValueError("boom")
+
+    msg = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=100, message_type="train", group_id="1")
+    (reply,) = LocalGrid(app, 1).send_and_receive([msg])
+    assert reply.has_error() and "boom" in reply.error.reason
+    with pytest.raises(Exception, match="boom"):
+        LocalGrid(app, 1, catch_errors=False).send_and_receive([msg])
