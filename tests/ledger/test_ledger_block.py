@@ -154,3 +154,13 @@ def test_parsed_block_with_a_number_json_cannot_encode_is_refused() -> None:
                      '"sign":"s","sequenceNo":1}')
     with pytest.raises(LedgerError, match="canonical"):
         Block.from_json(obj, copy=False)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.dictionaries(st.text(max_size=6), _json, max_size=4), tx_id=st.text(max_size=12),
+       public=st.text(max_size=8), ts=st.floats(-1e300, 1e300) | st.integers(-2**60, 2**60))
+def test_transaction_hash_is_the_paper_encoding_of_its_fields(data, tx_id, public, ts) -> None:
+    from bcsfl_flower.ledger.block import transaction_hash
+
+    body = {"id": tx_id, "public": public, "data": data, "timestamp": float(ts)}
+    assert transaction_hash(tx_id, public, data, ts) == hashlib.sha256(_paper_canonical(body)).hexdigest()
