@@ -63,6 +63,8 @@ class Message:
     """Base of every encodable dataclass; caches its encoding on first use."""
 
     TAG: ClassVar[str] = "?"
+    UNSIGNED: ClassVar[tuple[str, ...]] = ()
+    """Fields that travel but that the signature leaves out (another field binds them)."""
 
     @classmethod
     def _names(cls) -> tuple[str, ...]:
@@ -72,23 +74,28 @@ class Message:
             cls._cached_names = names  # type: ignore[attr-defined]
         return names
 
+    def _fields_encoding(self, names: Sequence[str]) -> bytes:
+        tag = self.TAG.encode()
+        return b"m%d:" % len(tag) + tag + b"".join(canonical(getattr(self, n)) for n in names)
+
     def body(self) -> bytes:
-        """The signed bytes: tag and every field but ``sig``."""
+        """The signed bytes: tag and every field but ``sig`` and those in ``UNSIGNED``."""
         cached = self.__dict__.get("_body")
         if cached is None:
-            tag = self.TAG.encode()
-            cached = b"m%d:" % len(tag) + tag + b"".join(
-                canonical(getattr(self, n)) for n in self._names()
-            )
+            names = self._names()
+            if self.UNSIGNED:
+                names = tuple(n for n in names if n not in self.UNSIGNED)
+            cached = self._fields_encoding(names)
             object.__setattr__(self, "_body", cached)
         return cached
 
     def encoded(self) -> bytes:
-        """Body plus signature (when the message has one)."""
+        """Every field, then the signature (when the message has one): what travels."""
         cached = self.__dict__.get("_enc")
         if cached is None:
             sig = getattr(self, "sig", None)
-            cached = self.body() + (canonical(sig) if sig is not None else b"")
+            fields = self._fields_encoding(self._names()) if self.UNSIGNED else self.body()
+            cached = fields + (canonical(sig) if sig is not None else b"")
             object.__setattr__(self, "_enc", cached)
         return cached
 
@@ -222,9 +229,16 @@ class Request(Message):
 
 @dataclass(frozen=True)
 class PrePrepare(Signed):
-    """Primary of ``view`` assigns ``seq`` to the request with ``digest`` (None = null)."""
+    """Primary of ``view`` assigns ``seq`` to the request with ``digest`` (None = null).
+
+    As in Castro and Liskov's PBFT, the signature covers the digest, not the request
+    it piggybacks: whoever uses ``request`` checks that its digest is ``digest``. A batch
+    of thousands of transactions is then hashed once (its digest), not three more times
+    by Ed25519 signing and verifying.
+    """
 
     TAG: ClassVar[str] = "pre-prepare"
+    UNSIGNED: ClassVar[tuple[str, ...]] = ("request",)
     view: int
     seq: int
     digest: str

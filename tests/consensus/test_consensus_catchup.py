@@ -1,0 +1,56 @@
+"""Catch-up only for peers that need it, and pre-prepares signed over the digest alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from consensus_testkit import CLIENT_KEYS, Pump, make_replicas, request
+
+from bcsfl_flower.consensus.messages import CatchUp, PrePrepare, Send, Status, sign
+from bcsfl_flower.consensus.replica import PBFTConfig
+from bcsfl_flower.consensus.scenario import keys_for
+
+CLIENTS = {f"client-{i}": k.public_hex for i, k in enumerate(CLIENT_KEYS)}
+CFG = PBFTConfig(checkpoint_interval=4, log_window=16, catchup_lag=2)
+
+
+def _leader_with_commits(count: int):
+    reps = make_replicas(4, client_keys=CLIENTS, config=CFG)
+    pump = Pump(reps)
+    for i in range(count):
+        pump.submit(0, request(i))
+    pump.run()
+    assert len(pump.committed[0]) == count
+    return reps, keys_for(4)
+
+
+def _catch_ups(outputs) -> list[CatchUp]:
+    return [o.msg for o in outputs if isinstance(o, Send) and isinstance(o.msg, CatchUp)]
+
+
+def test_a_peer_slightly_behind_and_moving_gets_no_catch_up():
+    reps, keys = _leader_with_commits(6)
+    status = lambda executed: sign(Status(0, True, executed, 0, 3, b""), keys[3])  # noqa: E731
+    assert _catch_ups(reps[0].receive(status(4))) == []  # first word from it: 2 behind, within the lag
+    assert _catch_ups(reps[0].receive(status(5))) == []  # it moved on its own
+    sent = _catch_ups(reps[0].receive(status(5)))  # no progress since: it is stuck
+    assert len(sent) == 1 and [e.seq for e in sent[0].entries] == [6]
+
+
+def test_a_peer_far_behind_gets_catch_up_at_once():
+    reps, keys = _leader_with_commits(6)
+    sent = _catch_ups(reps[0].receive(sign(Status(0, True, 1, 0, 3, b""), keys[3])))
+    assert len(sent) == 1 and [e.seq for e in sent[0].entries] == [2, 3, 4, 5, 6]
+
+
+def test_pre_prepare_signature_binds_the_request_through_its_digest():
+    reps, keys = _leader_with_commits(1)
+    req, other = request(10), request(11)
+    pp = sign(PrePrepare(0, 2, req.digest, req, 0, b""), keys[0])
+    assert req.value.encode() not in pp.body()  # the batch is not hashed again by Ed25519
+    assert req.value.encode() in pp.encoded()  # but it travels
+    swapped = dataclasses.replace(pp, request=other)  # same signature, another request
+    out = reps[1].receive(swapped)
+    assert not any(type(o.msg).__name__ == "Prepare" for o in out if hasattr(o, "msg"))
+    out = reps[2].receive(pp)
+    assert any(type(o.msg).__name__ == "Prepare" for o in out if hasattr(o, "msg"))
