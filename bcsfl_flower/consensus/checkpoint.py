@@ -90,8 +90,12 @@ class CheckpointMixin:
         j = st.sender
         if j == self.index:
             return
+        previous = self._peer_exec.get(j)
         self._peer_exec[j] = st.last_executed
-        if 0 <= st.last_executed < self.last_executed:
+        stalled = previous is not None and previous >= st.last_executed
+        if 0 <= st.last_executed < self.last_executed and (
+            stalled or self.last_executed - st.last_executed > self.cfg.catchup_lag
+        ):
             end = min(self.last_executed, st.last_executed + self.cfg.catchup_batch)
             entries = tuple(
                 CommittedEntry(c.seq, c.request, c.certificate)
