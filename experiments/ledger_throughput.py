@@ -65,13 +65,15 @@ class Result:
     seconds: float
     verifies_per_tx: float
     cpu_ms_per_tx: float
+    txs_per_block: float = 0.0
 
     def line(self, prefix: str = "") -> str:
         return (f"{prefix}nodes={self.nodes} clients={self.clients} batch={self.batch} "
                 f"tps={self.tps:.0f} p50_ms={self.p50_ms:.0f} p99_ms={self.p99_ms:.0f} "
                 f"committed={self.committed} window_s={self.seconds:.1f} "
                 f"verifies_per_tx={self.verifies_per_tx:.2f} "
-                f"node_cpu_ms_per_tx={self.cpu_ms_per_tx:.3f} signing=pre-signed")
+                f"node_cpu_ms_per_tx={self.cpu_ms_per_tx:.3f} txs_per_block={self.txs_per_block:.0f} "
+                "signing=pre-signed")
 
 
 def _sign_chunk(args: tuple[bytes, int, int, str]) -> list[bytes]:
@@ -132,6 +134,9 @@ async def _client(url: str, bodies: list[bytes], t_start: float, t_end: float,
             if resp.status_code not in (200, 202):
                 raise RuntimeError(f"{url}: HTTP {resp.status_code} {resp.text[:200]}")
             samples.append((sent, done, int(resp.json()["committed"])))
+    if time.perf_counter() < t_end:
+        raise RuntimeError("a client ran out of pre-signed transactions before the window "
+                           "ended; the rate would be a lower bound (raise rate_guess)")
 
 
 def _settle(urls: list[str], timeout: float = 60.0) -> list[dict[str, Any]]:
@@ -157,8 +162,12 @@ def _committed_ids(url: str, start: int, end: int) -> set[str]:
 
 
 def measure(nodes: int, clients: int, batch: int, duration: float, warmup: float,
-            block_size: int, rate_guess: float = 4000.0) -> Result:
-    """Start a cluster, run the clients for ``warmup + duration`` seconds, check, stop."""
+            block_size: int, rate_guess: float = 10000.0) -> Result:
+    """Start a cluster, run the clients for ``warmup + duration`` seconds, check, stop.
+
+    ``rate_guess`` sizes the pre-signed transactions: a client that runs out before the
+    window ends makes the figure a lower bound, so the run then fails instead.
+    """
     per_client = int(rate_guess * (duration + warmup) / clients / batch + 2) * batch
     with tempfile.TemporaryDirectory(prefix="bcsfl-tps-") as tmp:
         cluster = LocalCluster(nodes, tmp, extra=["--batch-size", str(block_size),
@@ -212,7 +221,8 @@ def measure(nodes: int, clients: int, batch: int, duration: float, warmup: float
     return Result(nodes, clients, batch, committed / span if span else 0.0,
                   _percentile(lat, 0.50), _percentile(lat, 0.99), committed, span,
                   verified / max(1, len(on_chain)),
-                  1000 * (cpu[1] - cpu[0]) / max(1, committed))
+                  1000 * (cpu[1] - cpu[0]) / max(1, committed),
+                  len(on_chain) / max(1, after[0]["height"] - before[0]["height"]))
 
 
 def _ints(text: str) -> list[int]:
