@@ -92,9 +92,13 @@ class CheckpointMixin:
             return
         previous = self._peer_exec.get(j)
         self._peer_exec[j] = st.last_executed
-        stalled = previous is not None and previous >= st.last_executed
+        if previous is not None and previous >= st.last_executed:
+            self._peer_stalls[j] = self._peer_stalls.get(j, 0) + 1
+        else:
+            self._peer_stalls[j] = 0
         if 0 <= st.last_executed < self.last_executed and (
-            stalled or self.last_executed - st.last_executed > self.cfg.catchup_lag
+            self._peer_stalls[j] >= self.cfg.catchup_patience
+            or self.last_executed - st.last_executed > self.cfg.catchup_lag
         ):
             end = min(self.last_executed, st.last_executed + self.cfg.catchup_batch)
             entries = tuple(

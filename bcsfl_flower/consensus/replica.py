@@ -99,6 +99,7 @@ class Replica(CheckpointMixin, ViewChangeMixin):
         self._timers: dict[str, int] = {}
         self._timer_seq = 0
         self._peer_exec: dict[int, int] = {}
+        self._peer_stalls: dict[int, int] = {}  # statuses in a row without progress
         self._activity = False
         self._idle_ticks = 0
         self._out: list[Output] = []

@@ -21,10 +21,12 @@ class PBFTConfig:
     status_interval: float = 15.0  # heartbeat period while there is work
     idle_status_every: int = 4  # heartbeat every this many periods when idle
     catchup_batch: int = 64  # committed entries per CatchUp message
-    # A peer behind by at most this many executed requests is sent CatchUp only when its
-    # last two statuses show no progress: a peer a few slots behind under load is moving
-    # on its own, and re-sending it whole batches it is about to execute wastes both ends.
+    # A peer behind by at most catchup_lag executed requests is sent CatchUp only after
+    # catchup_patience statuses in a row without progress: a peer a few slots behind
+    # under load is moving on its own, and re-sending it whole batches it is about to
+    # execute wastes both ends.
     catchup_lag: int = 4
+    catchup_patience: int = 2
     forward_requests: bool = True  # backups relay client requests to the primary
 
 
