@@ -215,7 +215,8 @@ class BCSFL(FedAvg):
         replies = list(replies)
         updates, rejections = self._verify_all(server_round, replies)
         stages = {"verify": time.perf_counter() - started}
-        new_identities = self._admit_registered()
+        registered = self.ledger.identities()  # one read per round (an HTTP call when remote)
+        new_identities = self._admit_registered(registered)
         head = self.ledger.latest()
         seed = committee_seed(head, server_round)
         # The stake book is rebuilt from the chain each round, so anyone can recompute the draw.
@@ -240,7 +241,7 @@ class BCSFL(FedAvg):
             self.rounds.append(record)
             return None, None
 
-        self._update_stakes(outcome, rejections)
+        self._update_stakes(outcome, rejections, registered)
         for u in updates:
             if "epsilon" in u.metrics:
                 self._epsilon[u.client_id] = u.metrics["epsilon"]
@@ -344,20 +345,20 @@ class BCSFL(FedAvg):
                     pairs.append((msg, by_packet[pid]))
         return pairs
 
-    def _admit_registered(self) -> dict[str, str]:
+    def _admit_registered(self, registered: dict[str, dict[str, Any]]) -> dict[str, str]:
         """Client identities registered since the last committed block (they join this round)."""
         if self._on_chain_ids is None:  # once per strategy: identities already on chain
             self._on_chain_ids = {cid for blk in self.ledger.blocks(1) for cid in blk.data.get("identities", {})}
         on_chain = self._on_chain_ids
         return {
             cid: info["public_key"]
-            for cid, info in self.ledger.identities().items()
+            for cid, info in registered.items()
             if cid not in on_chain and info.get("role", "client") == "client"
         }
 
-    def _update_stakes(self, outcome: RoundOutcome, rejections: list[Rejection]) -> None:
+    def _update_stakes(self, outcome: RoundOutcome, rejections: list[Rejection],
+                       registered: dict[str, dict[str, Any]]) -> None:
         self.stakes.reward(outcome.kept)
-        registered = self.ledger.identities()
         self.stakes.punish(outcome.rejected + [r.client_id for r in rejections if r.client_id in registered])
         self.stakes.reward(m for m in outcome.members if m not in outcome.dissenters)
         self.stakes.punish(outcome.dissenters)
