@@ -20,7 +20,11 @@ import time
 from pathlib import Path
 
 
-def run(name: str, out: Path, common: list[str], extra: list[str]) -> dict:
+def run(name: str, out: Path, common: list[str], extra: list[str], reuse: bool = False) -> dict:
+    if reuse and (out / name / "metrics.json").is_file():
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        print(f"{name:16s} final accuracy {metrics['final_accuracy']:.4f}  (reused {out / name})", flush=True)
+        return metrics
     started = time.perf_counter()
     shutil.rmtree(out / name, ignore_errors=True)  # a fresh ledger: --out reuses an existing one
     cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *common, *extra, "--out", str(out / name)]
@@ -45,15 +49,20 @@ def main() -> None:
     parser.add_argument("--malicious-fraction", type=float, default=0.3)
     parser.add_argument("--attack", default="sign-flip")
     parser.add_argument("--out", default="experiments/results/end_to_end")
+    parser.add_argument("--reuse", default="", help="comma-separated runs (bcsfl_attacked, fedavg_attacked, "
+                        "fedavg_clean) whose metrics.json in --out is kept instead of running them again, "
+                        "e.g. the FedAvg runs after a change to BCS-FL alone")
     args = parser.parse_args()
+    reuse = {x.strip() for x in args.reuse.split(",") if x.strip()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--dataset", args.dataset, "--data-dir", args.data_dir, "--num-clients", str(args.num_clients),
               "--rounds", str(args.rounds), "--dirichlet-alpha", str(args.dirichlet_alpha), "--seed", str(args.seed)]
     attacked = ["--malicious-fraction", str(args.malicious_fraction), "--attack", args.attack]
-    b = run("bcsfl_attacked", out, common, ["--strategy", "bcsfl", *attacked])
-    fa = run("fedavg_attacked", out, common, ["--strategy", "fedavg", *attacked])
-    fc = run("fedavg_clean", out, common, ["--strategy", "fedavg", "--malicious-fraction", "0", "--attack", "none"])
+    b = run("bcsfl_attacked", out, common, ["--strategy", "bcsfl", *attacked], "bcsfl_attacked" in reuse)
+    fa = run("fedavg_attacked", out, common, ["--strategy", "fedavg", *attacked], "fedavg_attacked" in reuse)
+    fc = run("fedavg_clean", out, common, ["--strategy", "fedavg", "--malicious-fraction", "0", "--attack", "none"],
+             "fedavg_clean" in reuse)
     verify = subprocess.run([sys.executable, "-m", "bcsfl_flower.cli", "ledger", "verify",
                              str(out / "bcsfl_attacked" / "ledger.db")], capture_output=True, text=True)
     bad = set(b["malicious_clients"])
