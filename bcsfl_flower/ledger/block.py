@@ -136,10 +136,7 @@ def transaction_hash(tx_id: str, public: str, data: dict[str, Any], timestamp: f
     if not (isinstance(tx_id, str) and isinstance(public, str) and math.isfinite(ts)):
         # the general encoder names what is wrong
         return sha256_hex(canonical_json({"id": tx_id, "public": public, "data": data, "timestamp": ts}))
-    try:
-        data_text = _encode(data)
-    except (TypeError, ValueError) as err:
-        raise LedgerError(f"not canonical-JSON serialisable: {err}") from err
+    data_text = canonical_json(data).decode("ascii")
     # Spliced in sorted key order: every node hashes every transaction of every block.
     body = '{"data":%s,"id":%s,"public":%s,"timestamp":%s}' % (
         data_text, encode_basestring_ascii(tx_id), encode_basestring_ascii(public), float.__repr__(ts))
