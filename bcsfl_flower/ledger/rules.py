@@ -50,13 +50,13 @@ SIGNATURE_CHECKS = {"verified": 0, "remembered": 0}
 """Ed25519 verifications this process ran, and checks answered from memory."""
 
 
-def _signed(public: str, sign: str, digest: str) -> bool:
+def _signed(public: Any, sign: Any, digest: str) -> bool:
+    if not (is_digest(public) and _is_signature(sign)):  # also keeps unhashables out of the memo
+        return False
     key = (public, sign, digest)
     if key in _VERIFIED:
         SIGNATURE_CHECKS["remembered"] += 1
         return True
-    if not (is_digest(public) and _is_signature(sign)):
-        return False
     SIGNATURE_CHECKS["verified"] += 1
     if not verify_signature(public, bytes.fromhex(sign), bytes.fromhex(digest)):
         return False

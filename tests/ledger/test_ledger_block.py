@@ -164,3 +164,11 @@ def test_transaction_hash_is_the_paper_encoding_of_its_fields(data, tx_id, publi
 
     body = {"id": tx_id, "public": public, "data": data, "timestamp": float(ts)}
     assert transaction_hash(tx_id, public, data, ts) == hashlib.sha256(_paper_canonical(body)).hexdigest()
+
+
+def test_quorum_vote_with_non_string_fields_is_a_ledger_error() -> None:
+    from bcsfl_flower.ledger.rules import check_quorum
+
+    value = "ab" * 32
+    with pytest.raises(LedgerError, match="quorum not reached"):
+        check_quorum({"value": value, "threshold": 1, "votes": [{"public": ["x"], "sign": {"y": 1}}]})
