@@ -18,7 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import CryptoError
 
-__all__ = ["SigningKey", "sha256_hex", "verify_signature"]
+__all__ = [
+    "SigningKey", "cache_enabled", "check_signature", "set_verify_cache", "sha256_hex",
+    "verify_cache_stats", "verify_signature",
+]
 
 
 def sha256_hex(data: bytes) -> str:
@@ -93,3 +96,51 @@ def verify_signature(public_hex: str, signature: bytes, data: bytes) -> bool:
     except (CryptoError, ValueError, TypeError):
         return False
     return True
+
+
+# Verification is a pure function of (key, signature, data), so remembering answers is
+# sound: a PBFT message that reaches every replica, or a transaction that a ledger node
+# checked on arrival and checks again when it executes the block, is verified once.
+_CACHE: dict[tuple[str, bytes, bytes], bool] = {}
+_CACHE_ON = [True]
+_CACHE_MAX = 200_000
+_STATS = {"verified": 0, "hits": 0}
+
+
+def set_verify_cache(enabled: bool) -> None:
+    """Turn the signature memo on or off (off: every check is a real verification)."""
+    _CACHE_ON[0] = enabled
+    _CACHE.clear()
+
+
+def cache_enabled() -> bool:
+    """Whether :func:`check_signature` remembers its answers."""
+    return _CACHE_ON[0]
+
+
+def verify_cache_stats() -> dict[str, int]:
+    """Counts of real Ed25519 verifications and memo hits in this process since start."""
+    return dict(_STATS)
+
+
+def count_memo_hit() -> None:
+    """Count an answer a caller remembered itself (e.g. on a message object)."""
+    _STATS["hits"] += 1
+
+
+def check_signature(public_hex: str, sig: bytes, data: bytes) -> bool:
+    """:func:`verify_signature`, memoised on (key, signature, SHA-256 of ``data``)."""
+    if not _CACHE_ON[0]:
+        _STATS["verified"] += 1
+        return verify_signature(public_hex, sig, data)
+    key = (public_hex, sig, hashlib.sha256(data).digest())
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _STATS["hits"] += 1
+        return hit
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _STATS["verified"] += 1
+    ok = verify_signature(public_hex, sig, data)
+    _CACHE[key] = ok
+    return ok

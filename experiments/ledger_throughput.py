@@ -16,7 +16,7 @@ Where signatures are checked: the receiving node verifies each transaction befor
 forwarding it, and every node verifies every transaction of every block it executes
 (``check_append``); the receiving node remembers what it verified, so its execution
 check is answered from memory: ``N`` Ed25519 verifications per committed transaction
-(plus the blocks' producer signatures), all on this machine's cores. The printed
+(plus the blocks' producer signatures and PBFT messages), all on this machine's cores. The printed
 ``verifies_per_tx`` is the nodes' own count of Ed25519 verifications they ran, and ``node_cpu_ms_per_tx`` is the CPU time all node
 processes spent per committed transaction (from ``/proc``), which bounds the rate the
 machine's cores can sustain whatever else runs on it.

@@ -6,9 +6,8 @@ with Ed25519 (:class:`bcsfl_flower.crypto.SigningKey`). Nested messages (a view-
 carries checkpoint and prepare messages, a new-view carries view-changes) are encoded
 with their own signatures, so a relayed message stays verifiable by anyone.
 
-Signature checks go through :func:`check_signature`, a memo of
-:func:`bcsfl_flower.crypto.verify_signature` keyed by (public key, signature, body):
-the answer is a pure function of those three, so caching it is sound, and a message
+Signature checks go through :func:`bcsfl_flower.crypto.check_signature` (re-exported
+here), a memo of Ed25519 verification keyed by (public key, signature, body): a message
 that reaches every replica (or is nested in view-changes again and again) is checked
 once per process.
 """
@@ -21,7 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-from ..crypto import SigningKey, sha256_hex, verify_signature
+from ..crypto import (
+    SigningKey, cache_enabled, check_signature, count_memo_hit, set_verify_cache, sha256_hex,
+    verify_cache_stats,
+)
 
 __all__ = [
     "NULL_DIGEST", "GENESIS_DIGEST", "Message", "Signed", "Request", "PrePrepare", "Prepare",
@@ -130,41 +132,6 @@ def sign(msg: Signed, key: SigningKey, memo: Optional[dict] = None) -> Signed:
     return msg
 
 
-_CACHE: dict[tuple[str, bytes, bytes], bool] = {}
-_CACHE_ON = [True]
-_CACHE_MAX = 200_000
-_STATS = {"verified": 0, "hits": 0}
-
-
-def set_verify_cache(enabled: bool) -> None:
-    """Turn the signature memo on or off (off: every receipt pays a real check)."""
-    _CACHE_ON[0] = enabled
-    _CACHE.clear()
-
-
-def verify_cache_stats() -> dict[str, int]:
-    """Counts of real Ed25519 verifications and memo hits since start."""
-    return dict(_STATS)
-
-
-def check_signature(public_hex: str, sig: bytes, body: bytes) -> bool:
-    """:func:`verify_signature`, memoised on (key, signature, SHA-256 of the body)."""
-    if not _CACHE_ON[0]:
-        _STATS["verified"] += 1
-        return verify_signature(public_hex, sig, body)
-    key = (public_hex, sig, hashlib.sha256(body).digest())
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _STATS["hits"] += 1
-        return hit
-    if len(_CACHE) >= _CACHE_MAX:
-        _CACHE.clear()
-    _STATS["verified"] += 1
-    ok = verify_signature(public_hex, sig, body)
-    _CACHE[key] = ok
-    return ok
-
-
 def signed_by(msg: Signed, keys: Sequence[str]) -> bool:
     """True when ``msg.sender`` indexes ``keys`` and the signature verifies under it.
 
@@ -175,18 +142,14 @@ def signed_by(msg: Signed, keys: Sequence[str]) -> bool:
     if type(s) is not int or not 0 <= s < len(keys):
         return False
     pub = keys[s]
-    memo = msg.__dict__.get("_sig_ok") if _CACHE_ON[0] else None
+    memo = msg.__dict__.get("_sig_ok") if cache_enabled() else None
     if memo is not None and memo[0] == pub:
-        _STATS["hits"] += 1
+        count_memo_hit()
         return memo[1]
     ok = check_signature(pub, msg.sig, msg.body())
-    if _CACHE_ON[0]:
+    if cache_enabled():
         msg.__dict__["_sig_ok"] = (pub, ok)
     return ok
-
-
-def cache_enabled() -> bool:
-    return _CACHE_ON[0]
 
 
 # --------------------------------------------------------------------------- requests

@@ -44,13 +44,12 @@ from bcsfl_flower.consensus.outputs import (
 )
 from bcsfl_flower.consensus.quorum import max_faulty
 from bcsfl_flower.consensus.replica import NORMAL, PBFTConfig, Replica
-from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.crypto import SigningKey, verify_cache_stats
 
 from .batcher import Batcher
 from .block import Block, LedgerError
 from .ops import Op, apply_op, encode_ping_op, parse_op
 from .recovery import Fence, RecoveryWatch
-from .rules import SIGNATURE_CHECKS
 from .sqlite import SqliteLedger
 from .transport import PeerTransport
 from .wire import APP, PBFT, WireError, decode_message, encode_message
@@ -411,4 +410,4 @@ class LedgerNode:
                 "last_executed": rep.last_executed, "recovering": self.recovering,
                 "peers_connected": self.transport.connected_peers(),
                 "transport": self.transport.stats(), "pool": len(self.batcher.pool),
-                "stats": dict(self.stats), "signature_checks": dict(SIGNATURE_CHECKS)}
+                "stats": dict(self.stats), "signature_checks": verify_cache_stats()}

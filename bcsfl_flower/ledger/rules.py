@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from bcsfl_flower.crypto import verify_signature
+from bcsfl_flower.crypto import check_signature
 
 from .block import GENESIS, Block, LedgerError, Transaction, transaction_hash
 
@@ -41,32 +41,14 @@ def _is_signature(value: Any) -> bool:
     return isinstance(value, str) and _HEX128.fullmatch(value) is not None
 
 
-# Successful checks this process made, oldest first. Verification is a pure function of
-# (key, signature, digest), so remembering it is sound; it spares the node that received
-# a transaction (and checked it then) a second check when it executes the block.
-_VERIFIED: dict[tuple[str, str, str], None] = {}
-_VERIFIED_MAX = 1 << 16
-SIGNATURE_CHECKS = {"verified": 0, "remembered": 0}
-"""Ed25519 verifications this process ran, and checks answered from memory."""
-
-
 def _signed(public: Any, sign: Any, digest: str) -> bool:
-    if not (is_digest(public) and _is_signature(sign)):  # also keeps unhashables out of the memo
-        return False
-    key = (public, sign, digest)
-    if key in _VERIFIED:
-        SIGNATURE_CHECKS["remembered"] += 1
-        return True
-    SIGNATURE_CHECKS["verified"] += 1
-    if not verify_signature(public, bytes.fromhex(sign), bytes.fromhex(digest)):
-        return False
-    if len(_VERIFIED) >= _VERIFIED_MAX:
-        try:
-            _VERIFIED.pop(next(iter(_VERIFIED)), None)
-        except (RuntimeError, StopIteration):  # another thread changed it meanwhile
-            pass
-    _VERIFIED[key] = None
-    return True
+    # Through the process-wide memo: the node that received a transaction checked it
+    # then, and executing its block does not check it again.
+    return (
+        is_digest(public)
+        and _is_signature(sign)
+        and check_signature(public, bytes.fromhex(sign), bytes.fromhex(digest))
+    )
 
 
 def check_transaction(tx: Transaction) -> None:
