@@ -63,13 +63,13 @@ def _dumps(obj: Any) -> str:
 
 def encode_block_op(block: Block) -> str:
     """The request value that appends ``block``."""
-    # Spliced around the block's canonical data text, which building the block (or
-    # checking its hash) already made: a batch of transactions is not encoded twice.
-    head = _dumps({"op": "block", "block": {**block.to_json(), "data": None}})
-    assert head.endswith('"data":null,"public":%s,"sign":%s,"sequenceNo":%d}}'
-                         % (_dumps(block.public), _dumps(block.sign), block.sequence_no))
-    cut = head.rindex('"data":null,') + len('"data":')
-    return head[:cut] + block.canonical_data + head[cut + len("null"):]
+    # The block's canonical data text, which building the block (or checking its hash)
+    # already made, goes in as is: a batch of transactions is not encoded twice.
+    fields = (block.hash, block.last_hash, block.timestamp)
+    tail = (block.public, block.sign, block.sequence_no)
+    return ('{"op":"block","block":{"hash":%s,"lastHash":%s,"timestamp":%s,"data":%s,'
+            '"public":%s,"sign":%s,"sequenceNo":%s}}'
+            % (*map(_dumps, fields), block.canonical_data, *map(_dumps, tail)))
 
 
 def encode_model_op(data: bytes) -> str:

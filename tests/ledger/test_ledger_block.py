@@ -172,3 +172,15 @@ def test_quorum_vote_with_non_string_fields_is_a_ledger_error() -> None:
     value = "ab" * 32
     with pytest.raises(LedgerError, match="quorum not reached"):
         check_quorum({"value": value, "threshold": 1, "votes": [{"public": ["x"], "sign": {"y": 1}}]})
+
+
+def test_block_op_is_the_plain_json_of_the_block(producer: SigningKey, clients: list[SigningKey]) -> None:
+    """encode_block_op reuses the canonical data text; the bytes equal a plain encoding."""
+    from bcsfl_flower.ledger.ops import _dumps, encode_block_op, parse_op
+
+    led = MemoryLedger()
+    block = build_block(led.latest(), {"note": "é\"", "transactions": [make_transaction(clients[0], {"num": 1})]},
+                        producer)
+    value = encode_block_op(block)
+    assert value == _dumps({"op": "block", "block": block.to_json()})
+    assert parse_op(value).block == block
