@@ -23,7 +23,7 @@ from .committee.outcome import RoundOutcome, block_data
 from .committee.pbft_agreement import PbftAgreement
 from .committee.relay import RelayCommittee
 from .committee.rootset import RootSet
-from .committee.stake import StakeBook, StakePolicy, draw_committee
+from .federation.stake import StakeBook, StakePolicy, draw_committee
 from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, verify_round
 from .crypto import SigningKey
 from .ledger import Ledger, build_block, make_transaction, open_ledger

@@ -231,7 +231,7 @@ def _ints(text: str) -> list[int]:
 
 def compare(node_counts: list[int], committee: int, args: argparse.Namespace) -> None:
     """Fig. 5/6: plain PBFT over N nodes vs a PoS-drawn committee of ``committee``."""
-    from bcsfl_flower.committee.stake import draw_committee
+    from bcsfl_flower.federation.stake import draw_committee
 
     rows = []
     for n in node_counts:

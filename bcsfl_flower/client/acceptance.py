@@ -21,7 +21,7 @@ import numpy as np
 
 from ..committee.agreement import quorum_size
 from ..committee.chain import recompute_committee
-from ..committee.stake import StakePolicy
+from ..federation.stake import StakePolicy
 from ..crypto import verify_signature
 from ..ledger import Ledger
 from ..package import model_hash

@@ -29,7 +29,7 @@ from ..committee.chain import committee_for
 from ..committee.coordinator import coordinate
 from ..committee.filter import FilterConfig
 from ..committee.rootset import RootSet
-from ..committee.stake import StakePolicy
+from ..federation.stake import StakePolicy
 from ..committee.verify import PackageVerifier, verify_round
 from ..crypto import SigningKey, verify_signature
 from ..ledger import Ledger

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ..ledger import Block, Ledger
-from .stake import StakePolicy, draw_committee
+from ..federation.stake import StakePolicy, draw_committee
 
 __all__ = ["committee_for", "committee_seed", "recompute_committee", "stakes_before"]
 

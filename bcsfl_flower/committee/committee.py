@@ -21,7 +21,7 @@ from .coordinator import Behaviour, Coordinator, CoordinatorOutput, coordinate, 
 from .pbft_agreement import PbftAgreement
 from .filter import FilterConfig
 from .rootset import RootSet
-from .stake import draw_committee
+from ..federation.stake import draw_committee
 from .verify import VerifiedUpdate
 
 __all__ = ["Committee", "CommitteeDecision"]

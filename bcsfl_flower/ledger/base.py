@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from bcsfl_flower.crypto import sha256_hex
+from bcsfl_flower.crypto import SigningKey, sha256_hex
+from bcsfl_flower.federation import FederationState
 
-from .block import Block, BlockRow, LedgerError
+from .block import Block, BlockRow, LedgerError, Transaction, build_block
+from .replay import enrolment_of, replay
 from .rules import referenced_models
 
 __all__ = ["Ledger"]
@@ -18,10 +21,10 @@ __all__ = ["Ledger"]
 class Ledger(abc.ABC):
     """An append-only hash chain of blocks plus a content-addressed model store.
 
-    ``append`` validates a block completely before writing it (see
-    ``rules.check_append``) and writes it atomically. Blocks whose ``data`` has an
-    ``"identities"`` object (client_id -> public key) also register those identities
-    in the same write; a conflicting registration rejects the block.
+    ``append`` validates a block completely before writing it: its structure
+    (``rules.check_append``) and that it follows from the federation state after the
+    head (:meth:`FederationState.apply`: charter, enrolments, certified rounds), and
+    writes it atomically. Identities and stakes are read off that state.
     """
 
     # -- chain ---------------------------------------------------------------------
@@ -94,24 +97,65 @@ class Ledger(abc.ABC):
             found.update(dict.fromkeys(referenced_models(blk)))
         return [d for d in found if self.has_model(d)]
 
-    # -- identities ----------------------------------------------------------------
-    @abc.abstractmethod
-    def register_identity(
-        self, client_id: str, public_key: str, role: str = "client"
-    ) -> None:
-        """Bind ``client_id`` to ``public_key``.
+    # -- federation state ------------------------------------------------------------
+    def state(self) -> FederationState:
+        """The federation state after the head: charter, enrolled identities, stakes, next seed.
 
-        Idempotent for the same key; a different key for a known id raises
-        ``LedgerError``.
+        Every block was checked against the rules when it was appended; backends that
+        another process may write to re-check what they have not seen yet.
         """
+        return replay(self.blocks(1)).state
 
-    @abc.abstractmethod
+    def state_at(self, seq: int) -> FederationState:
+        """The federation state after block ``seq`` (replayed from genesis)."""
+        return replay(self.blocks(1, seq + 1)).state
+
+    def install_charter(self, block: Block) -> None:
+        """Append the federation's charter as block 1; a no-op if this very charter is there.
+
+        Raises ``LedgerError`` if the ledger already has another charter or other blocks.
+        """
+        if self.height() > 1:
+            if self.block(1).hash != block.hash:
+                raise LedgerError("this ledger already has another charter (block 1)")
+            return
+        self.append(block)
+
+    def register_identity(self, enrolment: Transaction) -> None:
+        """Enrol an identity with the enrolment authority's signed transaction.
+
+        Idempotent for an identity already enrolled with the same key. Local backends
+        write a block holding the transaction (producer: a key of this ledger object;
+        the authority is the transaction's signature); the remote backend submits it.
+        """
+        client_id, public_key, _ = enrolment_of(enrolment)
+        for _ in range(20):  # another process may append between reading the head and writing
+            if self.identity(client_id) == public_key:
+                return
+            block = build_block(self.latest(), {"transactions": [enrolment]}, self._producer)
+            try:
+                self.append(block)
+                return
+            except LedgerError as err:
+                if "does not follow" not in str(err) and "lastHash" not in str(err):
+                    raise
+        raise LedgerError(f"could not enrol {client_id!r}: the chain kept moving")
+
+    @functools.cached_property
+    def _producer(self) -> SigningKey:
+        # Signs the blocks this ledger object writes for enrolments; their authority is
+        # the enrolment transaction inside, not this key.
+        return SigningKey.generate()
+
     def identity(self, client_id: str) -> str | None:
-        """The public key registered for ``client_id``, or ``None``."""
+        """The enrolled public key of ``client_id``, or ``None``."""
+        return self.state().key(client_id)
 
-    @abc.abstractmethod
     def identities(self) -> dict[str, dict[str, Any]]:
-        """``client_id -> {"public_key", "role", "registered_at"}`` for every identity."""
+        """``client_id -> {"public_key", "role", "stake", "taken_part", "enrolled_at"}`` for every identity."""
+        return {cid: {"public_key": i.public_key, "role": i.role, "stake": i.stake,
+                      "taken_part": i.taken_part, "enrolled_at": i.enrolled_at}
+                for cid, i in sorted(self.state().identities.items())}
 
     # -- raw access for verification ------------------------------------------------
     def block_rows(self) -> Iterator[BlockRow]:

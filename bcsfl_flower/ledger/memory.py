@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 from bcsfl_flower.crypto import sha256_hex
+from bcsfl_flower.federation import FederationState
 
 from .base import Ledger
 from .block import GENESIS, Block, BlockRow, LedgerError
-from .rules import check_append, check_identities, is_digest
+from .replay import advance, genesis_replay
 
-__all__ = ["MemoryLedger", "validate_identity"]
-
-
-def validate_identity(client_id: Any, public_key: Any, role: Any) -> None:
-    """Reject malformed identity registrations with ``LedgerError``."""
-    if not isinstance(client_id, str) or not client_id:
-        raise LedgerError("client_id must be a non-empty string")
-    if not is_digest(public_key):
-        raise LedgerError(f"identity {client_id!r}: public key is not 64-char lowercase hex")
-    if not isinstance(role, str) or not role:
-        raise LedgerError("role must be a non-empty string")
+__all__ = ["MemoryLedger", "check_model_size"]
 
 
-def block_identities(block: Block) -> dict[str, str]:
-    """``data["identities"]`` of ``block`` (empty if absent)."""
-    idents = block.data.get("identities")
-    return dict(idents) if isinstance(idents, dict) else {}
+def check_model_size(state: FederationState, size: int) -> None:
+    """Refuse a model larger than the charter allows (``LedgerError``)."""
+    if state.charter is not None and size > state.charter.max_model_bytes:
+        raise LedgerError(f"model of {size} bytes exceeds the charter's {state.charter.max_model_bytes}")
 
 
 class MemoryLedger(Ledger):
@@ -39,7 +28,7 @@ class MemoryLedger(Ledger):
         self._lock = threading.RLock()
         self._rows: list[BlockRow] = [GENESIS.to_row()]
         self._models: dict[str, bytes] = {}
-        self._identities: dict[str, dict[str, Any]] = {}
+        self._replay = genesis_replay()
 
     # -- chain ---------------------------------------------------------------------
     def latest(self) -> Block:
@@ -67,24 +56,22 @@ class MemoryLedger(Ledger):
         if not isinstance(block, Block):
             raise LedgerError("append expects a Block")
         with self._lock:
-            prev = Block.from_row(self._rows[-1])
-            check_append(prev, block, self.has_model)
-            known = {cid: rec["public_key"] for cid, rec in self._identities.items()}
-            check_identities(block, known)
+            after = advance(self._replay, block, self.has_model)
             row = block.to_row()
             Block.from_row(row)  # the stored form must parse back
             self._rows.append(row)
-            for cid, key in block_identities(block).items():
-                self._identities.setdefault(
-                    cid,
-                    {"public_key": key, "role": "client", "registered_at": block.timestamp},
-                )
+            self._replay = after
+
+    def state(self) -> FederationState:
+        with self._lock:
+            return self._replay.state
 
     # -- model store ---------------------------------------------------------------
     def put_model(self, data: bytes) -> str:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("put_model expects bytes")
         data = bytes(data)
+        check_model_size(self.state(), len(data))
         digest = sha256_hex(data)
         with self._lock:
             self._models.setdefault(digest, data)
@@ -101,34 +88,6 @@ class MemoryLedger(Ledger):
     def model_digests(self) -> list[str]:
         with self._lock:
             return list(self._models)
-
-    # -- identities ----------------------------------------------------------------
-    def register_identity(
-        self, client_id: str, public_key: str, role: str = "client"
-    ) -> None:
-        validate_identity(client_id, public_key, role)
-        with self._lock:
-            known = self._identities.get(client_id)
-            if known is not None:
-                if known["public_key"] != public_key:
-                    raise LedgerError(
-                        f"identity {client_id!r} is already registered with another key"
-                    )
-                return
-            self._identities[client_id] = {
-                "public_key": public_key,
-                "role": role,
-                "registered_at": time.time(),
-            }
-
-    def identity(self, client_id: str) -> str | None:
-        with self._lock:
-            rec = self._identities.get(client_id)
-            return None if rec is None else str(rec["public_key"])
-
-    def identities(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return {cid: dict(rec) for cid, rec in self._identities.items()}
 
     # -- raw access ----------------------------------------------------------------
     def block_rows(self) -> Iterator[BlockRow]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from bcsfl_flower.crypto import check_signature
@@ -20,9 +20,7 @@ __all__ = [
     "ChainHead",
     "check_append",
     "check_block",
-    "check_identities",
     "check_link",
-    "check_quorum",
     "check_transaction",
     "is_digest",
     "referenced_models",
@@ -61,34 +59,6 @@ def check_transaction(tx: Transaction) -> None:
         raise LedgerError(f"transaction {tx.id}: invalid signature")
     if "model-params" in tx.data and not is_digest(tx.data["model-params"]):
         raise LedgerError(f"transaction {tx.id}: model-params is not a sha256 hex digest")
-
-
-def check_quorum(quorum: Any) -> None:
-    """Check a quorum certificate ``{"value", "threshold", "votes"}``.
-
-    Counts the votes whose signature over ``bytes.fromhex(value)`` is valid, one per
-    distinct public key; at least ``threshold`` (>= 1) are required. Extra fields
-    are allowed (the block hash covers them).
-    """
-    if not isinstance(quorum, dict) or not {"value", "threshold", "votes"} <= set(quorum):
-        raise LedgerError("quorum must be an object with value, threshold and votes")
-    value, threshold, votes = quorum["value"], quorum["threshold"], quorum["votes"]
-    if not is_digest(value):
-        raise LedgerError("quorum value is not a 64-char hex digest")
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
-        raise LedgerError("quorum threshold must be a positive integer")
-    if not isinstance(votes, list):
-        raise LedgerError("quorum votes must be a list")
-    voters: set[str] = set()
-    for vote in votes:
-        if not isinstance(vote, dict) or not {"public", "sign"} <= set(vote):
-            raise LedgerError("quorum vote must be an object with public and sign")
-        if _signed(vote["public"], vote["sign"], value):
-            voters.add(vote["public"])
-    if len(voters) < threshold:
-        raise LedgerError(
-            f"quorum not reached: {len(voters)} valid distinct votes < threshold {threshold}"
-        )
 
 
 _TX_FIELDS = frozenset(("id", "public", "data", "timestamp", "hash", "sign"))
@@ -134,7 +104,11 @@ def referenced_models(block: Block) -> list[str]:
 
 
 def check_block(block: Block) -> None:
-    """Check a non-genesis block on its own: hash, signature, transactions, quorum."""
+    """Check a non-genesis block on its own: hash, producer signature, transactions.
+
+    What the block *means* (charter, enrolments, a certified round) is checked by the
+    federation's state machine (:meth:`bcsfl_flower.federation.FederationState.apply`).
+    """
     if block.sequence_no == 0 or block.hash == GENESIS.hash:
         raise LedgerError("only the genesis block may have sequenceNo 0 or the genesis hash")
     if not is_digest(block.hash):
@@ -157,15 +131,6 @@ def check_block(block: Block) -> None:
     own = block.data.get("model-params")
     if own is not None and not is_digest(own):
         raise LedgerError("data.model-params is not a sha256 hex digest")
-    if "quorum" in block.data:
-        check_quorum(block.data["quorum"])
-    idents = block.data.get("identities")
-    if idents is not None:
-        if not isinstance(idents, dict):
-            raise LedgerError("data.identities must be an object client_id -> public key")
-        for cid, key in idents.items():
-            if not is_digest(key):
-                raise LedgerError(f"identity {cid!r}: public key is not 64-char hex")
 
 
 class ChainHead(Protocol):
@@ -189,20 +154,6 @@ def check_link(prev: ChainHead, block: Block) -> None:
         raise LedgerError(f"lastHash does not match the hash of block {prev.sequence_no}")
     if block.timestamp < prev.timestamp:
         raise LedgerError(f"timestamp is earlier than block {prev.sequence_no}'s")
-
-
-def check_identities(block: Block, registered: Mapping[str, str | None]) -> None:
-    """Check ``data["identities"]`` against ``registered`` (client_id -> key or None).
-
-    A missing registration (``None``) is accepted here; a different key is not.
-    """
-    idents = block.data.get("identities")
-    if not isinstance(idents, dict):
-        return
-    for cid, key in idents.items():
-        known = registered.get(cid)
-        if known is not None and known != key:
-            raise LedgerError(f"identity {cid!r} is registered with a different key")
 
 
 def check_append(prev: ChainHead, block: Block, has_model: Callable[[str], bool]) -> None:

@@ -2,7 +2,9 @@
 
 Each ``append`` runs in one ``BEGIN IMMEDIATE`` transaction that re-reads the head,
 validates the block and writes it, so concurrent writers (threads or processes) can
-never fork the chain. Tamper evidence comes from ``verify_chain``, not from triggers.
+never fork the chain. The federation state (identities, stakes) is not stored: it is
+replayed from the blocks, and blocks another process appended are checked against the
+rules before this one relies on them. Tamper evidence comes from ``verify_chain``, not from triggers.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from bcsfl_flower.crypto import sha256_hex
 
+from bcsfl_flower.federation import FederationState
+
 from .base import Ledger
 from .block import GENESIS, Block, BlockRow, LedgerError
-from .memory import block_identities, validate_identity
-from .rules import check_append, check_identities
+from .memory import check_model_size
+from .replay import Replay, advance, genesis_replay
 
 __all__ = ["SqliteLedger"]
 
@@ -35,23 +39,9 @@ CREATE TABLE blocks (
     sign TEXT NOT NULL
 );
 CREATE TABLE models (hash TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE identities (
-    client_id TEXT PRIMARY KEY,
-    public_key TEXT NOT NULL,
-    role TEXT NOT NULL,
-    registered_at REAL NOT NULL
-);
 """
 _COLUMNS = "sequence_no, hash, last_hash, timestamp, data, public, sign"
 _BUSY_TIMEOUT_S = 30.0
-
-
-class _Head(NamedTuple):
-    """The stored head's columns that linking the next block needs."""
-
-    sequence_no: int
-    hash: str
-    timestamp: float
 
 
 class SqliteLedger(Ledger):
@@ -80,6 +70,7 @@ class SqliteLedger(Ledger):
                 raise FileNotFoundError(f"no ledger at {self.path}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._replay: Replay = genesis_replay()
         self._conn = sqlite3.connect(
             str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
         )
@@ -181,27 +172,28 @@ class SqliteLedger(Ledger):
     def height(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM blocks")[0][0])
 
+    def _caught_up(self, conn: sqlite3.Connection) -> Replay:
+        """The replay advanced over blocks written since this object last looked."""
+        rep = self._replay
+        stored = conn.execute("SELECT hash FROM blocks WHERE sequence_no = ?", (rep.head.sequence_no,)).fetchone()
+        if stored is None or stored[0] != rep.head.hash:
+            rep = genesis_replay()  # the file changed under us: re-check it all
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM blocks WHERE sequence_no > ? ORDER BY sequence_no",
+                            (rep.head.sequence_no,)).fetchall()
+        for row in rows:
+            rep = advance(rep, Block.from_row(BlockRow(*row)))
+        self._replay = rep
+        return rep
+
+    def state(self) -> FederationState:
+        with self._lock:
+            return self._caught_up(self._conn).state
+
     def append(self, block: Block) -> None:
         if not isinstance(block, Block):
             raise LedgerError("append expects a Block")
         with self._write() as conn:
-            # Linking needs only the head's number, hash and time: parsing its whole
-            # data (hundreds of transactions in a batched block) would double the work.
-            head = conn.execute(
-                "SELECT sequence_no, hash, timestamp FROM blocks ORDER BY sequence_no DESC LIMIT 1"
-            ).fetchone()
-            if head is None:
-                raise LedgerError("ledger has no blocks (genesis missing)")
-            prev = _Head(*head)
-            check_append(prev, block, lambda d: self._has_model(conn, d))
-            idents = block_identities(block)
-            known: dict[str, str | None] = {}
-            for cid in idents:
-                found = conn.execute(
-                    "SELECT public_key FROM identities WHERE client_id = ?", (cid,)
-                ).fetchone()
-                known[cid] = None if found is None else found[0]
-            check_identities(block, known)
+            rep = advance(self._caught_up(conn), block, lambda d: self._has_model(conn, d))
             try:
                 conn.execute(
                     f"INSERT INTO blocks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
@@ -209,12 +201,7 @@ class SqliteLedger(Ledger):
                 )
             except sqlite3.IntegrityError as err:
                 raise LedgerError(f"block conflicts with a stored block: {err}") from err
-            for cid, key in idents.items():
-                if known[cid] is None:
-                    conn.execute(
-                        "INSERT INTO identities VALUES (?,?,?,?)",
-                        (cid, key, "client", float(block.timestamp)),
-                    )
+        self._replay = rep
 
     # -- model store ---------------------------------------------------------------
     @staticmethod
@@ -226,6 +213,7 @@ class SqliteLedger(Ledger):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("put_model expects bytes")
         data = bytes(data)
+        check_model_size(self.state(), len(data))
         digest = sha256_hex(data)
         if self.has_model(digest):
             return digest
@@ -249,42 +237,6 @@ class SqliteLedger(Ledger):
 
     def model_digests(self) -> list[str]:
         return [str(r[0]) for r in self._query("SELECT hash FROM models ORDER BY hash")]
-
-    # -- identities ----------------------------------------------------------------
-    def register_identity(
-        self, client_id: str, public_key: str, role: str = "client"
-    ) -> None:
-        validate_identity(client_id, public_key, role)
-        with self._write() as conn:
-            found = conn.execute(
-                "SELECT public_key FROM identities WHERE client_id = ?", (client_id,)
-            ).fetchone()
-            if found is not None:
-                if found[0] != public_key:
-                    raise LedgerError(
-                        f"identity {client_id!r} is already registered with another key"
-                    )
-                return
-            conn.execute(
-                "INSERT INTO identities VALUES (?,?,?,?)",
-                (client_id, public_key, role, time.time()),
-            )
-
-    def identity(self, client_id: str) -> str | None:
-        rows = self._query(
-            "SELECT public_key FROM identities WHERE client_id = ?", (client_id,)
-        )
-        return None if not rows else str(rows[0][0])
-
-    def identities(self) -> dict[str, dict[str, Any]]:
-        rows = self._query(
-            "SELECT client_id, public_key, role, registered_at FROM identities"
-            " ORDER BY client_id"
-        )
-        return {
-            str(cid): {"public_key": key, "role": role, "registered_at": at}
-            for cid, key, role, at in rows
-        }
 
     # -- raw access ----------------------------------------------------------------
     def block_rows(self) -> Iterator[BlockRow]:

@@ -4,7 +4,7 @@ from collections import Counter
 
 import numpy as np
 
-from bcsfl_flower.committee.stake import StakeBook, StakePolicy, draw_committee
+from bcsfl_flower.federation.stake import StakeBook, StakePolicy, draw_committee
 
 
 def test_same_seed_same_committee_and_no_repeats():
