@@ -8,9 +8,12 @@ the resulting stake book. The same :func:`verify` serves the relay, the ledger r
 a client before it trains, and ``bcsfl ledger verify``; each recomputes the committee
 from certified chain state and never reads it from the block being checked.
 
-The next round's seed comes from the valid signatures (Ed25519 signatures are
-deterministic, RFC 8032): nobody can compute it before 2f+1 members have signed, and
-no block producer can change it (see :func:`next_seed` for what remains choosable).
+The next round's seed is a beacon: beside the statement, each member signs the current
+seed alone (Ed25519 signatures are deterministic, RFC 8032, so each member has exactly
+one such signature per seed), and the next seed hashes those beacon signatures. Nobody
+can compute it before 2f+1 members have signed, and nothing a block producer, the relay
+or a client chooses (timestamps, round numbers, inputs, model bytes) enters it; see
+:func:`next_seed` for the choice that remains.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class RoundStatement:
         Digest of the decisions: kept/rejected with reasons, and refused packages.
     stakes : str
         Digest of the stake book after this round.
+    seed : str
+        The seed the committee was drawn with (the chain state's), which the beacon
+        signatures sign.
     """
 
     charter: str
@@ -80,22 +86,23 @@ class RoundStatement:
     inputs: str
     decisions: str
     stakes: str
+    seed: str
 
     def to_json(self) -> dict[str, Any]:
         """The statement's fields (what the block records)."""
         return {"charter": self.charter, "round": self.round, "previous": self.previous, "model": self.model,
-                "inputs": self.inputs, "decisions": self.decisions, "stakes": self.stakes}
+                "inputs": self.inputs, "decisions": self.decisions, "stakes": self.stakes, "seed": self.seed}
 
     @classmethod
     def from_json(cls, obj: Any) -> RoundStatement:
         """Parse :meth:`to_json`'s form; raises :class:`CertificateError` if malformed."""
         if not isinstance(obj, dict) or set(obj) != {"charter", "round", "previous", "model", "inputs",
-                                                     "decisions", "stakes"}:
+                                                     "decisions", "stakes", "seed"}:
             raise CertificateError("statement must have exactly charter, round, previous, model, inputs, "
-                                   "decisions and stakes")
+                                   "decisions, stakes and seed")
         if isinstance(obj["round"], bool) or not isinstance(obj["round"], int):
             raise CertificateError("statement round must be an integer")
-        for k in ("charter", "previous", "model", "inputs", "decisions", "stakes"):
+        for k in ("charter", "previous", "model", "inputs", "decisions", "stakes", "seed"):
             if not isinstance(obj[k], str):
                 raise CertificateError(f"statement {k} must be a string")
         return cls(**obj)
@@ -105,28 +112,35 @@ class RoundStatement:
         """What every member signs (domain-separated)."""
         return digest_json({"bcsfl": "round-statement/v1", **self.to_json()})
 
+    @property
+    def beacon_digest(self) -> str:
+        """What every member's beacon signature signs: the federation and the current seed only."""
+        return digest_json({"bcsfl": "seed-beacon/v1", "charter": self.charter, "seed": self.seed})
+
     def sign(self, member: str, key: SigningKey) -> Signature:
-        """``member``'s signature over this statement."""
-        return Signature(member, key.public_hex, key.sign(bytes.fromhex(self.digest)).hex())
+        """``member``'s signature over this statement, with its beacon signature."""
+        return Signature(member, key.public_hex, key.sign(bytes.fromhex(self.digest)).hex(),
+                         key.sign(bytes.fromhex(self.beacon_digest)).hex())
 
 
 @dataclass(frozen=True)
 class Signature:
-    """One member's signature over a statement digest (hex)."""
+    """One member's signatures (hex): over a statement's digest, and over its seed (the beacon)."""
 
     member: str
     public: str
     sign: str
+    beacon: str
 
     def to_json(self) -> dict[str, str]:  # noqa: D102
-        return {"member": self.member, "public": self.public, "sign": self.sign}
+        return {"member": self.member, "public": self.public, "sign": self.sign, "beacon": self.beacon}
 
     @classmethod
     def from_json(cls, obj: Any) -> Signature:  # noqa: D102
-        if not isinstance(obj, dict) or set(obj) != {"member", "public", "sign"} \
+        if not isinstance(obj, dict) or set(obj) != {"member", "public", "sign", "beacon"} \
                 or not all(isinstance(v, str) for v in obj.values()):
-            raise CertificateError("signature must be {member, public, sign} strings")
-        return cls(obj["member"], obj["public"], obj["sign"])
+            raise CertificateError("signature must be {member, public, sign, beacon} strings")
+        return cls(obj["member"], obj["public"], obj["sign"], obj["beacon"])
 
 
 @dataclass(frozen=True)
@@ -154,11 +168,13 @@ class Certificate:
 def valid_signers(certificate: Certificate, committee: Mapping[str, str]) -> list[Signature]:
     """The signatures of distinct committee members, under their registered keys, that verify."""
     digest = bytes.fromhex(certificate.statement.digest)
+    beacon = bytes.fromhex(certificate.statement.beacon_digest)
     good: dict[str, Signature] = {}
     for s in certificate.signatures:
-        if s.member in good or committee.get(s.member) != s.public or not _hex(s.sign, 128):
+        if s.member in good or committee.get(s.member) != s.public or not (_hex(s.sign, 128) and _hex(s.beacon, 128)):
             continue
-        if check_signature(s.public, bytes.fromhex(s.sign), digest):
+        if check_signature(s.public, bytes.fromhex(s.sign), digest) \
+                and check_signature(s.public, bytes.fromhex(s.beacon), beacon):
             good[s.member] = s
     return [good[m] for m in sorted(good)]
 
@@ -202,14 +218,15 @@ def verify(certificate: Certificate, expected: RoundStatement, committee: Mappin
 
 
 def next_seed(statement: RoundStatement, signers: Sequence[Signature]) -> str:
-    """The seed of the draw after ``statement``'s round: a hash of the valid signatures.
+    """The seed of the draw after ``statement``'s round: a hash of the signers' beacons.
 
-    Bound on influence, as written in the design note: a block producer or the relay
-    cannot compute the seed for any choice of block data or timestamp (it needs 2f+1
-    members' deterministic signatures over a statement they cannot change). The relay
-    can only choose *which* valid signatures reach the block (any subset of 2f+1 or
-    more: at most 5 seeds for a committee of 4) or stop the round; a single member
-    knows its own signature but not the others'.
+    Bound on influence (also in the README's threat model): each beacon is the one
+    deterministic signature of one member over (charter, current seed), so no block
+    data, timestamp, round number, input set or model bytes changes the next seed, and
+    nobody can compute it before 2f+1 members have signed. What remains: the relay
+    chooses *which* valid signatures reach the block (any subset of 2f+1 or more: at
+    most 5 seeds for a committee of 4) or stops the round (the chain then stays on the
+    same seed and committee); a single member knows its own beacon, not the others'.
     """
-    text = "|".join(["bcsfl-seed", statement.digest, *sorted(s.sign for s in signers)])
+    text = "|".join(["bcsfl-seed", statement.charter, statement.seed, *sorted(s.beacon for s in signers)])
     return hashlib.sha256(text.encode("ascii")).hexdigest()

@@ -140,10 +140,14 @@ def decisions_digest(decisions: list[dict[str, Any]], refused: list[dict[str, An
 
 def round_statement(charter_hash: str, server_round: int, previous: str, model: str,
                     inputs: list[dict[str, Any]], decisions: list[dict[str, Any]],
-                    refused: list[dict[str, Any]], stakes: Mapping[str, float]) -> RoundStatement:
-    """The statement a round's committee signs (and every verifier recomputes)."""
+                    refused: list[dict[str, Any]], stakes: Mapping[str, float], seed: str) -> RoundStatement:
+    """The statement a round's committee signs (and every verifier recomputes).
+
+    ``seed`` is the chain state's seed (:attr:`FederationState.seed`), the one the
+    committee was drawn with; :meth:`FederationState.statement` fills it and the charter in.
+    """
     return RoundStatement(charter_hash, server_round, previous, model, inputs_digest(inputs),
-                          decisions_digest(decisions, refused), digest_json(dict(stakes)))
+                          decisions_digest(decisions, refused), digest_json(dict(stakes)), seed)
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,13 @@ class FederationState:
             return {}
         members = draw_committee(self.eligible(), self.charter.committee_size, self.seed)
         return {m: self.identities[m].public_key for m in members}
+
+    def statement(self, server_round: int, previous: str, model: str, inputs: list[dict[str, Any]],
+                  decisions: list[dict[str, Any]], refused: list[dict[str, Any]],
+                  stakes: Mapping[str, float]) -> RoundStatement:
+        """The statement the next round's committee signs, for these contents."""
+        return round_statement(self.charter_hash, server_round, previous, model, inputs, decisions, refused,
+                               stakes, self.seed)
 
     # -- the transition -------------------------------------------------------------------
     def apply(self, block: BlockLike) -> FederationState:
@@ -279,8 +290,7 @@ class FederationState:
         if "committee" in data and data["committee"] != list(committee):
             raise RuleViolation(f"data.committee {data['committee']} is not the committee the chain draws "
                                 f"{list(committee)}")
-        expected = round_statement(self.charter_hash, server_round, block.last_hash, model, inputs, decisions,
-                                   refused, stakes)
+        expected = self.statement(server_round, block.last_hash, model, inputs, decisions, refused, stakes)
         try:
             seed = verify(Certificate.from_json(data.get("certificate")), expected, committee)
         except CertificateError as err:
