@@ -1,10 +1,10 @@
-"""The BCS-FL strategy: FedAvg's interface, a committee instead of a trusted server."""
+"""The BCS-FL strategy (BCS-FL, Sec. IV): FedAvg's interface, a certified committee instead of a trusted server."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -13,21 +13,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from .client.acceptance import CERT_KEY
 from .committee.agreement import Agreement
-from .committee.chain import committee_seed, stakes_before
 from .committee.committee import Committee
 from .committee.coordinator import Behaviour
-from .committee.filter import FilterConfig, finite_or_none
-from .committee.outcome import RoundOutcome, block_data
+from .committee.enrolment import authority_key, enrol_first_use, install_charter, enrol_relay
+from .committee.filter import FilterConfig
+from .committee.keys import RELAY_ID, key_path, member_keys
+from .committee.outcome import RoundOutcome, block_data, client_key
 from .committee.pbft_agreement import PbftAgreement
 from .committee.relay import RelayCommittee
 from .committee.rootset import RootSet
-from .federation.stake import StakeBook, StakePolicy, draw_committee
 from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, verify_round
 from .crypto import SigningKey
-from .ledger import Ledger, build_block, make_transaction, open_ledger
-from .package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, canonical_bytes, numpy_to_arrays, parse_canonical_bytes
+from .federation import MIN_COMMITTEE, CertificateError, FederationState, StakePolicy, verify
+from .ledger import Ledger, LedgerError, build_block, open_ledger
+from .package import PACKAGE_KEY, arrays_to_numpy, canonical_bytes, numpy_to_arrays
 
 __all__ = ["BCSFL"]
 
@@ -38,11 +38,11 @@ class BCSFL(FedAvg):
 
     Takes FedAvg's arguments with the same meaning, so ``FedAvg(...)`` ->
     ``BCSFL(...)`` is the whole server-side change; clients add ``bcsfl_mod``. Each
-    round it verifies every signed model package, draws a committee of coordinators
-    by Proof-of-Stake (seeded by the previous block's hash), lets them filter updates
-    by cosine similarity to a robust reference and by root-set loss change, agree on
-    the candidate's hash (2f+1 of 3f+1), and commits the candidate as a block before
-    handing it back to Flower.
+    round it reads the certified chain state once, verifies every signed model package
+    against the enrolled keys, lets the committee the chain draws (at least 4 members)
+    filter updates by cosine similarity to a robust reference and by root-set loss
+    change, and commits the candidate only with 2f+1 member signatures over the round
+    statement (model, inputs, decisions, stakes) before handing it back to Flower.
 
     Parameters
     ----------
@@ -52,37 +52,51 @@ class BCSFL(FedAvg):
         As in :class:`flwr.serverapp.strategy.FedAvg`.
     ledger : str | Ledger (default: "sqlite:///bcsfl-ledger.db")
         Where committed global models go: a ledger URL (``memory``,
-        ``sqlite:///file.db``) or an open :class:`~bcsfl_flower.ledger.Ledger`.
+        ``sqlite:///file.db``, ``http://node``) or an open :class:`~bcsfl_flower.ledger.Ledger`.
     committee_size : int (default: 4)
-        Coordinators drawn per round; 3f+1 members tolerate f Byzantine ones.
+        Coordinators drawn per round, written into the charter of a fresh ledger
+        (a ledger with a charter keeps its own); at least 4 (3f+1 with f >= 1).
     root_set : RootSet | None (default: None)
         Clean data the coordinators hold. With it, the reference direction is the
         root-set update and candidates are checked by root-set loss; without it, the
         coordinate-wise median of the updates and reported losses are used.
-    filter_config : FilterConfig
+    filter_config : FilterConfig | None (default: None, i.e. ``FilterConfig()``)
         Cosine threshold, norm bound and loss-check limits.
-    stake_policy : StakePolicy
-        Initial stake, reward and penalty.
-    max_package_age : float (default: 600)
-        Packages older than this many seconds are rejected as stale.
-    agreement : Agreement | None
-        How the committee agrees (default: PBFT among the members,
-        :class:`~bcsfl_flower.committee.pbft_agreement.PbftAgreement`).
+    stake_policy : StakePolicy | None (default: None, i.e. ``StakePolicy()``)
+        Initial stake, reward and penalty, written into the charter of a fresh ledger.
+    max_package_age : float (default: 600.0)
+        Packages older than this many seconds are refused as stale.
+    agreement : Agreement | None (default: None, i.e. ``PbftAgreement()``)
+        How the in-process committee agrees on the round statement.
     byzantine_first : int (default: 0)
-        Experiment hook: the first this-many coordinators drawn each round propose a
-        poisoned candidate (the view-0 primary first), forcing view changes.
+        Experiment hook (``committee="server"``): the first this-many coordinators drawn
+        each round propose a statement for a poisoned candidate (the view-0 primary first).
     committee : str (default: "server")
-        ``"server"``: the committee runs inside this ServerApp (quick simulations; its
-        members' keys live here). ``"nodes"``: the drawn coordinators are client nodes
-        that recompute, verify and sign themselves (through ``bcsfl_mod``); this
-        strategy only relays, and clients accept a model only with its certificate.
+        ``"server"``: the committee runs inside this ServerApp with the members' keys
+        from ``key_dir`` (simulations on one machine). ``"nodes"``: the drawn
+        coordinators are client nodes that verify, compute and sign themselves
+        (through ``bcsfl_mod``); this strategy only relays, and clients train only on
+        the model the chain certifies.
     enrollment : str (default: "ledger")
-        ``"ledger"``: a client counts only once its key is in the ledger's identity
-        registry (``bcsfl_mod`` registers it on first use). ``"first-use"``: a
-        self-consistent package from an unknown client registers its key (for
-        ledgers the clients cannot reach, such as ``memory``).
-    byzantine_coordinators : Mapping[str, Behaviour] | None
-        Test hook: coordinators (by client id) that propose a dishonest candidate.
+        ``"ledger"``: a package counts only once its client is enrolled by the
+        enrolment authority (``bcsfl_mod`` submits its enrolment). ``"first-use"``:
+        this strategy enrols, with the enrolment key, every unknown client whose
+        package is signed by the key it carries. For ledgers the clients cannot reach
+        (``memory``), simulation only: whoever first sends under an id owns it.
+    byzantine_coordinators : Mapping[str, Behaviour] | None (default: None)
+        Test hook (``committee="server"``): coordinators (by client id) that propose
+        a statement for a dishonest candidate.
+    key_dir : str (default: ".bcsfl/keys")
+        This machine's key folder (:mod:`bcsfl_flower.committee.keys`): the members'
+        ``<id>.key`` files (``committee="server"``), ``enrolment.key`` and ``relay.key``.
+    enrolment_key : str | SigningKey | None (default: None)
+        The enrolment authority's key (a path to its raw key file, or the key). When
+        the ledger has no charter yet, this strategy installs one at the first
+        ``configure_train`` naming this key, ``committee_size``, ``stake_policy`` and
+        the initial model's exact size. None: ``<key_dir>/enrolment.key``, created
+        for a fresh ledger (this machine's operator starts the federation) and read
+        if present otherwise. Also used for ``enrollment="first-use"`` and to enrol
+        the relay's identity on an HTTP ledger.
     """
 
     def __init__(
@@ -109,6 +123,8 @@ class BCSFL(FedAvg):
         committee: str = "server",
         enrollment: str = "ledger",
         byzantine_coordinators: Mapping[str, Behaviour] | None = None,
+        key_dir: str = ".bcsfl/keys",
+        enrolment_key: str | SigningKey | None = None,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -124,257 +140,229 @@ class BCSFL(FedAvg):
         )
         if committee not in ("server", "nodes"):
             raise ValueError("committee must be 'server' or 'nodes'")
-        self.committee_mode = committee
-        self.relay = RelayCommittee()
-        self._relay_key = SigningKey.generate()  # signs blocks; the certificate carries the coordinators' votes
-        self._grid: Grid | None = None
         if enrollment not in ("ledger", "first-use"):
             raise ValueError("enrollment must be 'ledger' or 'first-use'")
+        if committee_size < MIN_COMMITTEE:
+            raise ValueError(f"committee_size must be at least {MIN_COMMITTEE} (3f+1 with f >= 1)")
+        self.committee_mode = committee
         self.enrollment = enrollment
-        self._ledger_arg = ledger
-        self._ledger: Ledger | None = ledger if isinstance(ledger, Ledger) else None
+        self.committee_size = committee_size
+        self.stake_policy = stake_policy or StakePolicy()
+        self.key_dir = key_dir
+        self.enrolment_key = enrolment_key
         self.root_set = root_set
         self.filter_config = filter_config or FilterConfig()
-        self.stakes = StakeBook(stake_policy or StakePolicy())
-        self.committee = Committee(
-            size=committee_size,
-            agreement=agreement or PbftAgreement(),
-            byzantine=dict(byzantine_coordinators or {}),
-            byzantine_first=byzantine_first,
-        )
-        self.verifier = PackageVerifier(
-            registry=lambda cid: self.ledger.identity(cid),
-            max_age=max_package_age,
-            arrayrecord_key=arrayrecord_key,
-        )
+        self.committee = Committee(agreement or PbftAgreement(), dict(byzantine_coordinators or {}), byzantine_first)
+        self.relay = RelayCommittee()
+        self.verifier = PackageVerifier(registry=lambda cid: None, max_age=max_package_age,
+                                        arrayrecord_key=arrayrecord_key)
         self.rounds: list[dict[str, Any]] = []
+        self._ledger_arg = ledger
+        self._ledger: Ledger | None = ledger if isinstance(ledger, Ledger) else None
+        self._remote = isinstance(ledger, str) and ledger.startswith(("http://", "https://"))
+        # Signs the blocks it writes (any key: their authority is the certificate); on an
+        # HTTP ledger also its enrolled identity for model uploads.
+        self._relay_key = SigningKey.load_or_create(key_path(key_dir, RELAY_ID)) if self._remote \
+            else SigningKey.generate()
+        self._grid: Grid | None = None
         self._global: dict[str, np.ndarray] = {}
         self._epsilon: dict[str, float] = {}
-        self._on_chain_ids: set[str] | None = None
+        self._bootstrapped = False
 
     @property
     def ledger(self) -> Ledger:
-        """The ledger, opened on first use."""
+        """The ledger, opened on first use (on HTTP, uploading as the relay's identity)."""
         if self._ledger is None:
-            self._ledger = open_ledger(str(self._ledger_arg))
+            url = str(self._ledger_arg)
+            self._ledger = open_ledger(url, uploader=(RELAY_ID, self._relay_key)) if self._remote else open_ledger(url)
         return self._ledger
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
         super().summary()
-        log(INFO, "\t└──> BCS-FL: committee of %d, ledger %s", self.committee.size, self._ledger_arg)
+        log(INFO, "\t└──> BCS-FL: committee of %d (%s), ledger %s", self.committee_size, self.committee_mode,
+            self._ledger_arg)
         log(INFO, "\t\t└── reference: %s", "root set" if self.root_set else "coordinate-wise median")
+
+    # -- set-up ------------------------------------------------------------------------
+    def bootstrap(self, arrays: ArrayRecord | Mapping[str, np.ndarray]) -> None:
+        """Take ``arrays`` as the global model; on the first call, make the ledger ready.
+
+        Installs the charter on a ledger that has none (with the enrolment key), and on
+        an HTTP ledger enrols the relay's identity. ``configure_train`` calls it; a test
+        that drives ``aggregate_train`` directly calls it once with the initial model.
+        """
+        self._global = arrays_to_numpy(arrays) if isinstance(arrays, ArrayRecord) else dict(arrays)
+        if self._bootstrapped:
+            return
+        state = self.ledger.state()
+        authority = authority_key(self.enrolment_key, self.key_dir, create=state.charter is None)
+        if state.charter is None:
+            if authority is None:
+                raise RuntimeError("the ledger has no charter and no enrolment key was given: pass enrolment_key "
+                                   "or install one with the operator's key")
+            install_charter(self.ledger, authority, committee_size=self.committee_size, policy=self.stake_policy,
+                            max_model_bytes=len(canonical_bytes(self._global)))
+        elif (state.charter.committee_size, state.charter.policy) != (self.committee_size, self.stake_policy):
+            log(WARNING, "BCS-FL: the ledger's charter rules (committee of %d, %s) apply, not this strategy's",
+                state.charter.committee_size, state.charter.policy)
+        if self._remote:
+            enrol_relay(self.ledger, self._relay_key, authority)
+        self._bootstrapped = True
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global model (packages are checked against it), then as FedAvg.
-
-        With the committee on nodes, each message also names the block that certifies
-        the global model, so clients can check it against the ledger before training.
-        """
-        self._global = arrays_to_numpy(arrays)
+        """Remember the global model (packages are checked against it), then as FedAvg."""
+        self.bootstrap(arrays)
         self._grid = grid
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        if self.committee_mode == "nodes":
-            head = self.ledger.latest()
-            certificate = ConfigRecord({"block-hash": head.hash, "block-seq": head.sequence_no})
-            for msg in messages:
-                msg.content[CERT_KEY] = certificate
-        return messages
+        return super().configure_train(server_round, arrays, config, grid)
 
-    def _verify_all(self, server_round: int, replies: Iterable[Message]) -> tuple[list[VerifiedUpdate], list[Rejection]]:
-        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
-        rejections = [Rejection(f"node-{m.metadata.src_node_id}", f"error reply: {m.error.reason}") for m in errors]
-        if self.enrollment == "first-use":
-            self._enroll_first_use(valid)
-        updates, found = verify_round(
-            self.verifier, [(f"node-{m.metadata.src_node_id}", m.content) for m in valid],
-            server_round=server_round, reference=self._global, now=time.time(),
-        )
-        rejections += found
-        for r in rejections:
-            log(WARNING, "BCS-FL rejected %s: %s", r.client_id, r.reason)
-        return updates, rejections
-
-    def _enroll_first_use(self, replies: list[Message]) -> None:
-        """Register unknown clients whose package verifies under its own key."""
-        for msg in replies:
-            try:
-                package = ModelPackage.from_record(msg.content.config_records[PACKAGE_KEY])
-            except (KeyError, ValueError):
-                continue  # the verifier rejects it with the reason
-            if self.ledger.identity(package.client_id) is None and package.signature_valid(package.public_key):
-                self.ledger.register_identity(package.client_id, package.public_key, role="client")
-
+    # -- one round -----------------------------------------------------------------------
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Verify, draw the committee, filter, agree, commit; return the committed model."""
+        """Verify, let the chain's committee decide, commit the certified block; return its model."""
         started = time.perf_counter()
         replies = list(replies)
-        updates, rejections = self._verify_all(server_round, replies)
-        stages = {"verify": time.perf_counter() - started}
-        registered = self.ledger.identities()  # one read per round (an HTTP call when remote)
-        new_identities = self._admit_registered(registered)
-        head = self.ledger.latest()
-        seed = committee_seed(head, server_round)
-        # The stake book is rebuilt from the chain each round, so anyone can recompute the draw.
-        self.stakes.stakes = stakes_before(head, {**dict.fromkeys(self._on_chain_ids or ()), **new_identities},
-                                           self.stakes.policy)
-        if self.committee_mode == "nodes":
-            outcome = self._decide_on_nodes(server_round, seed, replies, list(new_identities))
-        else:
-            outcome = self._decide_in_process(server_round, seed, updates)
-        stages.update(outcome.timings)
-        record: dict[str, Any] = {
-            "round": server_round,
-            "stages": stages,
-            "committee": outcome.members,
-            "rejections": {r.client_id: r.reason for r in rejections},
-            "bytes_moved": outcome.bytes_moved,
-        }
-        if outcome.certificate is None or outcome.candidate_bytes is None:
-            log(WARNING, "BCS-FL round %d: no quorum (%s); global model unchanged", server_round, outcome.log)
-            record.update(accepted=[], rejected=sorted({r.client_id for r in rejections} | {u.client_id for u in updates}),
-                          committed=False, server_seconds=time.perf_counter() - started)
+        if self.enrollment == "first-use":
+            enrol_first_use(self.ledger, replies, authority_key(self.enrolment_key, self.key_dir))
+        state = self.ledger.state()  # the one read of certified state this round
+        updates, refused, errors = self._verify(server_round, replies, state)
+        record = self._record(server_round, state, updates, refused + errors,
+                              {"verify": time.perf_counter() - started})
+        problem = self._committee_problem(state)
+        if problem is None:
+            outcome = (self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process)(
+                server_round, state, updates, refused, replies)
+            record.update(committee=outcome.committee, bytes_moved=outcome.bytes_moved, consensus=outcome.consensus,
+                          dissenters=[d["member"] for d in outcome.dissent])
+            record["stages"].update(outcome.timings)
+            problem = self._commit(server_round, state, outcome, updates, record)
+        if problem is not None:
+            log(ERROR, "BCS-FL round %d not committed: %s; global model unchanged", server_round, problem)
+            record.update(committed=False, reason=problem, server_seconds=time.perf_counter() - started)
             self.rounds.append(record)
             return None, None
-
-        self._update_stakes(outcome, rejections, registered)
-        for u in updates:
-            if "epsilon" in u.metrics:
-                self._epsilon[u.client_id] = u.metrics["epsilon"]
-        t_commit = time.perf_counter()
-        block = self._commit(server_round, seed, outcome, updates, rejections, new_identities)
-        stages["ledger_commit"] = time.perf_counter() - t_commit
-        self._on_chain_ids.update(new_identities)  # type: ignore[union-attr]
-        committed = parse_canonical_bytes(self.ledger.get_model(outcome.certificate.value))
-        kept = set(outcome.kept)
-        kept_contents = [m.content for m, u in self._pair(replies, updates) if u.client_id in kept]
+        kept = set(record["accepted"])
+        kept_contents = _kept_contents(replies, {u.package.packet_id for u in updates if u.client_id in kept})
         metrics = self.train_metrics_aggr_fn(kept_contents, self.weighted_by_key) if kept_contents else None
-        rejected = sorted(set(outcome.rejected) | {r.client_id for r in rejections})
-        log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d",
-            server_round, len(kept), len(rejected), rejected, outcome.members, block.sequence_no)
-        record.update(
-            accepted=sorted(kept),
-            rejected=rejected,
-            decisions=outcome.decisions,
-            model_hash=outcome.certificate.value,
-            block=block.sequence_no,
-            committed=True,
-            dissenters=outcome.dissenters,
-            consensus=outcome.consensus,
-            server_seconds=time.perf_counter() - started,
-        )
+        log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d", server_round, len(kept),
+            len(record["rejected"]), record["rejected"], record["committee"], record["block"])
+        record["server_seconds"] = time.perf_counter() - started
         self.rounds.append(record)
-        return numpy_to_arrays(committed), metrics
+        return numpy_to_arrays(outcome.candidate), metrics  # the certified tensors, from memory
 
-    def _decide_in_process(self, server_round: int, seed: str, updates: list[VerifiedUpdate]) -> RoundOutcome:
-        decision = self.committee.decide(
-            server_round=server_round, stakes=self.stakes.snapshot(), seed=seed, global_tensors=self._global,
-            updates=updates, root=self.root_set, config=self.filter_config,
-        )
-        if decision.output is None or decision.certificate is None:
-            return RoundOutcome(decision.members, decision.public_keys, None, None, [], decision.dissenters, None,
-                                timings=decision.timings, log=decision.log)
-        result = decision.output.result
-        return RoundOutcome(
-            members=decision.members,
-            public_keys=decision.public_keys,
-            certificate=decision.certificate,
-            candidate_bytes=decision.output.candidate_bytes,
-            decisions=[d.to_json() for d in result.decisions],
-            dissenters=decision.dissenters,
-            producer=self.committee.key(decision.primary),
-            filter_info={
-                "reference": result.reference,
-                "root_source": self.root_set.source if self.root_set else None,
-                "clip_norm": finite_or_none(result.clip_norm),
-                "root_loss_before": finite_or_none(result.root_loss_before),
-                "root_loss_after": finite_or_none(result.root_loss_after),
-            },
-            timings=decision.timings,
-            log=decision.log,
-            consensus=decision.consensus,
-        )
+    def _verify(self, server_round: int, replies: list[Message], state: FederationState
+                ) -> tuple[list[VerifiedUpdate], list[Rejection], list[Rejection]]:
+        """Verified packages, refused packages, and error replies (no package: not recorded on chain)."""
+        self.verifier.registry = lambda cid: client_key(state, cid)
+        valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
+        errors = [Rejection(f"node-{m.metadata.src_node_id}", f"error reply: {m.error.reason}") for m in failed]
+        updates, refused = verify_round(self.verifier, _packages(valid), server_round=server_round,
+                                        reference=self._global, now=time.time())
+        for r in refused + errors:
+            log(WARNING, "BCS-FL refused %s: %s", r.client_id, r.reason)
+        return updates, refused, errors
 
-    def _decide_on_nodes(self, server_round: int, seed: str, replies: list[Message], newcomers: list[str]) -> RoundOutcome:
+    def _committee_problem(self, state: FederationState) -> str | None:
+        """Why the chain's committee cannot certify a round (too few eligible members), or None."""
+        if state.charter is None:
+            return "the ledger has no charter (call bootstrap or configure_train first)"
+        eligible = state.eligible()
+        if len(state.committee()) >= MIN_COMMITTEE:
+            return None
+        if state.round == 0:
+            why = f"only {len(eligible)} client(s) enrolled"
+        else:
+            why = (f"only {len(eligible)} of {len(state.stakes())} enrolled clients are eligible "
+                   "(a seat needs an update kept in an earlier round)")
+        return f"{why}; a committee needs at least {MIN_COMMITTEE} members (3f+1, f >= 1)"
+
+    def _decide_in_process(self, server_round, state, updates, refused, replies) -> RoundOutcome:
+        committee = state.committee()
+        keys = member_keys(self.key_dir, committee)
+        if len(keys) < len(committee):
+            log(WARNING, "BCS-FL round %d: no registered key in %s for %s; they cannot sign", server_round,
+                self.key_dir, sorted(set(committee) - set(keys)))
+        return self.committee.decide(state=state, server_round=server_round, keys=keys, global_tensors=self._global,
+                                     updates=updates, refused=refused, root=self.root_set, config=self.filter_config)
+
+    def _decide_on_nodes(self, server_round, state, updates, refused, replies) -> RoundOutcome:
         if self._grid is None:
             raise RuntimeError("committee='nodes' needs the Grid from configure_train")
-        t0 = time.perf_counter()
-        members = draw_committee(self.stakes.snapshot(), self.committee.size, seed)
+        valid = [m for m in replies if not m.has_error()]
         node_of: dict[str, int] = {}
-        contents = []
-        for msg in replies:
-            if msg.has_error():
-                continue
-            contents.append(msg.content)
+        for msg in valid:
             header = msg.content.config_records.get(PACKAGE_KEY)
             if header is not None and isinstance(header.get("client-id"), str):
                 node_of.setdefault(header["client-id"], msg.metadata.src_node_id)
-        identities = {m: self.ledger.identity(m) for m in members}
-        decision = self.relay.decide(
-            self._grid, server_round=server_round, members=members, node_of=node_of, identities=identities,
-            global_arrays=numpy_to_arrays(self._global), contents=contents, newcomers=newcomers,
+        return self.relay.decide(self._grid, state=state, server_round=server_round, node_of=node_of,
+                                 global_arrays=numpy_to_arrays(self._global), packages=_packages(valid))
+
+    def _commit(self, server_round: int, state: FederationState, outcome: RoundOutcome,
+                updates: list[VerifiedUpdate], record: dict[str, Any]) -> str | None:
+        """Check the certificate as every verifier will, store model and block; why not, or None."""
+        if not outcome.committed:
+            return f"no quorum ({'; '.join(outcome.log) or 'no certificate'})"
+        assert outcome.certificate is not None and outcome.record is not None and outcome.candidate is not None
+        try:  # the same verify the ledger rules, clients and `bcsfl ledger verify` run
+            verify(outcome.certificate, outcome.record.statement(state, server_round), state.committee())
+        except CertificateError as err:
+            return f"certificate does not verify: {err}"
+        t0 = time.perf_counter()
+        kept = set(outcome.record.kept)
+        for u in updates:
+            if "epsilon" in u.metrics:
+                self._epsilon[u.client_id] = u.metrics["epsilon"]
+        num = sum(u.package.num_examples for u in updates if u.client_id in kept)
+        data = block_data(outcome, server_round=server_round, epsilon=self._epsilon, num_examples=num)
+        try:
+            if self.ledger.put_model(canonical_bytes(outcome.candidate)) != outcome.record.model:
+                return "the candidate's bytes do not hash to the certified model"
+            block = build_block(self.ledger.block(state.height - 1), data, self._relay_key)
+            self.ledger.append(block)
+        except LedgerError as err:
+            return f"the ledger refused the block: {err}"
+        record["stages"]["ledger_commit"] = time.perf_counter() - t0
+        refused = {r["client_id"]: r["reason"] for r in outcome.record.refused}
+        record.update(
+            accepted=sorted(kept),
+            rejected=sorted(set(outcome.record.rejected) | set(record["rejections"])),
+            decisions=outcome.record.decisions,
+            refused=refused,
+            model_hash=outcome.record.model,
+            block=block.sequence_no,
+            committed=True,
         )
-        candidate = decision.candidate
-        return RoundOutcome(
-            members=members,
-            public_keys={m: k for m, k in identities.items() if k},
-            certificate=decision.certificate,
-            candidate_bytes=canonical_bytes(candidate) if candidate is not None else None,
-            decisions=decision.decisions,
-            dissenters=decision.dissenters,
-            producer=self._relay_key,
-            filter_info={"reference": "computed by the coordinator nodes"},
-            timings={"committee_on_nodes": time.perf_counter() - t0},
-            log=decision.log,
-            bytes_moved=decision.bytes_sent + decision.bytes_received,
-            consensus={"protocol": "prepare/commit votes relayed to coordinator nodes"},
-        )
+        return None
 
     @staticmethod
-    def _pair(replies: list[Message], updates: list[VerifiedUpdate]) -> list[tuple[Message, VerifiedUpdate]]:
-        by_packet = {u.package.packet_id: u for u in updates}
-        pairs = []
-        for msg in replies:
-            if not msg.has_error() and PACKAGE_KEY in msg.content.config_records:
-                pid = msg.content.config_records[PACKAGE_KEY].get("packet-id")
-                if pid in by_packet:
-                    pairs.append((msg, by_packet[pid]))
-        return pairs
-
-    def _admit_registered(self, registered: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """Client identities registered since the last committed block (they join this round)."""
-        if self._on_chain_ids is None:  # once per strategy: identities already on chain
-            self._on_chain_ids = {cid for blk in self.ledger.blocks(1) for cid in blk.data.get("identities", {})}
-        on_chain = self._on_chain_ids
+    def _record(server_round: int, state: FederationState, updates, rejections, stages) -> dict[str, Any]:
+        """The round's entry in ``self.rounds`` before the committee decides."""
         return {
-            cid: info["public_key"]
-            for cid, info in registered.items()
-            if cid not in on_chain and info.get("role", "client") == "client"
+            "round": server_round,
+            "stages": stages,
+            "committee": list(state.committee()),
+            "rejections": {r.client_id: r.reason for r in rejections},
+            "accepted": [],
+            "rejected": sorted({r.client_id for r in rejections} | {u.client_id for u in updates}),
+            "bytes_moved": 0,
         }
 
-    def _update_stakes(self, outcome: RoundOutcome, rejections: list[Rejection],
-                       registered: dict[str, dict[str, Any]]) -> None:
-        self.stakes.reward(outcome.kept)
-        self.stakes.punish(outcome.rejected + [r.client_id for r in rejections if r.client_id in registered])
-        self.stakes.reward(m for m in outcome.members if m not in outcome.dissenters)
-        self.stakes.punish(outcome.dissenters)
 
-    def _commit(self, server_round, seed, outcome: RoundOutcome, updates, rejections, identities):
-        """Write the candidate bytes and the round's record as a block signed by the producer."""
-        digest = self.ledger.put_model(outcome.candidate_bytes)
-        kept = set(outcome.kept)
-        tx = make_transaction(outcome.producer, {
-            "model-params": digest,
-            "model-acc": None,
-            "num": int(sum(u.package.num_examples for u in updates if u.client_id in kept)),
-        })
-        data = block_data(outcome, server_round=server_round, seed=seed, digest=digest, transaction=tx,
-                          updates=updates, rejections=rejections, stakes=self.stakes.snapshot(),
-                          epsilon=self._epsilon, identities=identities)
-        block = build_block(self.ledger.latest(), data, outcome.producer)
-        self.ledger.append(block)
-        return block
+def _packages(replies: Iterable[Message]) -> list[tuple[str, RecordDict]]:
+    """``(fallback id, content)`` for each reply: ``node-<id>`` names a package without a header."""
+    return [(f"node-{m.metadata.src_node_id}", m.content) for m in replies]
+
+
+def _kept_contents(replies: Iterable[Message], packets: set[str]) -> list[RecordDict]:
+    """The replies that carried the kept packages (first copy of each packet id)."""
+    found: dict[str, RecordDict] = {}
+    for msg in replies:
+        if not msg.has_error() and PACKAGE_KEY in msg.content.config_records:
+            pid = msg.content.config_records[PACKAGE_KEY].get("packet-id")
+            if pid in packets:
+                found.setdefault(pid, msg.content)
+    return list(found.values())
+

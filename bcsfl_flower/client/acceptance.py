@@ -1,16 +1,17 @@
-"""A client's check before it trains on a global model: certified, and on the ledger.
+"""A client's check before it trains on a global model: the one the chain certifies (BCS-FL, Sec. IV-A).
 
-With the committee on client nodes, the ServerApp only relays. It can still send a
-client anything, so the client accepts a global model only when
+"Clients download the newest model and check it against the chain." With the committee
+on client nodes the ServerApp only relays and can send a client anything, so the client
+reads the certified state off its own ledger (a replay from genesis in which the rules
+verify every round certificate against the committee the chain itself draws) and
+accepts a global model only when
 
-* the model's hash is the ``model-params`` of the ledger's latest block (the one the
-  train message names), and
-* that block carries at least 2f+1 valid signatures over the hash from the members of
-  the round's committee, which the client recomputes from the chain (stakes and hash
-  of the block before) rather than taking from the relay.
-
-Before the first round block exists (round 1), the initial model is accepted as the
-ledger's genesis is: on first use.
+* its hash is the model of the last certified round (``state.model``); before the first
+  round block there is none, and the initial model is accepted on first use, as the
+  ledger's genesis is; and
+* the head it accepted last is still in the chain at the same height: a ledger that was
+  truncated or rewritten under it is refused. The head is kept in the node's
+  ``context.state``.
 """
 
 from __future__ import annotations
@@ -18,53 +19,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from flwr.app import ConfigRecord, RecordDict
 
-from ..committee.agreement import quorum_size
-from ..committee.chain import recompute_committee
-from ..federation.stake import StakePolicy
-from ..crypto import verify_signature
-from ..ledger import Ledger
+from ..ledger import Ledger, LedgerError
 from ..package import model_hash
 
-__all__ = ["CERT_KEY", "certificate_problem"]
+__all__ = ["ACCEPTED_KEY", "acceptance_problem"]
 
-#: ConfigRecord (in the train message) naming the block that certifies the global model.
-CERT_KEY = "bcsfl.certificate"
+#: ConfigRecord in the node's state: ``seq`` and ``hash`` of the head it accepted last.
+ACCEPTED_KEY = "bcsfl.accepted-head"
 
 
-def _signed(vote: Mapping[str, str], digest: str) -> bool:
+def acceptance_problem(tensors: Mapping[str, np.ndarray], ledger: Ledger, node_state: RecordDict) -> str | None:
+    """Why the client must refuse ``tensors``, or None (then the head is remembered as accepted)."""
     try:
-        return verify_signature(vote["public"], bytes.fromhex(vote["sign"]), bytes.fromhex(digest))
-    except (KeyError, TypeError, ValueError):
-        return False
-
-
-def certificate_problem(
-    tensors: Mapping[str, np.ndarray],
-    certificate: Mapping[str, object] | None,
-    ledger: Ledger,
-    *,
-    committee_size: int,
-    policy: StakePolicy = StakePolicy(),
-) -> str | None:
-    """Why the client must refuse ``tensors``, or None when the model is certified."""
-    latest = ledger.latest()
-    digest = model_hash(tensors)
-    if latest.sequence_no == 0:
-        return None  # bootstrap: no round has been certified yet
-    if not certificate:
-        return "no certificate with the global model"
-    if certificate.get("block-hash") != latest.hash:
-        return f"certificate names block {str(certificate.get('block-hash'))[:12]}, not the ledger's latest {latest.hash[:12]}"
-    if latest.data.get("model-params") != digest:
-        return "global model differs from the one committed in the ledger's latest block"
-    quorum = latest.data.get("quorum") or {}
-    if quorum.get("value") != digest:
-        return "the block's quorum certifies another model"
-    members = recompute_committee(ledger, latest, policy, committee_size)
-    keys = {ledger.identity(m) for m in members} - {None}
-    voters = {v["public"] for v in quorum.get("votes", []) if v.get("public") in keys and _signed(v, digest)}
-    needed = quorum_size(len(members))
-    if len(voters) < needed:
-        return f"only {len(voters)} valid committee signatures, {needed} needed"
+        state = ledger.state()
+    except LedgerError as err:
+        return f"the ledger does not verify: {err}"
+    last = node_state.config_records.get(ACCEPTED_KEY)
+    if last is not None:
+        seq, accepted = int(last["seq"]), str(last["hash"])
+        if state.height <= seq:
+            return f"the ledger ends at block {state.height - 1}, below block {seq} accepted before (truncated)"
+        if ledger.block(seq).hash != accepted:
+            return f"block {seq} is not the one accepted before (history rewritten)"
+    if state.model is not None and model_hash(tensors) != state.model:
+        return f"global model differs from the one certified in round {state.round} (ledger head {state.head[:12]})"
+    node_state[ACCEPTED_KEY] = ConfigRecord({"seq": state.height - 1, "hash": state.head})
     return None

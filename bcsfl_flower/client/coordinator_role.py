@@ -1,19 +1,21 @@
-"""The coordinator role a client node plays when the PoS draw picks it.
+"""The coordinator role a client node plays when the PoS draw picks it (BCS-FL, Sec. IV-B/C).
 
-With ``committee="nodes"`` the ServerApp only relays. A drawn node receives the
-round's packages and the global model in a TRAIN message marked ``bcsfl.role``:
+With ``committee="nodes"`` the ServerApp only relays. A drawn node receives the round's
+packages and the global model in a TRAIN message marked ``bcsfl.role``:
 
-* ``coordinate``: recompute the committee from the ledger (and refuse if this node is
-  not in it), verify every package against the ledger's identity registry, run the
-  same pure :func:`~bcsfl_flower.committee.coordinator.coordinate` the in-process
-  committee runs, remember the candidate hash, and reply with a PREPARE vote signed
-  with this node's own key (plus, when asked, the candidate and the decisions).
-* ``commit``: given the PREPARE votes the relay collected, check that 2f+1 committee
-  members prepared the hash this node computed itself, and reply with a COMMIT vote
-  (its signature over the hash, the form the ledger's quorum certificate holds).
+* ``coordinate``: read the certified state off its own ledger, recompute the committee
+  (and refuse if this node is not in it, or it has fewer than 4 members), verify every
+  package against the enrolled keys, run the same pure
+  :func:`~bcsfl_flower.committee.coordinator.coordinate` the in-process committee runs,
+  build the round record and statement, and reply with its signature over the
+  statement plus its copy of the record (and, when asked, the candidate's tensors).
+* ``candidate``: send the candidate of the statement it signed this round (the relay
+  asks when the member that sent one was outvoted).
 
-The relay can drop or delay these messages; it cannot forge a vote or make an honest
-coordinator sign a hash it did not compute.
+One signing phase suffices: a statement 2f+1 members signed is the certificate, and
+an honest member signs only what it computed itself. The relay can drop or delay
+these messages; it cannot forge a signature or make an honest member sign a model,
+inputs, decisions or stakes it did not compute.
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ from collections.abc import Callable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from ..committee.agreement import prepare_digest, quorum_size
-from ..committee.chain import committee_for
 from ..committee.coordinator import coordinate
 from ..committee.filter import FilterConfig
+from ..committee.outcome import client_key, round_record
 from ..committee.rootset import RootSet
-from ..federation.stake import StakePolicy
 from ..committee.verify import PackageVerifier, verify_round
-from ..crypto import SigningKey, verify_signature
+from ..crypto import SigningKey
+from ..federation import MIN_COMMITTEE
 from ..ledger import Ledger
 from ..package import arrays_to_numpy, numpy_to_arrays
 
@@ -43,24 +44,31 @@ ROLE_KEY = "bcsfl.role"
 VOTE_KEY = "bcsfl.vote"
 CANDIDATE_KEY = "bcsfl.candidate"
 _STATE_KEY = "bcsfl.coordinator"
+_IDS_KEY = "bcsfl.package-ids"
 _PKG_PREFIX = "bcsfl.pkg-"
 
 
-def pack_packages(contents: list[RecordDict], target: RecordDict) -> None:
-    """Copy each reply's records into ``target`` under ``bcsfl.pkg-<i>/<name>``."""
-    for i, content in enumerate(contents):
+def pack_packages(packages: list[tuple[str, RecordDict]], target: RecordDict) -> None:
+    """Copy each ``(fallback id, reply content)`` into ``target`` under ``bcsfl.pkg-<i>/<name>``.
+
+    The fallback ids (``node-<id>``) name packages without a readable header in the
+    refused list, so every member records the same words.
+    """
+    for i, (_, content) in enumerate(packages):
         for name, record in content.items():
             target[f"{_PKG_PREFIX}{i}/{name}"] = record
+    target[_IDS_KEY] = ConfigRecord({"ids": [fallback for fallback, _ in packages]})
 
 
-def unpack_packages(content: RecordDict) -> list[RecordDict]:
+def unpack_packages(content: RecordDict) -> list[tuple[str, RecordDict]]:
     """Inverse of :func:`pack_packages`."""
     groups: dict[int, RecordDict] = {}
     for key, record in content.items():
         if key.startswith(_PKG_PREFIX):
             index, name = key[len(_PKG_PREFIX) :].split("/", 1)
             groups.setdefault(int(index), RecordDict())[name] = record
-    return [groups[i] for i in sorted(groups)]
+    ids = list(content.config_records.get(_IDS_KEY, ConfigRecord({"ids": []})).get("ids", []))
+    return [(str(ids[i]) if i < len(ids) else "?", groups[i]) for i in sorted(groups)]
 
 
 def _reply(msg: Message, vote: dict, extra: Mapping[str, ArrayRecord] | None = None) -> Message:
@@ -77,56 +85,66 @@ def play_role(
     client_id: str,
     key: SigningKey,
     ledger: Ledger,
-    committee_size: int,
     root_set: Callable[[Context], RootSet | None] | None = None,
     filter_config: FilterConfig | None = None,
-    policy: StakePolicy | None = None,
+    max_package_age: float = 600.0,
 ) -> Message:
-    """Answer a ``coordinate`` or ``commit`` message (see the module docstring)."""
+    """Answer a ``coordinate`` or ``candidate`` message (see the module docstring).
+
+    Parameters
+    ----------
+    msg, context : Message, Context
+        The role message and this node's context (its state keeps this round's candidate).
+    client_id, key : str, SigningKey
+        This node's enrolled identity and its key.
+    ledger : Ledger
+        This node's view of the chain (read, never written).
+    root_set : Callable[[Context], RootSet | None] | None (default: None)
+        The root data this node uses (None: median reference).
+    filter_config : FilterConfig | None (default: None, i.e. ``FilterConfig()``)
+        The filter's thresholds (the same on every member).
+    max_package_age : float (default: 600.0)
+        Packages older than this many seconds are refused as stale.
+    """
     config = msg.content["config"]
     role = str(config[ROLE_KEY])
     server_round = int(config["server-round"])
-    policy = policy or StakePolicy()
     base = {"member": client_id, "public-key": key.public_hex, "server-round": server_round}
-    if role == "coordinate":
-        newcomers = [str(c) for c in config.get("bcsfl.newcomers", [])]
-        registered = [cid for cid in newcomers if ledger.identity(cid) is not None]
-        members = committee_for(ledger, ledger.latest(), server_round, registered, policy, committee_size)
-        if client_id not in members:
-            return _reply(msg, {**base, "error": f"{client_id} is not in round {server_round}'s committee"})
-        global_tensors = arrays_to_numpy(msg.content["arrays"])
-        verifier = PackageVerifier(registry=ledger.identity)
-        updates, _ = verify_round(verifier, [("?", pkg) for pkg in unpack_packages(msg.content)],
-                                  server_round=server_round, reference=global_tensors, now=time.time())
-        output = coordinate(global_tensors, updates, server_round=server_round,
-                            root=root_set(context) if root_set else None, config=filter_config or FilterConfig())
-        value = output.candidate_hash
-        context.state[_STATE_KEY] = ConfigRecord({"round": server_round, "value": value, "committee": members})
-        vote = {**base, "value": value, "prepare-sign": key.sign(prepare_digest(server_round, value)),
-                "decisions": json.dumps([d.to_json() for d in output.result.decisions])}
-        extra = {CANDIDATE_KEY: numpy_to_arrays(output.result.candidate)} if config.get("bcsfl.return-candidate") else None
-        return _reply(msg, vote, extra)
-    if role == "commit":
-        state = context.state.config_records.get(_STATE_KEY)
-        value = str(config["bcsfl.value"])
-        if state is None or int(state["round"]) != server_round:
-            return _reply(msg, {**base, "error": "no candidate of my own for this round"})
-        if state["value"] != value:
-            return _reply(msg, {**base, "error": "asked to commit a hash I did not compute"})
-        members = list(state["committee"])
-        prepares = msg.content.config_records.get("bcsfl.prepares", ConfigRecord())
-        good = {
-            m for m, pub, sig in zip(prepares.get("members", []), prepares.get("publics", []), prepares.get("signs", []))
-            if m in members and ledger.identity(m) == pub and verify_signature(pub, sig, prepare_digest(server_round, value))
-        }
-        if len(good) < quorum_size(len(members)):
-            return _reply(msg, {**base, "error": f"only {len(good)} valid prepares"})
-        return _reply(msg, {**base, "value": value, "commit-sign": key.sign(bytes.fromhex(value))})
-    return _reply(msg, {**base, "error": f"unknown role {role!r}"})
+    if role == "candidate":
+        kept = context.state.config_records.get(_STATE_KEY)
+        if kept is None or int(kept["round"]) != server_round or kept["statement"] != config.get("bcsfl.statement"):
+            return _reply(msg, {**base, "error": "no candidate of mine for that statement"})
+        return _reply(msg, {**base, "statement-digest": str(kept["statement"])},
+                      {CANDIDATE_KEY: context.state.array_records[CANDIDATE_KEY]})
+    if role != "coordinate":
+        return _reply(msg, {**base, "error": f"unknown role {role!r}"})
+    state = ledger.state()
+    committee = state.committee()
+    if client_id not in committee:
+        return _reply(msg, {**base, "error": f"{client_id} is not in round {server_round}'s committee"})
+    if len(committee) < MIN_COMMITTEE:
+        return _reply(msg, {**base, "error": f"committee of {len(committee)} is below {MIN_COMMITTEE}"})
+    if committee[client_id] != key.public_hex:
+        return _reply(msg, {**base, "error": "my key is not the one enrolled for me"})
+    global_tensors = arrays_to_numpy(msg.content["arrays"])
+    verifier = PackageVerifier(registry=lambda cid: client_key(state, cid), max_age=max_package_age)
+    updates, refused = verify_round(verifier, unpack_packages(msg.content), server_round=server_round,
+                                    reference=global_tensors, now=time.time())
+    output = coordinate(global_tensors, updates, server_round=server_round,
+                        root=root_set(context) if root_set else None, config=filter_config or FilterConfig())
+    record = round_record(state, output.candidate_hash, updates, refused,
+                          [d.to_json() for d in output.result.decisions])
+    statement = record.statement(state, server_round)
+    candidate = numpy_to_arrays(output.result.candidate)
+    context.state[_STATE_KEY] = ConfigRecord({"round": server_round, "statement": statement.digest})
+    context.state[CANDIDATE_KEY] = candidate
+    signature = statement.sign(client_id, key)
+    vote = {**base, "statement": json.dumps(statement.to_json()), "signature": signature.sign,
+            "beacon": signature.beacon, "record": json.dumps(record.to_json())}
+    return _reply(msg, vote, {CANDIDATE_KEY: candidate} if config.get("bcsfl.return-candidate") else None)
 
 
 def is_role_message(msg: Message) -> bool:
     """True for a TRAIN message that asks for the coordinator role, not for training."""
     config = msg.content.config_records.get("config")
     return config is not None and ROLE_KEY in config
-

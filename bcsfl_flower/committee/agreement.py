@@ -1,97 +1,55 @@
-"""How a committee agrees on one candidate hash, behind one interface.
+"""How a committee agrees on one round statement, behind one interface (BCS-FL, Sec. IV-C).
 
-``CountingAgreement`` is the plain quorum count: each coordinator signs the hash it
-computed, and a hash signed by at least 2f+1 of the 3f+1 members wins. The PBFT
-module replaces it with a full consensus run; both return a :class:`QuorumCertificate`
-that any client or ledger node can check on its own.
+Every member proposes the digest of the :class:`~bcsfl_flower.federation.RoundStatement`
+it computed itself (model, inputs, decisions, stakes). ``CountingAgreement`` is the
+plain quorum count: a digest proposed by at least 2f+1 of the 3f+1 members wins. The
+PBFT module replaces it with a full consensus run over the same digests. Either way
+the outcome names the winning digest and who committed it; the committee then signs
+that statement, and the certificate that goes on the block is the federation's one
+:class:`~bcsfl_flower.federation.Certificate` (checked by the one ``verify``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-import hashlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..crypto import SigningKey, verify_signature
+from ..crypto import SigningKey
+from ..federation import quorum_size
 
-__all__ = [
-    "Agreement", "AgreementOutcome", "CountingAgreement", "QuorumCertificate", "Vote", "prepare_digest",
-    "quorum_size",
-]
-
-
-def quorum_size(committee_size: int) -> int:
-    """2f+1 for a committee of n = 3f+1 (or more) members."""
-    f = (committee_size - 1) // 3
-    return 2 * f + 1
-
-
-def prepare_digest(server_round: int, value: str) -> bytes:
-    """What a PREPARE vote signs: domain-separated from the commit vote, bound to the round."""
-    return hashlib.sha256(f"bcsfl-prepare|{server_round}|{value}".encode()).digest()
-
-
-@dataclass(frozen=True)
-class Vote:
-    """A coordinator's signature over the candidate hash it computed."""
-
-    member: str
-    public_key: str
-    value: str
-    signature: bytes
-
-    @classmethod
-    def cast(cls, member: str, key: SigningKey, value: str) -> Vote:
-        """Sign ``value`` (a hex digest) as ``member``."""
-        return cls(member, key.public_hex, value, key.sign(bytes.fromhex(value)))
-
-    def valid(self) -> bool:
-        """True when the signature verifies for the vote's own key and value."""
-        return verify_signature(self.public_key, self.signature, bytes.fromhex(self.value))
-
-
-@dataclass(frozen=True)
-class QuorumCertificate:
-    """At least ``threshold`` valid votes from distinct members for ``value``."""
-
-    value: str
-    threshold: int
-    votes: tuple[Vote, ...]
-
-    def verify(self, committee_keys: Mapping[str, str]) -> bool:
-        """Check against the committee (member -> public key) recomputed by the verifier."""
-        good = {
-            v.member
-            for v in self.votes
-            if v.value == self.value and committee_keys.get(v.member) == v.public_key and v.valid()
-        }
-        return len(good) >= self.threshold
-
-    def to_json(self) -> dict:
-        """The ledger's quorum object (``value``, ``threshold``, ``votes``)."""
-        return {
-            "value": self.value,
-            "threshold": self.threshold,
-            "votes": [
-                {"public": v.public_key, "sign": v.signature.hex()} for v in self.votes
-            ],
-        }
+__all__ = ["Agreement", "AgreementOutcome", "CountingAgreement"]
 
 
 @dataclass(frozen=True)
 class AgreementOutcome:
-    """Result of one agreement: the certificate, or None when no quorum formed."""
+    """Result of one agreement.
 
-    certificate: QuorumCertificate | None
+    Attributes
+    ----------
+    value : str | None
+        The statement digest 2f+1 members committed, or None when no quorum formed.
+    committed : list[str]
+        Members (draw order) that committed ``value``: they sign the statement.
+    dissenters : list[str]
+        Members that proposed another digest (silent members are not dissenters).
+    log : list[str]
+        Why no quorum formed, when it did not.
+    details : dict
+        Protocol facts for the block's informational ``consensus`` field.
+    """
+
+    value: str | None
+    committed: list[str] = field(default_factory=list)
     dissenters: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
-    details: dict = field(default_factory=dict)  # protocol facts for the block (view changes, ...)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class Agreement(ABC):
-    """Turns the members' own candidate hashes into (at most) one certified value."""
+    """Turns the members' own statement digests into (at most) one committed digest."""
 
     @abstractmethod
     def decide(
@@ -101,25 +59,27 @@ class Agreement(ABC):
         keys: Mapping[str, SigningKey],
         proposals: Mapping[str, str],
     ) -> AgreementOutcome:
-        """Agree among ``members`` (draw order; the first is primary) on one hash.
+        """Agree among ``members`` (draw order; the first is primary) on one digest.
 
-        ``proposals`` maps each member to the hash it computed itself; ``keys`` are
-        the members' signing keys (held by each member; passed here because the
-        in-process committee simulates them).
+        ``proposals`` maps each member to the statement digest it computed itself;
+        ``keys`` holds the registered signing keys of the members that can take part
+        (held by each member; passed here because the in-process committee simulates
+        them). A member without a key is silent.
         """
 
 
 class CountingAgreement(Agreement):
-    """A hash wins when at least 2f+1 members signed it (no message rounds)."""
+    """A digest wins when at least 2f+1 members proposed it (no message rounds)."""
 
     def decide(self, server_round, members, keys, proposals):  # noqa: D102
         threshold = quorum_size(len(members))
-        counts = Counter(proposals[m] for m in members if m in proposals)
-        if not counts:
-            return AgreementOutcome(None, [])
-        value, count = counts.most_common(1)[0]
-        if count < threshold:
-            return AgreementOutcome(None, [], [f"no hash reached {threshold} votes: {dict(counts)}"])
-        votes = tuple(Vote.cast(m, keys[m], value) for m in members if proposals.get(m) == value)
-        dissent = [m for m in members if proposals.get(m) != value]
-        return AgreementOutcome(QuorumCertificate(value, threshold, votes), dissent, [], {"protocol": "quorum-count"})
+        voting = {m: proposals[m] for m in members if m in proposals and m in keys}
+        counts = Counter(voting.values())
+        if not counts or counts.most_common(1)[0][1] < threshold:
+            return AgreementOutcome(None, [], [],
+                                    [f"no statement reached {threshold} votes: {dict(counts)}"],
+                                    {"protocol": "quorum-count"})
+        value = counts.most_common(1)[0][0]
+        committed = [m for m in members if voting.get(m) == value]
+        dissent = [m for m in members if m in voting and voting[m] != value]
+        return AgreementOutcome(value, committed, dissent, [], {"protocol": "quorum-count"})

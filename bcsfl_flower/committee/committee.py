@@ -1,10 +1,14 @@
-"""One round of the coordinator committee: draw, compute, agree.
+"""One round of the coordinator committee in the ServerApp: compute, agree, sign (BCS-FL, Sec. IV-B/C).
 
-The committee is drawn from the stake book by PoS with the previous block's hash as
-seed, every member proposes the candidate it computed, and the agreement (PBFT by
-default, or a plain quorum count) certifies at most one candidate hash. In this in-process committee
-(``committee="server"``) the members' keys live with the strategy: a stand-in for
-coordinators running on client nodes, which sign with their own keys.
+The committee is the one the chain draws (:meth:`FederationState.committee`, seeded by
+the last certificate's signatures). Every member computes the candidate with the pure
+:func:`~.coordinator.coordinate`, builds the round record and statement from the state
+it read, and proposes the statement's digest; the agreement (PBFT by default, or a
+plain quorum count) commits at most one digest, and the members that committed it
+sign that statement with their registered keys. In this in-process committee
+(``committee="server"``) those keys are read from the key dir of the machine the
+simulation runs on: a stand-in for coordinators on client nodes (``committee="nodes"``,
+:mod:`.relay`), which sign with keys only they hold.
 """
 
 from __future__ import annotations
@@ -16,94 +20,93 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..crypto import SigningKey
-from .agreement import Agreement, QuorumCertificate
+from ..federation import Certificate, FederationState, RoundStatement
+from .agreement import Agreement
 from .coordinator import Behaviour, Coordinator, CoordinatorOutput, coordinate, poisoned_candidate
+from .filter import FilterConfig, finite_or_none
+from .outcome import RoundOutcome, RoundRecord, round_record
 from .pbft_agreement import PbftAgreement
-from .filter import FilterConfig
 from .rootset import RootSet
-from ..federation.stake import draw_committee
-from .verify import VerifiedUpdate
+from .verify import Rejection, VerifiedUpdate
 
-__all__ = ["Committee", "CommitteeDecision"]
-
-
-@dataclass(frozen=True)
-class CommitteeDecision:
-    """The committee's outcome for one round."""
-
-    members: list[str]
-    public_keys: dict[str, str]
-    output: CoordinatorOutput | None
-    certificate: QuorumCertificate | None
-    primary: str | None
-    dissenters: list[str]
-    log: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
-    consensus: dict = field(default_factory=dict)
+__all__ = ["Committee"]
 
 
 @dataclass
 class Committee:
-    """Draws and runs the coordinator committee.
+    """Runs the chain's committee for one round inside the ServerApp.
 
     Parameters
     ----------
-    size : int
-        Members per round (3f+1 tolerates f Byzantine; 4 tolerates one).
-    agreement : Agreement
-        How members agree on one candidate hash (default: PBFT).
-    byzantine : Mapping[str, Behaviour]
-        Test hook: members (by id) that propose something else than the honest output.
-    byzantine_first : int
+    agreement : Agreement (default: PbftAgreement())
+        How members agree on one statement digest.
+    byzantine : Mapping[str, Behaviour] (default: {})
+        Test hook: members (by id) that propose a statement for another candidate.
+    byzantine_first : int (default: 0)
         Experiment hook: the first this-many members drawn each round (the view-0
-        primary first) propose a poisoned candidate.
+        primary first) propose a statement for a poisoned candidate.
     """
 
-    size: int = 4
     agreement: Agreement = field(default_factory=lambda: PbftAgreement())
     byzantine: Mapping[str, Behaviour] = field(default_factory=dict)
     byzantine_first: int = 0
-    _keys: dict[str, SigningKey] = field(default_factory=dict)
-
-    def key(self, member: str) -> SigningKey:
-        """The signing key of ``member``'s coordinator role (created on first use)."""
-        if member not in self._keys:
-            self._keys[member] = SigningKey.generate()
-        return self._keys[member]
 
     def decide(
         self,
         *,
+        state: FederationState,
         server_round: int,
-        stakes: Mapping[str, float],
-        seed: str,
+        keys: Mapping[str, SigningKey],
         global_tensors: Mapping[str, np.ndarray],
         updates: Sequence[VerifiedUpdate],
+        refused: Sequence[Rejection],
         root: RootSet | None,
         config: FilterConfig,
-    ) -> CommitteeDecision:
-        """Draw the committee from ``stakes`` with ``seed`` and agree on a candidate."""
+    ) -> RoundOutcome:
+        """Agree on this round's statement; the certificate carries the committed members' signatures.
+
+        ``keys`` are the members' registered signing keys at hand (a member without one
+        is silent).
+        """
         clock = time.perf_counter
+        committee = state.committee()
+        members = list(committee)
         t0 = clock()
-        members = draw_committee(stakes, self.size, seed)
-        keys = {m: self.key(m) for m in members}
-        publics = {m: k.public_hex for m, k in keys.items()}
-        if not members:
-            return CommitteeDecision([], {}, None, None, None, [], ["no eligible coordinators"])
-        t1 = clock()
         honest = coordinate(global_tensors, updates, server_round=server_round, root=root, config=config)
-        t2 = clock()
+        t1 = clock()
         twist = {m: poisoned_candidate(-5.0) for m in members[: self.byzantine_first]}
         twist.update({m: b for m, b in self.byzantine.items() if m in members})
-        outputs = {m: Coordinator(m, keys[m], twist.get(m)).propose(honest, global_tensors) for m in members}
-        proposals = {m: out.candidate_hash for m, out in outputs.items()}
-        outcome = self.agreement.decide(server_round, members, keys, proposals)
-        timings = {"pos_draw": t1 - t0, "filter_aggregate": t2 - t1, "agreement": clock() - t2}
-        cert = outcome.certificate
-        if cert is None:
-            return CommitteeDecision(members, publics, None, None, None, list(members), outcome.log, timings,
-                                     outcome.details)
-        primary = next(m for m in members if proposals[m] == cert.value)
-        return CommitteeDecision(
-            members, publics, outputs[primary], cert, primary, outcome.dissenters, outcome.log, timings, outcome.details
-        )
+        outputs = {m: Coordinator(m, keys.get(m), twist.get(m)).propose(honest, global_tensors) for m in members}
+        decisions = [d.to_json() for d in honest.result.decisions]
+        records: dict[str, RoundRecord] = {}
+        statements: dict[str, RoundStatement] = {}
+        for m, out in outputs.items():
+            # Members with the same candidate build the same record: compute it once per candidate.
+            same = next((records[o] for o in records if outputs[o].candidate_hash == out.candidate_hash), None)
+            records[m] = same or round_record(state, out.candidate_hash, updates, refused, decisions)
+            statements[m] = records[m].statement(state, server_round)
+        outcome = self.agreement.decide(server_round, members, keys, {m: s.digest for m, s in statements.items()})
+        timings = {"filter_aggregate": t1 - t0, "agreement": clock() - t1}
+        result = RoundOutcome(members, consensus=outcome.details, timings=timings, log=list(outcome.log),
+                              filter_info=_filter_info(honest, root))
+        result.dissent = [{"member": m, "statement": statements[m].digest} for m in outcome.dissenters]
+        if outcome.value is None:
+            return result
+        speaker = outcome.committed[0]
+        statement = statements[speaker]
+        signatures = tuple(statement.sign(m, keys[m]) for m in outcome.committed)
+        result.certificate = Certificate(statement, signatures)
+        result.record = records[speaker]
+        result.candidate = outputs[speaker].result.candidate
+        return result
+
+
+def _filter_info(honest: CoordinatorOutput, root: RootSet | None) -> dict:
+    r = honest.result
+    return {
+        "reference": r.reference,
+        "root_source": root.source if root else None,
+        "clip_norm": finite_or_none(r.clip_norm),
+        "root_loss_before": finite_or_none(r.root_loss_before),
+        "root_loss_after": finite_or_none(r.root_loss_after),
+    }

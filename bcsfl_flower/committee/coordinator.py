@@ -1,4 +1,4 @@
-"""A coordinator's whole job as one pure function, and the committee around it.
+"""A coordinator's whole job as one pure function (BCS-FL, Sec. IV-B), and the committee member around it.
 
 ``coordinate`` maps (global model, verified packages, root set, filter thresholds) to
 (decisions, candidate bytes, candidate hash). Every honest coordinator computes the
@@ -74,15 +74,15 @@ class Coordinator:
     Parameters
     ----------
     member_id : str
-        The participant id the stake book knows it by.
-    key : SigningKey
-        Signs its votes and, as primary, the block.
-    behaviour : Behaviour | None
+        The enrolled client id the chain knows it by.
+    key : SigningKey | None (default: None)
+        Its registered key, which signs the round statement (None: not at hand, silent).
+    behaviour : Behaviour | None (default: None)
         Test hook: transforms the honest output into what this member proposes.
     """
 
     member_id: str
-    key: SigningKey
+    key: SigningKey | None = None
     behaviour: Behaviour | None = None
 
     def propose(self, honest: CoordinatorOutput, global_tensors: Mapping[str, np.ndarray]) -> CoordinatorOutput:

@@ -1,42 +1,44 @@
-"""The committee's agreement through PBFT (the consensus package's sans-IO replicas).
+"""The committee's agreement through PBFT (BCS-FL, Sec. IV-C; the consensus package's sans-IO replicas).
 
-Each member runs a :class:`~bcsfl_flower.consensus.replica.Replica` whose validate hook
-accepts only the candidate hash the member computed itself, and submits that hash as
-its request. An honest primary orders it and 2f+1 replicas commit; a primary that
-proposes anything else is refused by every honest backup, its request timers expire,
-and a view change hands the round to the next member in draw order. In-process the
-replicas talk over the consensus package's simulated network (reliable by default;
-any fault schedule can be injected); on client nodes the same messages go through
-the ServerApp's relay.
+Each member runs a :class:`~bcsfl_flower.consensus.replica.Replica` with its registered
+key, whose validate hook accepts only the statement digest the member computed itself,
+and submits that digest as its request. An honest primary orders it and 2f+1 replicas
+commit; a primary that proposes anything else is refused by every honest backup, its
+request timers expire, and a view change hands the round to the next member in draw
+order. In-process the replicas talk over the consensus package's simulated network
+(reliable by default; any fault schedule can be injected). A member whose key is not
+at hand is a crashed replica: it cannot sign.
 
-The certificate that goes on the block is the members' signatures over the committed
-hash (what the ledger and clients check); the PBFT details (view, sequence number,
-view changes, commit quorum) go beside it.
+The PBFT commit certificate (2f+1 signed commits of the request carrying the statement
+digest) goes into the block's informational ``consensus`` field; the round certificate
+is the committed members' signatures over that same statement.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from ..consensus.messages import Request
 from ..consensus.replica import PBFTConfig, Replica
-from ..consensus.simnet import FaultSchedule, SimNetwork
+from ..consensus.simnet import Crash, FaultSchedule, SimNetwork
 from ..crypto import SigningKey
-from .agreement import Agreement, AgreementOutcome, QuorumCertificate, Vote, quorum_size
+from ..federation import quorum_size
+from .agreement import Agreement, AgreementOutcome
 
 __all__ = ["PbftAgreement"]
 
 
 class PbftAgreement(Agreement):
-    """Agree on one candidate hash by running PBFT among the committee members.
+    """Agree on one statement digest by running PBFT among the committee members.
 
     Parameters
     ----------
-    schedule : FaultSchedule | None
-        Network behaviour of the in-process network (default: reliable).
-    request_timeout : float
+    schedule : FaultSchedule | None (default: None)
+        Network behaviour of the in-process network (None: reliable, seeded by the round).
+    request_timeout : float (default: 50.0)
         Virtual time before a backup suspects a primary that has not ordered its request.
-    deadline : float
+    deadline : float (default: 5000.0)
         Virtual time after which the round gives up (no certificate).
     """
 
@@ -54,16 +56,21 @@ class PbftAgreement(Agreement):
         keys: Mapping[str, SigningKey],
         proposals: Mapping[str, str],
     ) -> AgreementOutcome:
-        """Run PBFT among ``members`` (index = draw order) until 2f+1 commit a hash."""
+        """Run PBFT among ``members`` (index = draw order) until 2f+1 commit a digest."""
         n = len(members)
-        publics = [keys[m].public_hex for m in members]
+        # A member without its key takes part as a crashed replica under a stand-in key.
+        replica_keys = [keys.get(m) or SigningKey.generate() for m in members]
+        publics = [k.public_hex for k in replica_keys]
         replicas = [
-            Replica(i, keys[m], publics, validate=(lambda value, own=proposals.get(m): value == own), config=self.config)
+            Replica(i, replica_keys[i], publics, validate=(lambda value, own=proposals.get(m): value == own),
+                    config=self.config)
             for i, m in enumerate(members)
         ]
-        net = SimNetwork(replicas, self.schedule or FaultSchedule.reliable(seed=server_round))
+        schedule = self.schedule or FaultSchedule.reliable(seed=server_round)
+        silent = tuple(Crash(i, 0.0) for i, m in enumerate(members) if m not in keys)
+        net = SimNetwork(replicas, dataclasses.replace(schedule, crashes=schedule.crashes + silent))
         for i, m in enumerate(members):
-            if m in proposals:
+            if m in proposals and m in keys:
                 net.submit_at(0.0, Request(client=m, rid=server_round, value=proposals[m]), targets=[i])
         needed = quorum_size(n)
 
@@ -71,11 +78,11 @@ class PbftAgreement(Agreement):
             return next((c.request.value for c in net.committed[i] if not c.noop and c.request), None)
 
         def decided() -> bool:
-            # Stop once a hash has 2f+1 commits and every member that proposed it committed too.
+            # Stop once a digest has 2f+1 commits and every member that proposed it committed too.
             values = [first_value(i) for i in range(n)]
             for v in set(values) - {None}:
                 if values.count(v) >= needed:
-                    return all(values[i] == v for i, m in enumerate(members) if proposals.get(m) == v)
+                    return all(values[i] == v for i, m in enumerate(members) if m in keys and proposals.get(m) == v)
             return False
 
         net.run(self.deadline, stop=decided)
@@ -86,10 +93,12 @@ class PbftAgreement(Agreement):
         details = {"protocol": "pbft", "view_changes": max(net.views), "replica_view_entries": net.view_changes,
                    "messages": net.stats.sent, "virtual_time": round(net.now, 3)}
         if winner is None:
-            return AgreementOutcome(None, list(members), [f"PBFT did not commit by t={self.deadline}: {counts}"], details)
+            return AgreementOutcome(None, [], [], [f"PBFT did not commit by t={self.deadline}: {counts}"], details)
         first = next(c for i in range(n) for c in net.committed[i] if not c.noop and c.request and c.request.value == winner)
-        details.update(seq=first.seq, commit_view=first.view, committed_by=[members[i] for i in range(n) if values[i] == winner],
-                       commit_certificate=first.certificate.to_json())  # 2f+1 signed PBFT commits
-        votes = tuple(Vote.cast(m, keys[m], winner) for i, m in enumerate(members) if values[i] == winner)
-        dissent = [m for i, m in enumerate(members) if proposals.get(m) != winner or values[i] not in (None, winner)]
-        return AgreementOutcome(QuorumCertificate(winner, needed, votes), dissent, [], details)
+        committed = [m for i, m in enumerate(members) if values[i] == winner]
+        # The commit certificate's digest is the ordered request's, whose value is the statement digest.
+        details.update(seq=first.seq, commit_view=first.view, committed_by=committed,
+                       request={"client": first.request.client, "rid": first.request.rid, "value": winner},
+                       commit_certificate=first.certificate.to_json())
+        dissent = [m for m in members if m in keys and m in proposals and proposals[m] != winner]
+        return AgreementOutcome(winner, committed, dissent, [], details)

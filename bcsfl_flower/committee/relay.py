@@ -1,23 +1,24 @@
-"""The committee on client nodes: the ServerApp relays, the coordinators decide.
+"""The committee on client nodes: the ServerApp relays, the coordinators decide (BCS-FL, Sec. IV-C).
 
-Two message rounds over Flower's Grid, both TRAIN messages that ``bcsfl_mod`` answers
-without calling the user's train function:
-
-1. *coordinate*: every member gets the global model and all packages, computes the
-   candidate itself and returns a signed PREPARE (the first member also returns the
-   candidate's tensors, so the relay need not hold the root set).
-2. *commit*: every member gets the PREPAREs; one that sees 2f+1 valid PREPAREs for
-   the hash it computed itself returns a signed COMMIT, the signature the ledger's
-   quorum certificate holds.
+One message round over Flower's Grid (TRAIN messages that ``bcsfl_mod`` answers
+without calling the user's train function): every member of the committee the chain
+draws gets the global model and the round's packages, computes the record and the
+statement itself, and returns its signature over the statement with its copy of the
+record (the first member reachable also returns the candidate's tensors). A statement
+2f+1 members signed is the round certificate; the relay writes a block only from it,
+with any member's copy whose statement is that one, and lists a member whose statement
+differs (outvoted) in the block's informational ``dissent``. When the member that sent
+the candidate was outvoted, the relay asks an agreeing member for its own.
 
 The relay can drop or delay messages (then no certificate forms and the round keeps
-the old model); it cannot forge a vote.
+the old model); it cannot forge a signature, nor make the certificate cover a model,
+inputs, decisions or stakes that 2f+1 members did not compute.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -26,11 +27,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from ..client.coordinator_role import CANDIDATE_KEY, ROLE_KEY, VOTE_KEY, pack_packages
-from ..crypto import verify_signature
+from ..federation import Certificate, CertificateError, FederationState, RoundStatement, Signature, quorum_size
+from ..federation import valid_signers
 from ..package import arrays_to_numpy, model_hash
-from .agreement import QuorumCertificate, Vote, prepare_digest, quorum_size
+from .outcome import RoundOutcome, RoundRecord
 
-__all__ = ["NodeDecision", "RelayCommittee", "record_bytes"]
+__all__ = ["MemberVote", "RelayCommittee", "record_bytes"]
 
 
 def record_bytes(content: RecordDict) -> int:
@@ -38,29 +40,34 @@ def record_bytes(content: RecordDict) -> int:
     return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
 
 
-@dataclass
-class NodeDecision:
-    """What the relayed committee produced for one round."""
+@dataclass(frozen=True)
+class MemberVote:
+    """One member's answer: its signature over its statement, and its copy of the record."""
 
-    certificate: QuorumCertificate | None
+    signature: Signature
+    statement: RoundStatement
+    record: RoundRecord
     candidate: dict[str, np.ndarray] | None
-    decisions: list[dict]
-    dissenters: list[str]
-    log: list[str] = field(default_factory=list)
-    bytes_sent: int = 0
-    bytes_received: int = 0
+
+    @classmethod
+    def parse(cls, vote: Mapping, candidate: dict[str, np.ndarray] | None) -> MemberVote:
+        """From the reply's vote record; ``ValueError``/``CertificateError`` if malformed."""
+        statement = RoundStatement.from_json(json.loads(str(vote["statement"])))
+        signature = Signature(str(vote["member"]), str(vote["public-key"]), str(vote["signature"]),
+                              str(vote["beacon"]))
+        return cls(signature, statement, RoundRecord.from_json(json.loads(str(vote["record"]))), candidate)
 
 
 @dataclass
 class RelayCommittee:
-    """Runs one round's agreement among coordinator nodes through the Grid.
+    """Runs one round's committee among coordinator nodes through the Grid.
 
     Parameters
     ----------
-    timeout : float
-        Seconds to wait for each of the two message rounds.
-    drop_votes_from : set[str]
-        Test hook (a misbehaving relay): members whose votes are dropped.
+    timeout : float (default: 600.0)
+        Seconds to wait for the members' answers.
+    drop_votes_from : set[str] (default: empty)
+        Test hook (a misbehaving relay): members whose answers are dropped.
     """
 
     timeout: float = 600.0
@@ -70,89 +77,97 @@ class RelayCommittee:
         self,
         grid: Grid,
         *,
+        state: FederationState,
         server_round: int,
-        members: list[str],
         node_of: Mapping[str, int],
-        identities: Mapping[str, str | None],
         global_arrays: ArrayRecord,
-        contents: list[RecordDict],
-        newcomers: list[str],
-    ) -> NodeDecision:
-        """Collect PREPAREs, then COMMITs; certify the hash 2f+1 members committed."""
-        out = NodeDecision(None, None, [], list(members))
+        packages: list[tuple[str, RecordDict]],
+    ) -> RoundOutcome:
+        """Collect the members' signed statements; certify the one 2f+1 of them signed."""
+        t0 = time.perf_counter()
+        committee = state.committee()
+        members = list(committee)
+        out = RoundOutcome(members, consensus={"protocol": "statement signatures relayed to coordinator nodes"})
         reachable = [m for m in members if m in node_of]
-        threshold = quorum_size(len(members))
         messages = []
         for i, member in enumerate(reachable):
-            content = RecordDict({
-                "arrays": global_arrays,
-                "config": ConfigRecord({"server-round": server_round, ROLE_KEY: "coordinate",
-                                        "bcsfl.newcomers": list(newcomers), "bcsfl.return-candidate": i == 0}),
-            })
-            pack_packages(contents, content)
-            out.bytes_sent += record_bytes(content)
+            content = RecordDict({"arrays": global_arrays, "config": ConfigRecord(
+                {"server-round": server_round, ROLE_KEY: "coordinate", "bcsfl.return-candidate": i == 0})})
+            pack_packages(packages, content)
+            out.bytes_moved += record_bytes(content)
             messages.append(Message(content=content, dst_node_id=node_of[member], message_type=MessageType.TRAIN))
-        prepares, candidate = self._votes(grid, messages, out)
-        valid = {
-            m: v for m, v in prepares.items()
-            if v.get("value") and identities.get(m) == v["public-key"]
-            and verify_signature(v["public-key"], v["prepare-sign"], prepare_digest(server_round, v["value"]))
-        }
-        counts = Counter(v["value"] for v in valid.values())
-        if not counts or counts.most_common(1)[0][1] < threshold:
-            out.log.append(f"no hash prepared by {threshold} members: {dict(counts)}")
+        votes = self._collect(grid, messages, committee, out)
+        by_digest: dict[str, list[str]] = {}
+        for m in members:
+            if m in votes:
+                by_digest.setdefault(votes[m].statement.digest, []).append(m)
+        needed = quorum_size(len(members))
+        winner = next((d for d, signers in by_digest.items() if len(signers) >= needed), None)
+        out.timings = {"committee_on_nodes": time.perf_counter() - t0}
+        if winner is None:
+            out.log.append(f"no statement signed by {needed} members: "
+                           f"{ {d[:12]: len(s) for d, s in by_digest.items()} }")
             return out
-        value = counts.most_common(1)[0][0]
-        agreeing = [m for m in members if m in valid and valid[m]["value"] == value]
-        prepared = ConfigRecord({
-            "members": agreeing,
-            "publics": [valid[m]["public-key"] for m in agreeing],
-            "signs": [valid[m]["prepare-sign"] for m in agreeing],
-        })
-        commit_msgs = [
-            Message(content=RecordDict({
-                "config": ConfigRecord({"server-round": server_round, ROLE_KEY: "commit", "bcsfl.value": value}),
-                "bcsfl.prepares": prepared,
-            }), dst_node_id=node_of[m], message_type=MessageType.TRAIN)
-            for m in reachable
-        ]
-        commits, _ = self._votes(grid, commit_msgs, out)
-        votes = tuple(
-            Vote(m, v["public-key"], value, v["commit-sign"])
-            for m, v in commits.items()
-            if v.get("value") == value and identities.get(m) == v["public-key"]
-            and verify_signature(v["public-key"], v["commit-sign"], bytes.fromhex(value))
-        )
-        out.dissenters = [m for m in members if m not in {v.member for v in votes}]
-        first = prepares.get(reachable[0], {}) if reachable else {}
-        out.decisions = json.loads(first.get("decisions", "[]"))
-        if len(votes) < threshold:
-            out.log.append(f"only {len(votes)} commits for {value[:12]}, {threshold} needed")
-        elif candidate is None or model_hash(candidate) != value:
-            out.log.append("the first member's candidate does not hash to the certified value")
-        else:
-            out.certificate = QuorumCertificate(value, threshold, votes)
-            out.candidate = candidate
+        agreeing = by_digest[winner]
+        out.dissent = [{"member": m, "statement": votes[m].statement.digest} for m in members
+                       if m in votes and m not in agreeing]
+        statement = votes[agreeing[0]].statement
+        out.certificate = Certificate(statement, tuple(votes[m].signature for m in agreeing))
+        # Any agreeing member's copy will do: its statement binds every field.
+        out.record = next((votes[m].record for m in agreeing
+                           if votes[m].record.statement(state, server_round).digest == winner), None)
+        out.candidate = self._candidate(grid, server_round, statement, agreeing, votes, node_of, out)
+        if out.record is None:
+            out.log.append("no member's copy of the record matches the statement it signed")
+        if out.candidate is None:
+            out.log.append("no agreeing member sent a candidate that hashes to the certified model")
+        out.timings = {"committee_on_nodes": time.perf_counter() - t0}
         return out
 
-    def _votes(
-        self, grid: Grid, messages: list[Message], out: NodeDecision
-    ) -> tuple[dict[str, dict], dict[str, np.ndarray] | None]:
-        """Send, wait; return each member's vote record (minus the test hook's) and any candidate."""
-        candidate = None
-        votes: dict[str, dict] = {}
+    def _collect(self, grid: Grid, messages: list[Message], committee: Mapping[str, str],
+                 out: RoundOutcome) -> dict[str, MemberVote]:
+        """Send, wait; each member's vote whose signature is valid under its registered key."""
+        votes: dict[str, MemberVote] = {}
         for reply in grid.send_and_receive(messages, timeout=self.timeout):
             if reply.has_error() or VOTE_KEY not in reply.content.config_records:
                 continue
-            out.bytes_received += record_bytes(reply.content)
+            out.bytes_moved += record_bytes(reply.content)
             vote = dict(reply.content.config_records[VOTE_KEY])
             member = str(vote.get("member"))
             if "error" in vote:
                 out.log.append(f"{member}: {vote['error']}")
                 continue
-            if member in self.drop_votes_from:
+            if member in self.drop_votes_from or member not in committee or member in votes:
                 continue
-            votes[member] = vote
-            if CANDIDATE_KEY in reply.content.array_records:
-                candidate = arrays_to_numpy(reply.content.array_records[CANDIDATE_KEY])
-        return votes, candidate
+            candidate = reply.content.array_records.get(CANDIDATE_KEY)
+            try:
+                parsed = MemberVote.parse(vote, arrays_to_numpy(candidate) if candidate is not None else None)
+            except (KeyError, ValueError, CertificateError) as err:
+                out.log.append(f"{member}: malformed answer ({err})")
+                continue
+            if valid_signers(Certificate(parsed.statement, (parsed.signature,)), committee):
+                votes[member] = parsed
+            else:
+                out.log.append(f"{member}: signature does not verify under its enrolled key")
+        return votes
+
+    def _candidate(self, grid: Grid, server_round: int, statement: RoundStatement, agreeing: list[str],
+                   votes: Mapping[str, MemberVote], node_of: Mapping[str, int],
+                   out: RoundOutcome) -> dict[str, np.ndarray] | None:
+        """The certified model's tensors: from the answers, else asked of agreeing members in turn."""
+        for m in agreeing:
+            got = votes[m].candidate
+            if got is not None and model_hash(got) == statement.model:
+                return got
+        for m in agreeing:
+            ask = Message(content=RecordDict({"config": ConfigRecord(
+                {"server-round": server_round, ROLE_KEY: "candidate", "bcsfl.statement": statement.digest})}),
+                dst_node_id=node_of[m], message_type=MessageType.TRAIN)
+            for reply in grid.send_and_receive([ask], timeout=self.timeout):
+                if reply.has_error() or CANDIDATE_KEY not in reply.content.array_records:
+                    continue
+                out.bytes_moved += record_bytes(reply.content)
+                got = arrays_to_numpy(reply.content.array_records[CANDIDATE_KEY])
+                if model_hash(got) == statement.model:
+                    return got
+        return None

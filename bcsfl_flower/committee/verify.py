@@ -1,4 +1,4 @@
-"""Verification of model packages before they count.
+"""Verification of model packages before they count (BCS-FL, Sec. IV-B: the coordinators' checks).
 
 Every check a coordinator runs on a reply, in the order that makes the cheap ones
 first: structure, registration, round, timestamp window, replay, signature, shapes,
@@ -48,12 +48,13 @@ class PackageVerifier:
     Parameters
     ----------
     registry : Callable[[str], str | None]
-        Returns the registered public key (hex) of a client id, or None.
-    max_age : float
+        Returns the enrolled public key (hex) of a client id, or None (read off the
+        certified chain state: :func:`~.outcome.client_key`).
+    max_age : float (default: 600.0)
         Oldest acceptable package, in seconds before ``now``.
-    max_skew : float
+    max_skew : float (default: 30.0)
         How far in the future a timestamp may lie (clock skew allowance).
-    arrayrecord_key : str
+    arrayrecord_key : str (default: "arrays")
         Key of the ArrayRecord holding the parameters in a reply.
     """
 
@@ -88,7 +89,8 @@ class PackageVerifier:
         if package.server_round != server_round:
             return Rejection(cid, f"package for round {package.server_round}, expected {server_round}", pid)
         if not np.isfinite(package.timestamp) or package.timestamp < now - self.max_age:
-            return Rejection(cid, f"stale timestamp ({now - package.timestamp:.0f}s old)", pid)
+            # No age in the reason: every coordinator must record the same words.
+            return Rejection(cid, f"stale timestamp (older than {self.max_age:g}s)", pid)
         if package.timestamp > now + self.max_skew:
             return Rejection(cid, "timestamp in the future", pid)
         if pid in self.seen_packets:

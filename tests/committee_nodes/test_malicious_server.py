@@ -13,8 +13,8 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from bcsfl_flower import BCSFL
 from bcsfl_flower.apps.client_app import make_client_app
 from bcsfl_flower.apps.task import client_ids, make_root_set, malicious_ids
-from bcsfl_flower.client.acceptance import CERT_KEY
 from bcsfl_flower.inprocess import LocalGrid
+from bcsfl_flower.federation import Certificate, verify
 from bcsfl_flower.ledger import open_ledger, verify_chain
 from bcsfl_flower.models import build_model
 from bcsfl_flower.package import arrays_to_numpy, numpy_to_arrays
@@ -45,7 +45,8 @@ def run(strategy_cls, tmp_path, rounds=2, **kwargs):
     s = settings(tmp_path)
     grid = LocalGrid(make_client_app(s.to_mapping()), N)
     strategy = strategy_cls(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N, ledger=s.bcsfl_ledger,
-                            committee_size=4, committee="nodes", root_set=make_root_set(s, N), **kwargs)
+                            committee_size=4, committee="nodes", root_set=make_root_set(s, N),
+                            key_dir=s.bcsfl_key_dir, enrolment_key=s.enrolment_key_path(), **kwargs)
     model = build_model("digits", seed=s.seed)
     strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds)
     return strategy, grid
@@ -67,9 +68,10 @@ def test_honest_relay_commits_certified_rounds_and_clients_train(tmp_path):
     with open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
         assert verify_chain(ledger).ok
         block = ledger.latest()
-        voters = {v["public"] for v in block.data["quorum"]["votes"]}
-        members = {m["member"] for m in block.data["committee"]}
-        assert voters <= {ledger.identity(m) for m in members} and len(voters) >= 3
+        committee = ledger.state_at(block.sequence_no - 1).committee()
+        certificate = Certificate.from_json(block.data["certificate"])
+        verify(certificate, certificate.statement, committee)  # 2f+1 of the chain's committee, own keys
+        assert block.data["committee"] == list(committee) and len(certificate.signatures) >= 3
 
 
 class SubstitutesAggregate(Recording):
@@ -83,7 +85,7 @@ class SubstitutesAggregate(Recording):
 def test_a_substituted_aggregate_is_refused_by_every_client(tmp_path):
     strategy, _ = run(SubstitutesAggregate, tmp_path, rounds=2)
     reasons = refusals(strategy.train_replies[2])
-    assert len(reasons) == N and all("differs from the one committed" in r for r in reasons)
+    assert len(reasons) == N and all("differs from the one certified in round 1" in r for r in reasons)
 
 
 class DropsOneCoordinator(Recording):
@@ -93,9 +95,9 @@ class DropsOneCoordinator(Recording):
         super().__init__(**kwargs)
         relay, inner = self.relay, self.relay.decide
 
-        def decide(grid, *, members, **kw):
-            relay.drop_votes_from = {members[-1]}
-            return inner(grid, members=members, **kw)
+        def decide(grid, *, state, **kw):
+            relay.drop_votes_from = {list(state.committee())[-1]}
+            return inner(grid, state=state, **kw)
 
         relay.decide = decide
 
@@ -104,11 +106,15 @@ def test_b_dropped_votes_still_commit_with_2f_plus_1(tmp_path):
     strategy, _ = run(DropsOneCoordinator, tmp_path, rounds=2)
     assert all(r["committed"] for r in strategy.rounds)
     assert refusals(strategy.train_replies[2]) == []
-    assert all(len(r["dissenters"]) == 1 for r in strategy.rounds)
+    with open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        for block in ledger.blocks(1):
+            if "round" in block.data:
+                signers = [s["member"] for s in block.data["certificate"]["signatures"]]
+                assert len(signers) == 3 and block.data["committee"][-1] not in signers
 
 
 class ReplaysCertificate(Recording):
-    """(c) in round 3 sends round 1's model with round 1's certificate."""
+    """(c) in round 3 sends round 1's certified model again (with its block named as the certificate)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -117,10 +123,10 @@ class ReplaysCertificate(Recording):
     def configure_train(self, server_round, arrays, config, grid):
         self.history[server_round] = arrays
         if server_round == 3:
-            old = self.ledger.block(1)
+            old = next(b for b in self.ledger.blocks(1) if b.data.get("round") == 1)
             messages = list(super().configure_train(server_round, self.history[2], config, grid))
             for msg in messages:
-                msg.content[CERT_KEY] = ConfigRecord({"block-hash": old.hash, "block-seq": 1})
+                msg.content["bcsfl.certificate"] = ConfigRecord({"block-hash": old.hash, "block-seq": old.sequence_no})
             return messages
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -128,7 +134,7 @@ class ReplaysCertificate(Recording):
 def test_c_a_replayed_certificate_is_refused(tmp_path):
     strategy, _ = run(ReplaysCertificate, tmp_path, rounds=3)
     reasons = refusals(strategy.train_replies[3])
-    assert len(reasons) == N and all("not the ledger's latest" in r for r in reasons)
+    assert len(reasons) == N and all("differs from the one certified in round 2" in r for r in reasons)
 
 
 class ShowsDifferentModels(Recording):
@@ -145,7 +151,7 @@ class ShowsDifferentModels(Recording):
 def test_d_split_views_are_refused_by_every_client(tmp_path):
     strategy, _ = run(ShowsDifferentModels, tmp_path, rounds=2)
     reasons = refusals(strategy.train_replies[2])
-    assert len(reasons) == N and all("differs from the one committed" in r for r in reasons)
+    assert len(reasons) == N and all("differs from the one certified in round 1" in r for r in reasons)
 
 
 def test_nodes_and_server_committees_commit_the_same_models(tmp_path):
@@ -156,7 +162,8 @@ def test_nodes_and_server_committees_commit_the_same_models(tmp_path):
                         bcsfl_key_dir=str(tmp_path / mode / "keys"))
         grid = LocalGrid(make_client_app(s.to_mapping()), N)
         strategy = BCSFL(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N, ledger=s.bcsfl_ledger,
-                         committee_size=4, committee=mode, root_set=make_root_set(s, N))
+                         committee_size=4, committee=mode, root_set=make_root_set(s, N), key_dir=s.bcsfl_key_dir,
+                         enrolment_key=s.enrolment_key_path())
         strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model("digits", seed=s.seed).state_dict()),
                        num_rounds=3)
         hashes[mode] = [r.get("model_hash") for r in strategy.rounds]

@@ -57,3 +57,24 @@ def arrays(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 def train_config(server_round: int) -> ConfigRecord:
     return ConfigRecord({"server-round": server_round})
+
+
+def chartered_strategy(tmp_path, clients, g, *, ledger="memory", **kwargs):
+    """A BCSFL on ``ledger`` with a charter and ``clients`` enrolled, their keys in ``tmp_path/keys``.
+
+    Returns ``(strategy, keys, authority)``. The strategy signs for the committee with
+    the keys it finds in its key dir (``<key_dir>/<client>.key``), as in a simulation.
+    """
+    from bcsfl_flower import BCSFL
+    from bcsfl_flower.committee.keys import key_path
+    from bcsfl_flower.ledger.replay import make_enrolment
+
+    key_dir = tmp_path / "keys"
+    authority = SigningKey.from_seed(b"enrolment-authority")
+    strategy = BCSFL(ledger=ledger, key_dir=str(key_dir), enrolment_key=authority, **kwargs)
+    strategy.bootstrap(g)  # installs the charter
+    keys = {}
+    for c in clients:
+        keys[c] = SigningKey.load_or_create(key_path(key_dir, c))
+        strategy.ledger.register_identity(make_enrolment(authority, c, keys[c].public_hex))
+    return strategy, keys, authority

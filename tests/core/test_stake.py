@@ -1,10 +1,10 @@
-"""PoS draw: proportional to stake, recomputable, without repeats."""
+"""PoS draw (proportional to stake, recomputable, without repeats) and stake moves (``federation.stake``)."""
 
 from collections import Counter
 
 import numpy as np
 
-from bcsfl_flower.federation.stake import StakeBook, StakePolicy, draw_committee
+from bcsfl_flower.federation.stake import StakePolicy, draw_committee, next_stakes
 
 
 def test_same_seed_same_committee_and_no_repeats():
@@ -33,9 +33,27 @@ def test_membership_grows_with_stake_and_zero_stake_never_drawn():
     assert counts["rich"] > counts["m0"] > counts["poor"]
 
 
-def test_stake_book_rewards_and_penalties_are_bounded():
-    book = StakeBook(StakePolicy(initial=10, reward=1, penalty=0.5, floor=0.1))
-    book.reward(["a"])
-    book.punish(["b"] * 20)
-    assert book.stakes["a"] == 11 and book.stakes["b"] == 0.1
-    assert list(book.snapshot()) == ["a", "b"]
+def test_next_stakes_rewards_and_penalties_are_bounded():
+    policy = StakePolicy(initial=10, reward=1, penalty=0.5, floor=0.1)
+    book = {"b": 10.0, "a": 10.0, "c": 10.0}
+    for _ in range(20):
+        book = next_stakes(book, kept=["a"], rejected=["b"], policy=policy)
+    assert book["a"] == 30 and book["b"] == 0.1 and book["c"] == 10
+    assert list(book) == ["a", "b", "c"]  # sorted: the form the chain records
+
+
+def test_next_stakes_moves_only_enrolled_ids_and_is_pure():
+    policy = StakePolicy()
+    book = {"a": 10.0}
+    after = next_stakes(book, kept=["ghost"], rejected=["phantom"], policy=policy)
+    assert after == {"a": 10.0} and book == {"a": 10.0}
+
+
+def test_policy_round_trips_and_refuses_nonsense():
+    import pytest
+
+    policy = StakePolicy(initial=5, reward=2, penalty=0.25, floor=1)
+    assert StakePolicy.from_json(policy.to_json()) == policy
+    for bad in ({**policy.to_json(), "penalty": 2.0}, {**policy.to_json(), "reward": float("nan")}, {"initial": 1}):
+        with pytest.raises(ValueError):
+            StakePolicy.from_json(bad)
