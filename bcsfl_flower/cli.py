@@ -44,6 +44,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--committee", choices=("server", "nodes"), default=d.committee,
                    help="server: in-process committee; nodes: coordinators on client nodes, the server relays")
     p.add_argument("--ledger", default="", help="sqlite:///path | memory (default: OUT/ledger.db)")
+    p.add_argument("--enrolment-key", default="", metavar="FILE",
+                   help="the enrolment authority's key, e.g. DIR/enrolment.key of `bcsfl ledger up --dir DIR` "
+                        "(default: OUT/keys/enrolment.key, created for a fresh ledger)")
     p.add_argument("--out", default="bcsfl-out", help="folder for metrics.json, keys and the default ledger")
     p.add_argument("--engine", choices=("ray", "inprocess"), default="ray",
                    help="ray: Flower's simulation engine (the reference); inprocess: the same apps in this "
@@ -79,6 +82,7 @@ def _simulate(args: argparse.Namespace) -> int:
         prune=args.prune, root_size=args.root_size, committee_size=args.committee_size, committee=args.committee, byzantine_coordinators=args.byzantine_coordinators,
         bcsfl_ledger=args.ledger or f"sqlite:///{out / 'ledger.db'}",
         bcsfl_key_dir=str(out / "keys"), device=args.device, out=str(out),
+        bcsfl_enrolment_key=str(Path(args.enrolment_key).resolve()) if args.enrolment_key else "",
     )
     metrics = simulate(settings, args.engine, verbose=args.verbose)
     rounds = metrics["rounds"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -43,6 +44,8 @@ class RunSettings:
     committee: str = "server"  # "server": in-process committee; "nodes": coordinators on client nodes
     bcsfl_ledger: str = "sqlite:///bcsfl-ledger.db"
     bcsfl_key_dir: str = ".bcsfl/keys"
+    # the enrolment authority's key file ("": <key dir>/enrolment.key, created for a fresh ledger)
+    bcsfl_enrolment_key: str = ""
     # torch device of client training and the server's central evaluation: "cpu" (the
     # reference), "cuda", "cuda:N", or "auto" (cuda when torch sees a GPU, else cpu)
     device: str = "cpu"
@@ -63,6 +66,10 @@ class RunSettings:
     def from_context(cls, context: Context, overrides: Mapping[str, Any] | None = None) -> RunSettings:
         """Run-config of ``context`` with ``overrides`` on top."""
         return cls.from_mapping({**dict(context.run_config), **dict(overrides or {})})
+
+    def enrolment_key_path(self) -> str:
+        """The enrolment authority's key file: ``bcsfl-enrolment-key``, else ``<key dir>/enrolment.key``."""
+        return self.bcsfl_enrolment_key or str(Path(self.bcsfl_key_dir) / "enrolment.key")
 
     def to_mapping(self) -> dict[str, Any]:
         """Run-config style keys, the inverse of :meth:`from_mapping`."""

@@ -1,5 +1,9 @@
 """``bcsfl simulate``: one Flower simulation, through flwr's own engine (Ray) or in-process.
 
+BCS-FL runs need at least 4 clients (a committee of 3f+1, f >= 1). The ServerApp creates
+the enrolment authority's key (``<key dir>/enrolment.key``, or ``--enrolment-key``) and
+installs the charter; the clients, on the same machine, enrol with that key.
+
 ``engine="ray"`` (the default and the reference) is Flower's simulation engine: virtual
 SuperNodes as Ray actors, one CPU each. ``engine="inprocess"`` runs the same ServerApp
 and ClientApp in this process, clients one after another (``bcsfl_flower.inprocess``):
@@ -14,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .federation import MIN_COMMITTEE
 from .settings import RunSettings
 
 __all__ = ["ENGINES", "simulate"]
@@ -46,6 +51,9 @@ def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: flo
     """
     if settings.num_clients < 1:
         raise ValueError("num_clients must be at least 1")
+    if settings.strategy == "bcsfl" and settings.num_clients < MIN_COMMITTEE:
+        raise ValueError(f"BCS-FL needs at least {MIN_COMMITTEE} clients: its committee has 3f+1 members, f >= 1 "
+                         f"(got --num-clients {settings.num_clients})")
     if engine == "inprocess":
         from .inprocess import run_inprocess
 

@@ -99,7 +99,7 @@ def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Contex
 
 
 def _settings_mod(overrides: Mapping[str, Any] | None):
-    """``bcsfl_mod`` configured from this app's run settings (ledger, keys, committee, root set)."""
+    """``bcsfl_mod`` configured from this app's run settings (ledger, keys, enrolment key, committee, root set)."""
 
     def mod(msg: Message, context: Context, call_next):
         s = RunSettings.from_context(context, overrides)
@@ -107,7 +107,8 @@ def _settings_mod(overrides: Mapping[str, Any] | None):
         return BcsflMod(
             ledger=s.bcsfl_ledger, key_dir=s.bcsfl_key_dir, committee_size=s.committee_size,
             require_certificate=s.committee == "nodes",
-            root_set=lambda ctx: _cached_root_set(s, num_clients),
+            root_set=lambda ctx: _cached_root_set(s, num_clients), enrolment_key=s.enrolment_key_path(),
+            enrol=s.strategy == "bcsfl",  # baselines keep no ledger: the header only names the client
         )(msg, context, call_next)
 
     return mod

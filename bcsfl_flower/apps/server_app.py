@@ -35,9 +35,11 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
     f = max(1, round(s.malicious_fraction * num_clients))
     if s.strategy == "bcsfl":
         root = make_root_set(s, num_clients)
+        # Clients cannot reach a memory ledger: the strategy enrols them on first use.
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
         return BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
-                     enrollment=enrollment, committee=s.committee, byzantine_first=s.byzantine_coordinators)
+                     enrollment=enrollment, committee=s.committee, byzantine_first=s.byzantine_coordinators,
+                     key_dir=s.bcsfl_key_dir, enrolment_key=s.enrolment_key_path())
     if s.strategy == "fltrust":
         from ..baselines.fltrust import FLTrust
 

@@ -5,19 +5,25 @@ Wrap any ClientApp with ``ClientApp(mods=[bcsfl_mod])``. The user's ``train`` an
 reply: it hashes the parameters (in the order of the global model it received),
 binds the hash to a fresh packet id, timestamp, client id, round, example count and
 metrics, signs that with the node's Ed25519 key, and adds the header as a
-ConfigRecord under ``bcsfl.package``. With the committee on client nodes it also
-plays the coordinator role when drawn, and refuses to train on a global model that
-lacks a valid quorum certificate (see :mod:`.coordinator_role`, :mod:`.acceptance`).
+ConfigRecord under ``bcsfl.package`` (BCS-FL, Sec. IV-A: the model package). Before
+its first signature it makes sure its key is enrolled (:mod:`.enrolment`). With the
+committee on client nodes it also plays the coordinator role when drawn, and refuses
+to train on a global model the chain does not certify (see :mod:`.coordinator_role`,
+:mod:`.acceptance`).
 
 Configuration (node-config first, then run-config, then the mod's defaults):
 
 * ``bcsfl-key-dir``: where the node keeps its key (default ``./.bcsfl/keys``).
 * ``bcsfl-client-id``: the identity on the ledger (default ``client-<partition-id>``
   in simulation, else ``node-<node id>``).
-* ``bcsfl-ledger``: the ledger where the public key is registered on first use
-  (default ``sqlite:///bcsfl-ledger.db`` in the working directory).
-* ``bcsfl-committee-size``: committee size, to recompute the draw (default 4).
-* ``bcsfl-require-certificate``: refuse uncertified global models (default false).
+* ``bcsfl-ledger``: the ledger the node enrols with and reads the certified state from
+  (default ``sqlite:///bcsfl-ledger.db`` in the working directory). A ``memory``
+  ledger is private to each process: the node then neither enrols (the strategy
+  enrols on first use) nor checks the global model.
+* ``bcsfl-enrolment-key``: the enrolment authority's key file, when this machine has
+  it (default ``<key-dir>/enrolment.key``; see :mod:`.enrolment`).
+* ``bcsfl-require-certificate``: refuse global models the chain does not certify
+  (default false; :mod:`.acceptance`).
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
+from ..committee.keys import ENROLMENT_KEY
 from ..committee.rootset import RootSet
 from ..crypto import SigningKey
 from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy
-from .acceptance import CERT_KEY, certificate_problem
+from .acceptance import acceptance_problem
 from .coordinator_role import is_role_message, play_role
+from .enrolment import enrolment_problem
 
 __all__ = ["BcsflMod", "bcsfl_mod", "client_identity", "config_value", "make_bcsfl_mod"]
 
@@ -43,7 +51,9 @@ DEFAULT_KEY_DIR = ".bcsfl/keys"
 DEFAULT_LEDGER = "sqlite:///bcsfl-ledger.db"
 #: Error code of a reply that refuses an uncertified global model.
 REFUSED = 4201
-_registered: set[tuple[str, str, str]] = set()
+#: Error code of a reply from a node that is not enrolled (and could not enrol itself).
+NOT_ENROLLED = 4202
+_enrolled: set[tuple[str, str, str]] = set()
 _lock = threading.Lock()
 
 
@@ -72,15 +82,22 @@ def _open(url: str):
     return open_ledger(url)
 
 
-def _ensure_registered(ledger_url: str, client_id: str, public_key: str) -> None:
-    """Register the key with the ledger once per process (the ledger is idempotent)."""
-    marker = (ledger_url, client_id, public_key)
+def _private(url: str) -> bool:
+    """A ``memory`` ledger: each process has its own, so the node cannot reach the federation's."""
+    return url == "memory" or url.startswith("memory://")
+
+
+def _enrolment(ledger_url: str, client_id: str, key: SigningKey, key_dir: Path, authority: str) -> str | None:
+    """Enrol once per process (see :mod:`.enrolment`); why the node is not enrolled, or None."""
+    marker = (ledger_url, client_id, key.public_hex)
     with _lock:
-        if marker in _registered:
-            return
+        if marker in _enrolled or _private(ledger_url):
+            return None
         with _open(ledger_url) as ledger:
-            ledger.register_identity(client_id, public_key, role="client")
-        _registered.add(marker)
+            problem = enrolment_problem(ledger, client_id, key, key_dir, authority)
+        if problem is None:
+            _enrolled.add(marker)
+        return problem
 
 
 @dataclass
@@ -89,14 +106,23 @@ class BcsflMod:
 
     Parameters
     ----------
-    ledger, key_dir, client_id : str | None
-        Defaults for the config keys of the module docstring.
-    committee_size : int
-        Default committee size for recomputing the draw.
-    require_certificate : bool
-        Default for refusing global models without a quorum certificate.
-    root_set : Callable[[Context], RootSet | None] | None
+    ledger : str | None (default: None, i.e. ``$BCSFL_LEDGER`` or ``sqlite:///bcsfl-ledger.db``)
+        Default for ``bcsfl-ledger``.
+    key_dir : str | None (default: None, i.e. ``.bcsfl/keys``)
+        Default for ``bcsfl-key-dir``.
+    client_id : str | None (default: None, i.e. from the node's partition or node id)
+        Default for ``bcsfl-client-id``.
+    committee_size : int (default: 4)
+        Kept for configuration compatibility; the committee's size is the charter's.
+    require_certificate : bool (default: False)
+        Default for ``bcsfl-require-certificate``.
+    root_set : Callable[[Context], RootSet | None] | None (default: None)
         The root data this node uses when it coordinates (None: median reference).
+    enrolment_key : str | None (default: None, i.e. ``<key_dir>/enrolment.key``)
+        Default for ``bcsfl-enrolment-key``.
+    enrol : bool (default: True)
+        Make sure the key is enrolled before signing. False: sign only (baseline runs,
+        where the package header just names the client and no ledger is kept).
     """
 
     ledger: str | None = None
@@ -105,29 +131,31 @@ class BcsflMod:
     committee_size: int = 4
     require_certificate: bool = False
     root_set: Callable[[Context], RootSet | None] | None = None
+    enrolment_key: str | None = None
+    enrol: bool = True
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        """Play the coordinator role, or check, train and sign (see the module docstring)."""
+        """Play the coordinator role, or check, enrol, train and sign (see the module docstring)."""
         if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             return call_next(msg, context)
         client_id = client_identity(context, self.client_id)
         key_dir = Path(config_value(context, "bcsfl-key-dir", self.key_dir or DEFAULT_KEY_DIR)).expanduser()
         key = SigningKey.load_or_create(key_dir / f"{client_id}.key")
         ledger_url = config_value(context, "bcsfl-ledger", self.ledger or os.environ.get("BCSFL_LEDGER", DEFAULT_LEDGER))
-        _ensure_registered(ledger_url, client_id, key.public_hex)
-        size = int(config_value(context, "bcsfl-committee-size", str(self.committee_size)))
         if is_role_message(msg):
             with _open(ledger_url) as ledger:
-                return play_role(msg, context, client_id=client_id, key=key, ledger=ledger,
-                                 committee_size=size, root_set=self.root_set)
+                return play_role(msg, context, client_id=client_id, key=key, ledger=ledger, root_set=self.root_set)
         required = config_value(context, "bcsfl-require-certificate", str(self.require_certificate))
-        if required.lower() in ("1", "true", "yes"):
+        if required.lower() in ("1", "true", "yes") and not _private(ledger_url):
             incoming = next(iter(msg.content.array_records.values()))
-            cert = msg.content.config_records.get(CERT_KEY)
             with _open(ledger_url) as ledger:
-                problem = certificate_problem(arrays_to_numpy(incoming), cert, ledger, committee_size=size)
+                problem = acceptance_problem(arrays_to_numpy(incoming), ledger, context.state)
             if problem:
                 return Message(Error(code=REFUSED, reason=f"refused global model: {problem}"), reply_to=msg)
+        authority = config_value(context, "bcsfl-enrolment-key", self.enrolment_key or str(key_dir / ENROLMENT_KEY))
+        problem = _enrolment(ledger_url, client_id, key, key_dir, authority) if self.enrol else None
+        if problem:
+            return Message(Error(code=NOT_ENROLLED, reason=problem), reply_to=msg)
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
@@ -164,9 +192,10 @@ def make_bcsfl_mod(
     committee_size: int = 4,
     require_certificate: bool = False,
     root_set: Callable[[Context], RootSet | None] | None = None,
+    enrolment_key: str | None = None,
 ) -> BcsflMod:
     """A ``bcsfl_mod`` with its own defaults (node-config and run-config still win)."""
-    return BcsflMod(ledger, key_dir, client_id, committee_size, require_certificate, root_set)
+    return BcsflMod(ledger, key_dir, client_id, committee_size, require_certificate, root_set, enrolment_key)
 
 
 _DEFAULT_MOD = BcsflMod()

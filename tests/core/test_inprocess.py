@@ -51,8 +51,8 @@ def _check(metrics: dict, out: Path) -> None:
 def test_inprocess_bcsfl_runs_without_ray(tmp_path):
     out = tmp_path / "run"
     res = subprocess.run(
-        [sys.executable, "-c", NO_RAY, "simulate", "--engine", "inprocess", "--num-clients", "3", "--rounds", "2",
-         "--root-size", "50", "--malicious-fraction", "0.34", "--attack", "sign-flip", "--out", str(out)],
+        [sys.executable, "-c", NO_RAY, "simulate", "--engine", "inprocess", "--num-clients", "5", "--rounds", "2",
+         "--root-size", "50", "--malicious-fraction", "0.2", "--attack", "sign-flip", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
     )
@@ -61,7 +61,7 @@ def test_inprocess_bcsfl_runs_without_ray(tmp_path):
     _check(metrics, out)
     bad = set(metrics["malicious_clients"])
     assert len(bad) == 1 and all(bad <= set(r["rejected"]) for r in metrics["rounds"])
-    assert all(len(r["committee"]) == 3 and r["model_hash"] for r in metrics["rounds"])
+    assert all(len(r["committee"]) == 4 and r["model_hash"] for r in metrics["rounds"])
 
 
 def test_inprocess_fedavg(tmp_path):
@@ -85,8 +85,8 @@ def test_inprocess_matches_flowers_ray_engine(tmp_path):
     for engine in ("ray", "inprocess"):
         out = tmp_path / engine
         res = subprocess.run(
-            [sys.executable, "-m", "bcsfl_flower.cli", "simulate", "--engine", engine, "--num-clients", "3",
-             "--rounds", "2", "--root-size", "50", "--malicious-fraction", "0.34", "--attack", "sign-flip",
+            [sys.executable, "-m", "bcsfl_flower.cli", "simulate", "--engine", engine, "--num-clients", "5",
+             "--rounds", "2", "--root-size", "50", "--malicious-fraction", "0.2", "--attack", "sign-flip",
              "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         rounds = json.loads((out / "metrics.json").read_text())["rounds"]

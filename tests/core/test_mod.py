@@ -1,13 +1,18 @@
-"""bcsfl_mod around a plain train function: signs, registers, leaves other messages alone."""
+"""bcsfl_mod around a plain train function: enrols, signs, checks the global model, leaves other messages alone."""
 
+import json
 import time
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from bcsfl_flower import bcsfl_mod, make_bcsfl_mod
+from bcsfl_flower.committee.enrolment import install_charter
 from bcsfl_flower.committee.verify import PackageVerifier, VerifiedUpdate
+from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.federation import StakePolicy
 from bcsfl_flower.ledger import open_ledger
+from bcsfl_flower.ledger.replay import make_enrolment
 from bcsfl_flower.package import PACKAGE_KEY, numpy_to_arrays
 
 from .helpers import global_model
@@ -33,7 +38,16 @@ def context(tmp_path, **node):
     return Context(run_id=1, node_id=7, node_config={"partition-id": 3, **node}, state=RecordDict(), run_config=run_config)
 
 
-def test_mod_signs_train_replies_and_registers_key(tmp_path):
+def chartered(tmp_path, authority_file=True) -> SigningKey:
+    """A ledger with a charter; the authority's key in the key dir, as in a simulation (or not)."""
+    authority = SigningKey.load_or_create(tmp_path / ("keys" if authority_file else "operator") / "enrolment.key")
+    with open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        install_charter(ledger, authority, committee_size=4, policy=StakePolicy(), max_model_bytes=1 << 20)
+    return authority
+
+
+def test_mod_signs_train_replies_and_enrols_with_the_operators_key_on_this_machine(tmp_path):
+    chartered(tmp_path)
     ctx = context(tmp_path)
     out = bcsfl_mod(instruction(), ctx, user_train)
     header = out.content.config_records[PACKAGE_KEY]
@@ -53,6 +67,7 @@ def test_mod_leaves_evaluate_untouched_and_config_overrides_defaults(tmp_path):
     def user_eval(msg, ctx):
         return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "acc": 0.5})}), reply_to=msg)
 
+    chartered(tmp_path)
     out = bcsfl_mod(instruction(MessageType.EVALUATE), context(tmp_path), user_eval)
     assert PACKAGE_KEY not in out.content.config_records
     mod = make_bcsfl_mod(client_id="factory-1")
@@ -61,3 +76,65 @@ def test_mod_leaves_evaluate_untouched_and_config_overrides_defaults(tmp_path):
     named = mod(instruction(), context(tmp_path, **{"bcsfl-client-id": "from-node-config"}), user_train)
     assert named.content.config_records[PACKAGE_KEY]["client-id"] == "from-node-config"
     assert np.isfinite(signed.content.config_records[PACKAGE_KEY]["timestamp"])
+
+
+def test_mod_submits_an_enrolment_ticket_or_says_how_to_get_one(tmp_path):
+    authority = chartered(tmp_path, authority_file=False)  # the operator's key is elsewhere
+    mod = make_bcsfl_mod(client_id="factory-2")
+    refused = mod(instruction(), context(tmp_path), user_train)
+    assert refused.has_error() and refused.error.reason.startswith("not enrolled: ask the operator to run "
+                                                                   "bcsfl ledger enrol --client-id factory-2")
+    key = SigningKey.load_or_create(tmp_path / "keys" / "factory-2.key")
+    ticket = make_enrolment(authority, "factory-2", key.public_hex)
+    (tmp_path / "keys" / "factory-2.enrolment.json").write_text(json.dumps(ticket.to_json()))
+    signed = mod(instruction(), context(tmp_path), user_train)
+    assert signed.content.config_records[PACKAGE_KEY]["public-key"] == key.public_hex
+    with open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        assert ledger.identity("factory-2") == key.public_hex
+
+
+def test_mod_refuses_a_ticket_for_another_key_and_an_id_enrolled_with_another_key(tmp_path):
+    authority = chartered(tmp_path, authority_file=False)
+    other = SigningKey.generate()
+    ticket = make_enrolment(authority, "factory-3", other.public_hex)
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    (tmp_path / "keys" / "factory-3.enrolment.json").write_text(json.dumps(ticket.to_json()))
+    out = make_bcsfl_mod(client_id="factory-3")(instruction(), context(tmp_path), user_train)
+    assert out.has_error() and "ticket" in out.error.reason
+    with open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        ledger.register_identity(ticket)  # someone else holds the id
+    out = make_bcsfl_mod(client_id="factory-3")(instruction(), context(tmp_path), user_train)
+    assert out.has_error() and "enrolled with another key" in out.error.reason
+
+
+def test_acceptance_refuses_a_model_the_chain_does_not_certify_and_a_truncated_ledger(tmp_path):
+    from bcsfl_flower.client.acceptance import ACCEPTED_KEY, acceptance_problem
+
+    from .helpers import chartered_strategy, global_model as model
+    from .test_strategy import CLIENTS, honest_replies, run_round
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    g = model()
+    strategy, keys, _ = chartered_strategy(tmp_path, CLIENTS[:5], g, ledger=url)
+    node = RecordDict()
+    with open_ledger(url) as ledger:
+        assert acceptance_problem(g, ledger, node) is None  # before round 1: accepted on first use
+        first_head = node.config_records[ACCEPTED_KEY]["seq"]
+    arrays, _ = run_round(strategy, g, 1, honest_replies(keys, g, 1))
+    from bcsfl_flower.package import arrays_to_numpy
+
+    g1 = arrays_to_numpy(arrays)
+    with open_ledger(url) as ledger:
+        assert "differs from the one certified in round 1" in acceptance_problem(g, ledger, node)
+        assert acceptance_problem(g1, ledger, node) is None
+        assert node.config_records[ACCEPTED_KEY]["seq"] > first_head
+    strategy.ledger.close()
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "l.db")
+    top = con.execute("select max(sequence_no) from blocks").fetchone()[0]
+    con.execute("delete from blocks where sequence_no = ?", (top,))
+    con.commit()
+    con.close()
+    with open_ledger(url) as ledger:
+        assert "truncated" in acceptance_problem(g, ledger, node)
