@@ -2,12 +2,18 @@
 
 Backends: ``MemoryLedger`` (in process), ``SqliteLedger`` (one crash-safe file) and
 ``RemoteLedger`` (a PBFT cluster of ledger nodes over HTTP, see ``node``/``service``);
-``open_ledger`` picks one from a URL.
+``open_ledger`` picks one from a URL. Every backend enforces the federation's rules
+(:mod:`bcsfl_flower.federation`) on append: block 1 is the charter
+(``make_charter_block``), identities enrol by the authority's signed transaction
+(``make_enrolment``), and identities and stakes are replayed from the blocks
+(``Replay``/``replay``).
 """
 
 from __future__ import annotations
 
 import os
+
+from bcsfl_flower.crypto import SigningKey
 
 from .base import Ledger
 from .block import (
@@ -18,9 +24,9 @@ from .block import (
     build_block,
     canonical_json,
     make_transaction,
-    make_vote,
 )
 from .memory import MemoryLedger
+from .replay import Replay, enrolment_of, make_charter_block, make_enrolment, replay
 from .sqlite import SqliteLedger
 from .verify import VerifyReport, verify_chain
 
@@ -30,14 +36,18 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "MemoryLedger",
+    "Replay",
     "SqliteLedger",
     "Transaction",
     "VerifyReport",
     "build_block",
     "canonical_json",
+    "enrolment_of",
+    "make_charter_block",
+    "make_enrolment",
     "make_transaction",
-    "make_vote",
     "open_ledger",
+    "replay",
     "sqlite_path",
     "verify_chain",
 ]
@@ -71,7 +81,8 @@ def sqlite_path(url: str | os.PathLike[str]) -> str | None:
     return text
 
 
-def open_ledger(url: str | os.PathLike[str], create: bool = True) -> Ledger:
+def open_ledger(url: str | os.PathLike[str], create: bool = True,
+                uploader: tuple[str, SigningKey] | None = None, read_only: bool = False) -> Ledger:
     """Open the ledger a URL names.
 
     Parameters
@@ -85,6 +96,13 @@ def open_ledger(url: str | os.PathLike[str], create: bool = True) -> Ledger:
     create : bool (default: True)
         Whether a missing SQLite file is created (else ``FileNotFoundError``);
         ignored for remote ledgers.
+    uploader : tuple[str, SigningKey] | None (default: None)
+        For a remote ledger: the enrolled identity ``(client_id, key)`` that signs
+        model uploads (a cluster refuses unsigned ones); ignored for local ledgers,
+        whose owner needs no signature to write their own file.
+    read_only : bool (default: False)
+        Open a SQLite file read-only (never written, not even its journal mode;
+        implies ``create=False``); ignored for other ledgers.
 
     Returns
     -------
@@ -95,8 +113,8 @@ def open_ledger(url: str | os.PathLike[str], create: bool = True) -> Ledger:
     if text.startswith(("http://", "https://")):
         from .remote import RemoteLedger  # httpx is only needed for remote ledgers
 
-        return RemoteLedger(text)
+        return RemoteLedger(text, uploader=uploader)
     path = sqlite_path(text)
     if path is None:
         return MemoryLedger()
-    return SqliteLedger(path, create=create)
+    return SqliteLedger(path, create=create and not read_only, read_only=read_only)

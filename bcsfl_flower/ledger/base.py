@@ -15,7 +15,14 @@ from .block import Block, BlockRow, LedgerError, Transaction, build_block
 from .replay import enrolment_of, replay
 from .rules import referenced_models
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "identity_records"]
+
+
+def identity_records(state: FederationState) -> dict[str, dict[str, Any]]:
+    """``client_id -> {"public_key", "role", "stake", "taken_part", "enrolled_at"}``, sorted by id."""
+    return {cid: {"public_key": i.public_key, "role": i.role, "stake": i.stake,
+                  "taken_part": i.taken_part, "enrolled_at": i.enrolled_at}
+            for cid, i in sorted(state.identities.items())}
 
 
 class Ledger(abc.ABC):
@@ -153,9 +160,7 @@ class Ledger(abc.ABC):
 
     def identities(self) -> dict[str, dict[str, Any]]:
         """``client_id -> {"public_key", "role", "stake", "taken_part", "enrolled_at"}`` for every identity."""
-        return {cid: {"public_key": i.public_key, "role": i.role, "stake": i.stake,
-                      "taken_part": i.taken_part, "enrolled_at": i.enrolled_at}
-                for cid, i in sorted(self.state().identities.items())}
+        return identity_records(self.state())
 
     # -- raw access for verification ------------------------------------------------
     def block_rows(self) -> Iterator[BlockRow]:

@@ -29,7 +29,6 @@ __all__ = [
     "build_block",
     "canonical_json",
     "make_transaction",
-    "make_vote",
     "transaction_hash",
 ]
 
@@ -172,7 +171,8 @@ def _hash_block_body(
 
 @dataclass(frozen=True)
 class Transaction:
-    """A client's signed model submission (``data``: ``model-params``, ``model-acc``, ``num``)."""
+    """A signed transaction: a client's model submission (``data``: ``model-params``,
+    ``model-acc``, ``num``) or the enrolment authority's enrolment (``data.enrol``)."""
 
     id: str
     public: str
@@ -399,24 +399,6 @@ def make_transaction(
     digest = transaction_hash(tx_id, key.public_hex, body, ts)
     signature = key.sign(bytes.fromhex(digest)).hex()
     return Transaction(tx_id, key.public_hex, body, ts, digest, signature)
-
-
-def make_vote(key: SigningKey, value: str) -> dict[str, str]:
-    """A quorum vote: ``{"public", "sign"}`` with ``sign`` over ``bytes.fromhex(value)``.
-
-    Parameters
-    ----------
-    key : SigningKey
-        The voter's key.
-    value : str
-        The hex digest being agreed on.
-
-    Returns
-    -------
-    dict[str, str]
-        One entry for ``data["quorum"]["votes"]``.
-    """
-    return {"public": key.public_hex, "sign": key.sign(bytes.fromhex(value)).hex()}
 
 
 def build_block(

@@ -11,14 +11,9 @@ from bcsfl_flower.federation import FederationState
 from .base import Ledger
 from .block import GENESIS, Block, BlockRow, LedgerError
 from .replay import advance, genesis_replay
+from .upload import check_model_size
 
-__all__ = ["MemoryLedger", "check_model_size"]
-
-
-def check_model_size(state: FederationState, size: int) -> None:
-    """Refuse a model larger than the charter allows (``LedgerError``)."""
-    if state.charter is not None and size > state.charter.max_model_bytes:
-        raise LedgerError(f"model of {size} bytes exceeds the charter's {state.charter.max_model_bytes}")
+__all__ = ["MemoryLedger"]
 
 
 class MemoryLedger(Ledger):

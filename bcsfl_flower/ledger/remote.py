@@ -3,12 +3,17 @@
 Writes (``append``, ``put_model``, ``register_identity``) are ordered by PBFT and
 executed on every node; they return once the node they were sent to has executed
 them, so a later read from the same node sees them. ``append`` keeps the local
-semantics: a block that does not follow the head (or fails any other
-``check_append`` rule, which every node runs) raises ``LedgerError`` with the
-cluster's reason. Reads come from one node; if it cannot be reached the client moves
-to the next node the cluster advertised. Model bytes are checked against their
-SHA-256 key on the client (``get_model``), so a faulty node cannot hand out a
-forged model.
+semantics: a block that does not follow the head or the federation's rules raises
+``LedgerError`` with the cluster's reason. ``register_identity`` submits the
+enrolment authority's signed transaction; ``put_model`` signs the upload as the
+enrolled identity given as ``uploader``. Reads come from one node; if it cannot be
+reached the client moves to the next node the cluster advertised.
+
+Nothing a node serves is taken on trust: model bytes are checked against their SHA-256
+key (``get_model``), and ``state()`` (identities, stakes, the next committee) is
+replayed here from the served blocks with the same checks ``append`` runs (structure,
+signatures, certificates), incrementally, so a node that lies about the chain is
+detected rather than believed.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from urllib.parse import quote
 
 import httpx
 
-from bcsfl_flower.crypto import sha256_hex
+from bcsfl_flower.crypto import SigningKey, sha256_hex
+from bcsfl_flower.federation import FederationState
 
 from .base import Ledger
-from .block import Block, BlockRow, LedgerError, canonical_json
-from .memory import validate_identity
+from .block import Block, BlockRow, LedgerError, Transaction, canonical_json
+from .replay import Replay, advance, enrolment_of, genesis_replay
+from .upload import CLIENT_HEADER, SIGN_HEADER, upload_signature
 
 __all__ = ["RemoteLedger"]
 
@@ -40,10 +47,18 @@ class RemoteLedger(Ledger):
         Base URL of one node, e.g. ``"http://127.0.0.1:8000"``.
     timeout : float (default: 90.0)
         Seconds per HTTP request (writes wait up to a minute for their commit).
+    uploader : tuple[str, SigningKey] | None (default: None)
+        The enrolled identity ``(client_id, key)`` that signs model uploads; without
+        one, ``put_model`` only succeeds for models the cluster already stores.
     """
 
-    def __init__(self, url: str, timeout: float = 90.0) -> None:
+    _PAGE = 100  # blocks per request when replaying the chain
+
+    def __init__(self, url: str, timeout: float = 90.0,
+                 uploader: tuple[str, SigningKey] | None = None) -> None:
         self.url = url.rstrip("/")
+        self.uploader = uploader
+        self._replay: Replay = genesis_replay()
         self._urls = [self.url]
         self._client = httpx.Client(timeout=timeout)
         try:
@@ -145,8 +160,15 @@ class RemoteLedger(Ledger):
             raise TypeError("put_model expects bytes")
         data = bytes(data)
         digest = sha256_hex(data)
-        resp = self._request("POST", "/models", content=data, params={"wait": _WRITE_WAIT},
-                             headers={"content-type": "application/octet-stream"})
+        if self.uploader is None:
+            if self.has_model(digest):
+                return digest
+            raise LedgerError("uploading a model to a ledger cluster needs an enrolled identity's signature: "
+                              "open it with RemoteLedger(url, uploader=(client_id, key))")
+        client, key = self.uploader
+        headers = {"content-type": "application/octet-stream", CLIENT_HEADER: client,
+                   SIGN_HEADER: upload_signature(key, digest)}
+        resp = self._request("POST", "/models", content=data, params={"wait": _WRITE_WAIT}, headers=headers)
         if resp.status_code == 202:
             self._poll(lambda: self.has_model(digest), f"model {digest}")
             return digest
@@ -171,31 +193,38 @@ class RemoteLedger(Ledger):
         models = self._json("GET", "/models").get("models")
         return [str(d) for d in models] if isinstance(models, list) else []
 
-    # -- identities ----------------------------------------------------------------
-    def register_identity(self, client_id: str, public_key: str, role: str = "client") -> None:
-        validate_identity(client_id, public_key, role)
-        body = {"client_id": client_id, "public_key": public_key, "role": role}
-        resp = self._request("POST", "/identities", json=body, params={"wait": _WRITE_WAIT})
+    # -- federation state ------------------------------------------------------------
+    def state(self) -> FederationState:
+        """The federation state after the served head, replayed and checked here.
+
+        Only blocks not seen before are fetched; each is checked like ``append`` checks
+        it (structure, signatures, the rules), so a node serving a forged or rewritten
+        chain raises ``LedgerError`` instead of being believed.
+        """
+        rep = self._replay
+        while True:
+            chain = self._chain(rep.head.sequence_no, rep.head.sequence_no + 1 + self._PAGE)
+            if not chain:
+                return rep.state  # a lagging node after a fail-over: what was checked stands
+            first = Block.from_json(chain[0])
+            if first.hash != rep.head.hash:
+                raise LedgerError(f"the ledger node serves another block {first.sequence_no} than before "
+                                  "(rewritten history or a fork)")
+            for obj in chain[1:]:
+                rep = advance(rep, Block.from_json(obj))
+            self._replay = rep
+            if len(chain) <= self._PAGE:
+                return rep.state
+
+    def register_identity(self, enrolment: Transaction) -> None:
+        """Submit the enrolment authority's signed enrolment transaction (``POST /identities``)."""
+        client_id, public_key, _ = enrolment_of(enrolment)
+        resp = self._request("POST", "/identities", json=enrolment.to_json(), params={"wait": _WRITE_WAIT})
         if resp.status_code == 202:
-            self._poll(lambda: self.identity(client_id) == public_key, f"identity {client_id}")
+            self._poll(lambda: self.identity(client_id) == public_key, f"enrolment of {client_id}")
             return
         if resp.status_code >= 400:
             raise LedgerError(self._detail(resp))
-
-    def identity(self, client_id: str) -> str | None:
-        resp = self._request("GET", f"/identities/{quote(client_id, safe='')}")
-        if resp.status_code == 404:
-            return None
-        if resp.status_code >= 400:
-            raise LedgerError(f"GET /identities: {self._detail(resp)}")
-        key = resp.json().get("public_key")
-        return str(key) if key is not None else None
-
-    def identities(self) -> dict[str, dict[str, Any]]:
-        found = self._json("GET", "/identities")
-        if not isinstance(found, dict):
-            raise LedgerError("GET /identities: not an object")
-        return found
 
     # -- raw access ----------------------------------------------------------------
     def block_rows(self) -> Iterator[BlockRow]:

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.federation import Charter, FederationState, RuleViolation, enrolment_data
@@ -20,7 +21,10 @@ from bcsfl_flower.federation import Charter, FederationState, RuleViolation, enr
 from .block import GENESIS, Block, LedgerError, Transaction, build_block, make_transaction
 from .rules import ChainHead, check_append, check_block, check_link
 
-__all__ = ["Replay", "advance", "genesis_replay", "make_charter_block", "make_enrolment", "replay"]
+__all__ = [
+    "Probe", "Replay", "admissible", "advance", "enrolment_of", "genesis_replay", "make_charter_block", "make_enrolment",
+    "replay",
+]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ def advance(rep: Replay, block: Block, has_model: Callable[[str], bool] | None =
         state = rep.state.apply(block)
     except RuleViolation as err:
         raise LedgerError(str(err)) from None
+    except (TypeError, AttributeError, KeyError, ValueError) as err:  # shapes the rules do not name
+        raise LedgerError(f"malformed block data ({type(err).__name__}: {err})") from None
     return Replay(state, block)
 
 
@@ -98,3 +104,40 @@ def enrolment_of(tx: Transaction) -> tuple[str, str, str]:
     if not isinstance(enrol, dict) or set(enrol) != {"client_id", "public_key", "role"}:
         raise LedgerError("not an enrolment transaction (data.enrol = {client_id, public_key, role})")
     return enrol["client_id"], enrol["public_key"], enrol["role"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A transaction block that would follow ``state``'s head: what the rules read of a block.
+
+    For dry runs of transactions through :meth:`FederationState.apply` before any block
+    exists (the structural checks are not run on it).
+    """
+
+    sequence_no: int
+    hash: str
+    last_hash: str
+    public: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, state: FederationState, txs: list[dict[str, Any]]) -> Probe:
+        """The probe holding ``txs`` (JSON objects) after ``state``."""
+        return cls(state.height, state.head, state.head, "", {"transactions": txs})
+
+
+def admissible(state: FederationState, txs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The transactions (JSON objects) that the rules admit in order after ``state``.
+
+    Each is tried as a block of its own on the state the ones kept before it leave,
+    so of two enrolments that conflict the first is kept. Signatures are not checked
+    here (``rules.check_transaction`` does that).
+    """
+    kept = []
+    for tx in txs:
+        try:
+            state = state.apply(Probe.of(state, [tx]))
+        except (RuleViolation, AttributeError, TypeError, KeyError):
+            continue
+        kept.append(tx)
+    return kept

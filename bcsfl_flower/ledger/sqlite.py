@@ -23,8 +23,8 @@ from bcsfl_flower.federation import FederationState
 
 from .base import Ledger
 from .block import GENESIS, Block, BlockRow, LedgerError
-from .memory import check_model_size
 from .replay import Replay, advance, genesis_replay
+from .upload import check_model_size
 
 __all__ = ["SqliteLedger"]
 
@@ -56,6 +56,10 @@ class SqliteLedger(Ledger):
         ledger tables ``LedgerError``) instead of being created.
     timeout : float (default: 30.0)
         Seconds to wait for another process's write lock.
+    read_only : bool (default: False)
+        Open the file read-only (``ledger verify``/``show``): nothing is written to it,
+        not even the journal mode, and writes raise ``sqlite3.OperationalError``.
+        Implies ``create=False``.
     """
 
     def __init__(
@@ -63,19 +67,26 @@ class SqliteLedger(Ledger):
         path: str | os.PathLike[str],
         create: bool = True,
         timeout: float = _BUSY_TIMEOUT_S,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         if not self.path.exists():
-            if not create:
+            if not create or read_only:
                 raise FileNotFoundError(f"no ledger at {self.path}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._replay: Replay = genesis_replay()
-        self._conn = sqlite3.connect(
-            str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
-        )
+        target, uri = (self.path.resolve().as_uri() + "?mode=ro", True) if read_only else (str(self.path), False)
+        self._conn = sqlite3.connect(target, timeout=timeout, isolation_level=None, check_same_thread=False,
+                                     uri=uri)
         try:
-            self._setup(timeout, create)
+            if read_only:
+                self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+                if not self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='blocks'"):
+                    raise LedgerError(f"{self.path} is not a ledger (no blocks table)")
+            else:
+                self._setup(timeout, create)
         except BaseException:
             self._conn.close()
             raise
