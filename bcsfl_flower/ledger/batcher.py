@@ -6,10 +6,12 @@ pools them and, while fewer than ``max_inflight`` of its blocks are in flight, b
 the next block of up to ``batch_size`` transactions on top of its newest in-flight
 block (or the chain head), signs it with its node key and submits it as one request.
 
-Every node then executes that block with ``check_append``: each transaction's hash and
-Ed25519 signature is verified by every node before the block is written. A block that
-fails (a stale parent after a view change, or a bad transaction that a faulty node
-forwarded) is rejected on every node alike; the primary then re-checks its
+Every node then executes that block with ``Ledger.append``: each transaction's hash and
+Ed25519 signature is verified by every node before the block is written, and the
+federation's rules admit each one (an enrolment signed by the enrolment authority, any
+other transaction signed by an enrolled key). A block that fails (a stale parent after
+a view change, a bad transaction that a faulty node forwarded, two enrolments of one id
+with different keys) is rejected on every node alike; the primary then re-checks its
 transactions one by one, drops the bad ones and proposes the rest again.
 
 Two blocks holding the same transaction can both commit only if one was built on top
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .block import Block, LedgerError, Transaction, build_block
 from .ops import Op, encode_block_op
+from .replay import admissible
 from .rules import check_transaction
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,7 +179,11 @@ class Batcher:
             self._schedule(0.0)
 
     def _requeue(self, txs: list[dict[str, Any]]) -> None:
-        """Put back a rejected block's transactions, dropping those that are invalid."""
+        """Put back a rejected block's transactions, dropping those that are invalid.
+
+        Only a faulty forwarder's transactions (or conflicting enrolments) fail here:
+        this node checked its clients' transactions on arrival.
+        """
         ledger = self.node.ledger
         back: list[tuple[str, dict[str, Any]]] = []
         for tx in txs:
@@ -191,6 +198,8 @@ class Batcher:
             if model is not None and not ledger.has_model(model):
                 continue
             back.append((tx["id"], tx))
+        kept = admissible(self.node.state, (tx for _, tx in back))  # the rules, in order
+        back = [(tx["id"], tx) for tx in kept]
         ids = {k for k, _ in back}
         self.pool = collections.OrderedDict(back + [kv for kv in self.pool.items() if kv[0] not in ids])
 

@@ -1,9 +1,11 @@
 """Running ledger nodes: one node (``serve``), N local nodes (``up``), and a test harness.
 
 Layout of a cluster folder ``D``: ``node-I.key`` (node I's Ed25519 key, mode 0600),
-``node-I.pub`` (its public key, hex), ``node-I.db`` (its SQLite ledger). A node learns
-its peers' keys from their ``.pub`` files, so nodes on other machines need the same
-``.pub`` files copied into their folder.
+``node-I.pub`` (its public key, hex), ``node-I.db`` (its SQLite ledger), and the
+federation's ``enrolment.key`` and ``charter.json`` (:mod:`~.charter_file`). A node
+learns its peers' keys from their ``.pub`` files, so nodes on other machines need the
+same ``.pub`` files and ``charter.json`` copied into their folder (never the
+enrolment key: it stays with the operator who admits identities).
 
 Node ``I`` serves HTTP on the ``I``-th address of ``--peers`` and PBFT (TCP) on that
 address's third field, by default its HTTP port plus ``--pbft-offset``.
@@ -23,6 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.federation.state import DEFAULT_MAX_MODEL_BYTES
+
+from .block import Block
+from .charter_file import CHARTER_FILE, ensure_charter
 
 __all__ = ["LocalCluster", "PeerAddr", "node_command", "node_env", "parse_peers", "serve_main", "up"]
 
@@ -121,6 +127,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", required=True,
                    help="every node as host:port[:pbft_port], comma-separated, in index order")
     p.add_argument("--dir", required=True, help="folder with node-I.key/.pub/.db")
+    p.add_argument("--charter", default=None,
+                   help="the federation's signed charter block (charter.json from ledger up/init); installed "
+                        "as block 1 on a fresh chain (default: DIR/charter.json if it exists)")
     p.add_argument("--pbft-offset", type=int, default=DEFAULT_PBFT_OFFSET)
     p.add_argument("--bind", default=None, help="bind address (default: this node's host)")
     p.add_argument("--batch-size", type=int, default=1000, help="transactions per block")
@@ -137,6 +146,8 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from .block import LedgerError
+    from .charter_file import read_charter
     from .node import LedgerNode, NodeConfig
     from .service import create_app
 
@@ -147,15 +158,27 @@ def serve(args: argparse.Namespace) -> int:
         print(f"ERROR: --id {args.id} is not an index of --peers", file=sys.stderr)
         return 2
     Path(args.dir).mkdir(parents=True, exist_ok=True)
+    charter_path = args.charter or (Path(args.dir) / CHARTER_FILE)
+    charter: Block | None = None
+    if args.charter or Path(charter_path).exists():
+        try:
+            charter = read_charter(charter_path)
+        except (OSError, LedgerError) as err:
+            print(f"ERROR: --charter: {err}", file=sys.stderr)
+            return 2
     key = ensure_key(args.dir, args.id)
     keys = wait_for_keys(args.dir, len(peers))
     me = peers[args.id]
     bind = args.bind or me.host
     cfg = NodeConfig(batch_size=args.batch_size, max_inflight=args.max_inflight,
                      request_timeout=args.request_timeout)
-    node = LedgerNode(args.id, key, keys, [(bind if j == args.id else p.host, p.pbft_port)
-                                           for j, p in enumerate(peers)],
-                      node_files(args.dir, args.id)[2], cfg, [p.url for p in peers])
+    try:
+        node = LedgerNode(args.id, key, keys, [(bind if j == args.id else p.host, p.pbft_port)
+                                               for j, p in enumerate(peers)],
+                          node_files(args.dir, args.id)[2], cfg, [p.url for p in peers], charter)
+    except LedgerError as err:  # another charter on this chain, or none at all
+        print(f"ERROR: node {args.id}: {err}", file=sys.stderr)
+        return 2
     app = create_app(node, max_body=args.max_body)
     config = uvicorn.Config(app, host=bind, port=me.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=3)
@@ -217,14 +240,31 @@ class LocalCluster:
         More ``serve`` options for every node.
     log_to_files : bool (default: True)
         Send each node's output to ``node-I.log`` (else inherit this process's).
+    enrolment_key : str | os.PathLike[str] | None (default: None)
+        The enrolment authority's key file (created if missing); None:
+        ``folder/enrolment.key``.
+    committee_size : int (default: 4)
+        Coordinators per round, for a new ``folder/charter.json``.
+    max_model_bytes : int (default: 16 MiB)
+        Largest model the ledger stores, for a new ``folder/charter.json``.
+
+    Attributes
+    ----------
+    authority : SigningKey
+        The enrolment authority's key (signs enrolments: ``make_enrolment``).
+    charter : Block
+        Block 1 of every node's chain, as written to ``charter_path``.
     """
 
     def __init__(self, n: int, folder: str | os.PathLike[str], ports: Sequence[int] | None = None,
                  pbft_ports: Sequence[int] | None = None, extra: Sequence[str] = (),
-                 log_to_files: bool = True) -> None:
+                 log_to_files: bool = True, enrolment_key: str | os.PathLike[str] | None = None,
+                 committee_size: int = 4, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> None:
         self.n = n
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.authority, self.charter = ensure_charter(self.folder, enrolment_key, committee_size, max_model_bytes)
+        self.charter_path = self.folder / CHARTER_FILE
         fresh = iter(free_ports((ports is None) * n + (pbft_ports is None) * n))  # one call:
         ports = list(ports) if ports is not None else [next(fresh) for _ in range(n)]  # distinct
         pbft = list(pbft_ports) if pbft_ports is not None else [next(fresh) for _ in range(n)]
@@ -249,7 +289,7 @@ class LocalCluster:
         """Start node ``j`` (every node if None)."""
         for i in range(self.n) if j is None else [j]:
             args = ["--id", str(i), "--peers", ",".join(p.spec() for p in self.peers),
-                    "--dir", str(self.folder), *self.extra]
+                    "--dir", str(self.folder), "--charter", str(self.charter_path), *self.extra]
             out: Any = None
             if self.log_to_files:
                 self._logs[i] = out = open(self.folder / f"node-{i}.log", "ab")  # noqa: SIM115
@@ -315,8 +355,12 @@ class LocalCluster:
 
 
 def up(nodes: int, base_port: int, folder: str, pbft_base_port: int | None = None,
-       extra: Sequence[str] = ()) -> int:
+       extra: Sequence[str] = (), enrolment_key: str | None = None, committee_size: int = 4,
+       max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> int:
     """Run ``nodes`` node processes on ``base_port...`` until SIGINT/SIGTERM.
+
+    The folder's ``enrolment.key`` (or ``enrolment_key``) and ``charter.json`` are
+    created first if missing (see :class:`LocalCluster` for the parameters).
 
     Returns
     -------
@@ -325,7 +369,9 @@ def up(nodes: int, base_port: int, folder: str, pbft_base_port: int | None = Non
     """
     pbft_base = base_port + nodes if pbft_base_port is None else pbft_base_port
     cluster = LocalCluster(nodes, folder, [base_port + j for j in range(nodes)],
-                           [pbft_base + j for j in range(nodes)], extra, log_to_files=False)
+                           [pbft_base + j for j in range(nodes)], extra, log_to_files=False,
+                           enrolment_key=enrolment_key, committee_size=committee_size,
+                           max_model_bytes=max_model_bytes)
     stopping = []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -337,6 +383,9 @@ def up(nodes: int, base_port: int, folder: str, pbft_base_port: int | None = Non
         cluster.start()
         print(f"ledger cluster: {nodes} nodes at {', '.join(cluster.urls)} (folder {folder})",
               flush=True)
+        print(f"charter: {cluster.charter_path} (block 1 {cluster.charter.hash}); enrolment authority "
+              f"{cluster.authority.public_hex[:16]}... (key {enrolment_key or Path(folder) / 'enrolment.key'}; "
+              "enrol with: bcsfl ledger enrol)", flush=True)
         while not stopping:
             dead = [j for j, p in enumerate(cluster.procs) if p is not None and p.poll() is not None]
             for j in dead:

@@ -8,6 +8,13 @@ its outputs: sends frames, arms timers, and executes ``Committed`` entries with
 
 Transactions are batched (:mod:`~.batcher`): one block, one PBFT request.
 
+The federation's charter (block 1, signed by the enrolment authority) is given to every
+node at start and installed locally on a chain still at genesis: it is the same signed
+block on every node, so it needs no ordering, and a node whose chain holds another
+charter refuses to start. The node keeps the federation state after its head
+(``state``: enrolled keys, the charter's limits), refreshed after each executed block,
+to check writes on arrival before they are ordered.
+
 Crash recovery: only the SQLite file (and one number, see :mod:`~.recovery`)
 survives a crash. A restarted node's replica starts empty; the peers' status
 heartbeats hand it the committed entries it lacks (each with its 2f+1 commit
@@ -45,6 +52,8 @@ from bcsfl_flower.consensus.outputs import (
 from bcsfl_flower.consensus.quorum import max_faulty
 from bcsfl_flower.consensus.replica import NORMAL, PBFTConfig, Replica
 from bcsfl_flower.crypto import SigningKey, verify_cache_stats
+
+from bcsfl_flower.federation import FederationState
 
 from .batcher import Batcher
 from .block import Block, LedgerError
@@ -101,6 +110,14 @@ class LedgerNode:
         Tuning; defaults are for a loopback cluster.
     http_urls : Sequence[str] (default: ())
         Every node's HTTP base URL in index order (served to clients for failover).
+    charter : Block | None (default: None)
+        The federation's signed charter block, installed as block 1 if the chain is at
+        genesis. None: the chain must already hold a charter.
+
+    Raises
+    ------
+    LedgerError
+        If the chain holds another charter than ``charter``, or none and none is given.
     """
 
     def __init__(
@@ -112,6 +129,7 @@ class LedgerNode:
         db_path: str | os.PathLike[str],
         config: NodeConfig | None = None,
         http_urls: Sequence[str] = (),
+        charter: Block | None = None,
     ) -> None:
         self.index = index
         self.key = key
@@ -121,6 +139,11 @@ class LedgerNode:
         self.cfg = config or NodeConfig()
         self.http_urls = list(http_urls)
         self.ledger = SqliteLedger(db_path)
+        try:
+            self._install(charter)
+        except BaseException:
+            self.ledger.close()
+            raise
         self.replica = Replica(index, key, self.keys, validate=self._validate,
                                config=self.cfg.pbft_config())
         self.transport = PeerTransport(index, pbft_addrs, self._on_frame,
@@ -136,10 +159,31 @@ class LedgerNode:
         self.fence = Fence(Path(db_path).with_suffix(".pbft.json"), self.n - 1)
         self._ping: asyncio.Future[dict[str, Any]] | None = None
         self.head = self.ledger.latest()  # cached: parsing a big head block is not free
-        self.known_keys = {rec["public_key"] for rec in self.ledger.identities().values()}
+        self.state: FederationState = self.ledger.state()
+        self.known_keys: set[str] = set()
+        self._refresh_state()
         self._model_seq: int | None = -1  # -1: not looked up yet
         self.stats = {"executed_ops": 0, "rejected_ops": 0, "executed_txs": 0,
                       "ingress_verified_txs": 0, "blocks_built": 0}
+
+    def _install(self, charter: Block | None) -> None:
+        if charter is not None:
+            self.ledger.install_charter(charter)  # a no-op if it is there; refuses another
+        elif self.ledger.state().charter is None:
+            raise LedgerError("the chain has no charter and none was given (--charter FILE)")
+
+    def _refresh_state(self) -> None:
+        """Re-read the federation state after the head; rebuild the enrolled keys if they changed."""
+        before = self.state.identities
+        self.state = self.ledger.state()
+        if self.state.identities is not before or not self.known_keys:
+            self.known_keys = {i.public_key for i in self.state.identities.values()}
+
+    @property
+    def max_model_bytes(self) -> int:
+        """The largest model the charter allows (the node's own limit before a charter)."""
+        charter = self.state.charter
+        return charter.max_model_bytes if charter is not None else self.cfg.max_model_bytes
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -278,7 +322,7 @@ class LedgerNode:
             self._parsed.move_to_end(value)
             return self._parsed[value]
         try:
-            op: Op | None = parse_op(value, self.cfg.max_model_bytes)
+            op: Op | None = parse_op(value, self.max_model_bytes)
         except (LedgerError, RecursionError, ValueError, TypeError):
             op = None
         self._parsed[value] = op
@@ -366,8 +410,6 @@ class LedgerNode:
             self.stats["rejected_ops"] += 1
         if op is not None and op.kind == "block" and op.block is not None:
             self._after_block(op.block, result)
-        elif op is not None and op.kind == "identity" and result.get("ok") and op.identity:
-            self.known_keys.add(op.identity[1])
         fut = self._waiters.pop(entry.request.key, None)
         if fut is not None and not fut.done():
             fut.set_result(result)
@@ -382,9 +424,7 @@ class LedgerNode:
             self.stats["executed_txs"] += len(txs)  # check_append verified each signature
             if block.data.get("model-params") is not None:
                 self._model_seq = block.sequence_no
-            idents = block.data.get("identities")
-            if isinstance(idents, dict):
-                self.known_keys.update(k for k in idents.values() if isinstance(k, str))
+            self._refresh_state()
         ids = [tx.get("id") for tx in txs if isinstance(tx, dict)]
         self.batcher.on_executed(block, bool(result.get("ok")), ids)
 

@@ -2,23 +2,27 @@
 
 A PBFT request's ``value`` is one operation as compact JSON:
 
-* ``{"op": "block", "block": {...}}``: append a block (built and signed by a client,
-  e.g. the BCSFL strategy, or by the primary from a batch of signed transactions);
-* ``{"op": "model", "data": "<base64>"}``: store model bytes in the content store;
-* ``{"op": "identity", "client_id": ..., "public_key": ..., "role": ...}``: register
-  a client key;
+* ``{"op": "block", "block": {...}}``: append a block (a certified round block from
+  the federation's relay, or the primary's block of signed transactions; enrolments
+  travel as the enrolment authority's signed transactions in such blocks);
+* ``{"op": "model", "data": "<base64>", "client": id, "sign": hex}``: store model
+  bytes in the content store, uploaded by the enrolled identity ``client`` whose
+  signature ``sign`` covers them (:mod:`~.upload`);
 * ``{"op": "ping", "from": node, "nonce": ...}``: nothing (a node checks that the
   primary still orders requests).
 
 Execution (:func:`apply_op`) is a deterministic function of the ledger's state, so
 every correct node that executes the same sequence reaches the same chain. A block
-must pass :func:`~bcsfl_flower.ledger.rules.check_append` (hash, producer signature,
-every transaction's hash and Ed25519 signature, link to the head, referenced models
-stored) on *every* node; one that does not is rejected on every node alike, with the
-same reason. Execution is also idempotent, which is what crash recovery relies on: a
-node that restarts replays committed operations from its peers, and a block it
-already holds (same hash at the same height) or a model or identity it already has
-is a no-op.
+must pass ``Ledger.append`` on *every* node: its structure
+(:func:`~bcsfl_flower.ledger.rules.check_append`: hash, producer signature, every
+transaction's hash and Ed25519 signature, link to the head, referenced models stored)
+and the federation's rules against the state before it (enrolments by the authority,
+transactions from enrolled keys, round certificates, stakes). An upload's authority
+is checked against the chain state at its place in the order. What fails is refused
+on every node alike, with the same reason. Execution is also idempotent, which is
+what crash recovery relies on: a node that restarts replays committed operations from
+its peers, and a block it already holds (same hash at the same height) or a model it
+already has is a no-op.
 """
 
 from __future__ import annotations
@@ -30,15 +34,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from bcsfl_flower.crypto import sha256_hex
+
 from .base import Ledger
 from .block import Block, LedgerError, parse_json
-from .memory import validate_identity
+from .upload import check_upload
 
 __all__ = [
     "Op",
     "apply_op",
     "encode_block_op",
-    "encode_identity_op",
     "encode_model_op",
     "encode_ping_op",
     "parse_op",
@@ -49,12 +54,12 @@ DEFAULT_MAX_MODEL_BYTES = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Op:
-    """A parsed operation (exactly one of ``block``, ``data``, ``identity`` is set)."""
+    """A parsed operation: ``block`` for a block, ``data`` and ``uploader`` for a model."""
 
     kind: str
     block: Block | None = None
     data: bytes | None = None
-    identity: tuple[str, str, str] | None = None
+    uploader: tuple[str, str] | None = None  # (client id, upload signature hex)
 
 
 def _dumps(obj: Any) -> str:
@@ -72,16 +77,10 @@ def encode_block_op(block: Block) -> str:
             % (*map(_dumps, fields), block.canonical_data, *map(_dumps, tail)))
 
 
-def encode_model_op(data: bytes) -> str:
-    """The request value that stores ``data`` in the model store."""
-    return _dumps({"op": "model", "data": base64.b64encode(data).decode("ascii")})
-
-
-def encode_identity_op(client_id: str, public_key: str, role: str = "client") -> str:
-    """The request value that registers ``client_id -> public_key``."""
-    return _dumps(
-        {"op": "identity", "client_id": client_id, "public_key": public_key, "role": role}
-    )
+def encode_model_op(data: bytes, client: str, sign: str) -> str:
+    """The request value that stores ``data``, uploaded by ``client`` with signature ``sign``."""
+    return _dumps({"op": "model", "data": base64.b64encode(data).decode("ascii"), "client": client,
+                   "sign": sign})
 
 
 def encode_ping_op(node: int) -> str:
@@ -120,25 +119,17 @@ def parse_op(value: str, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Op:
             raise LedgerError("sequenceNo must be at least 1 (genesis is fixed)")
         return Op("block", block=block)
     if kind == "model":
-        _keys(obj, {"op", "data"})
-        text = obj["data"]
+        _keys(obj, {"op", "data", "client", "sign"})
+        text, client, sign = obj["data"], obj["client"], obj["sign"]
         if not isinstance(text, str) or len(text) > (max_model_bytes + 2) // 3 * 4:
             raise LedgerError(f"model data must be base64 of at most {max_model_bytes} bytes")
+        if not isinstance(client, str) or not isinstance(sign, str):
+            raise LedgerError("model client and sign must be strings")
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as err:
             raise LedgerError(f"model data is not base64: {err}") from err
-        return Op("model", data=data)
-    if kind == "identity":
-        _keys(obj, {"op", "client_id", "public_key", "role"})
-        cid, key, role = obj["client_id"], obj["public_key"], obj["role"]
-        validate_identity(cid, key, role)
-        for text in (cid, role):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise LedgerError("client_id and role must be valid Unicode text") from None
-        return Op("identity", identity=(cid, key, role))
+        return Op("model", data=data, uploader=(client, sign))
     if kind == "ping":
         _keys(obj, {"op", "from", "nonce"})
         return Op("ping")
@@ -178,16 +169,13 @@ def apply_op(ledger: Ledger, op: Op, head_seq: int | None = None) -> dict[str, A
         assert op.block is not None
         return _apply_block(ledger, op.block, head_seq)
     if op.kind == "model":
-        assert op.data is not None
-        return {"ok": True, "hash": ledger.put_model(op.data), "size": len(op.data)}
-    if op.kind == "identity":
-        assert op.identity is not None
-        cid, key, role = op.identity
-        try:
-            ledger.register_identity(cid, key, role)
+        assert op.data is not None and op.uploader is not None
+        try:  # judged against the chain at this point of the order: the same on every node
+            check_upload(ledger.state(), *op.uploader, sha256_hex(op.data))
+            digest = ledger.put_model(op.data)  # refuses a model over the charter's size
         except LedgerError as err:
             return {"ok": False, "reason": str(err)}
-        return {"ok": True, "client_id": cid}
+        return {"ok": True, "hash": digest, "size": len(op.data)}
     if op.kind == "ping":
         return {"ok": True}
     return {"ok": False, "reason": f"unknown operation {op.kind!r}"}

@@ -1,12 +1,18 @@
 """The HTTP API of a ledger node (FastAPI), the paper's Table 1 plus what users need.
 
-Reads are answered from the node's own SQLite file (chain and model reads in FastAPI's
-thread pool; the SQLite backend serialises access), writes are ordered by PBFT and
-answered once this node has executed them. Every error is a 4xx with a ``detail``
-that says why: 400 malformed JSON, 403 unknown client, 404 not found, 409 refused on
-execution (e.g. a block built on a stale head), 413 body too large, 422 wrong types or
-an invalid hash or signature, 429 too many transactions already waiting. A write that has not committed within ``wait`` seconds
-gets 202 (pending), never a 5xx.
+Reads are open and answered from the node's own SQLite file and its federation state
+(chain and model reads in FastAPI's thread pool; the SQLite backend serialises
+access). Every write needs the authority the chain grants (:mod:`~.admission`): an
+enrolment signed by the charter's enrolment key, transactions and model uploads by
+enrolled identities, blocks that follow from the state by the federation's rules.
+Writes are ordered by PBFT and answered once this node has executed them. Every error
+is a 4xx with a ``detail`` that says why: 400 malformed JSON, 401 no authority shown
+(an unsigned enrolment, an upload without its signature headers), 403 authority
+refused (not the enrolment authority, an unknown key, a bad signature, a block the
+rules refuse), 404 not found, 409 refused on execution (e.g. a block built on a stale
+head) or an id enrolled with another key, 413 too large, 422 wrong types or an invalid
+hash, 429 too many transactions already waiting. A write that has not committed within
+``wait`` seconds gets 202 (pending), never a 5xx.
 """
 
 from __future__ import annotations
@@ -14,21 +20,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bcsfl_flower.crypto import sha256_hex
 
-from .block import Block, LedgerError, Transaction, parse_json
+from .admission import Refused, admit_block, admit_enrolment, admit_transaction
+from .base import identity_records
+from .block import Block, LedgerError, Transaction
+from .httpio import AsciiJSONResponse as JSONResponse
+from .httpio import BodyLimit, await_result, json_body
 from .node import LedgerNode
-from .ops import encode_block_op, encode_identity_op, encode_model_op, parse_op
-from .rules import check_block, check_transaction, is_digest
-from .schemas import BLOCK_SCHEMA, UPDATE_SCHEMA
+from .ops import encode_block_op, encode_model_op, parse_op
+from .replay import enrolment_of
+from .rules import check_block
+from .schemas import BLOCK_SCHEMA, ENROLMENT_SCHEMA, UPDATE_SCHEMA
+from .upload import CLIENT_HEADER, SIGN_HEADER, UploadRefused, check_model_size, check_upload
 
 __all__ = ["create_app"]
 
@@ -37,79 +48,6 @@ MAX_TXS_PER_REQUEST = 20_000
 MAX_OUTSTANDING_TXS = 200_000  # per node: beyond this, clients are told to back off (429)
 _HEX64 = r"^[0-9a-f]{64}$"
 _MAX_SEQ = 2**62  # SQLite integers are 64-bit
-
-
-class IdentityIn(BaseModel):
-    """A client identity to register."""
-
-    model_config = {"extra": "forbid"}
-
-    client_id: str = Field(min_length=1, max_length=256)
-    public_key: str = Field(pattern=_HEX64, description="Ed25519 public key, 64 hex chars")
-    role: str = Field(default="client", min_length=1, max_length=64)
-
-
-class _BodyLimit:
-    """ASGI middleware: 413 for a body over ``limit`` bytes (declared or streamed)."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._reject(send)
-                return
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send: Callable[[Any], Awaitable[None]]) -> None:
-        body = json.dumps({"detail": f"request body exceeds {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if not raw:
-        raise HTTPException(400, "empty body: expected JSON")
-    try:
-        return parse_json(raw)
-    except LedgerError as err:
-        raise HTTPException(400, f"malformed JSON: {err}") from None
-    except RecursionError:
-        raise HTTPException(400, "malformed JSON: nested too deeply") from None
-
-
-async def _await_result(fut: asyncio.Future[dict[str, Any]], wait: float) -> dict[str, Any] | None:
-    try:
-        return await asyncio.wait_for(asyncio.shield(fut), wait)
-    except asyncio.TimeoutError:
-        return None
 
 
 def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
@@ -136,10 +74,15 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         finally:
             await node.close()
 
-    app = FastAPI(title="BCS-FL ledger node", version="0.1.0", lifespan=lifespan,
-                  description=__doc__)
-    app.add_middleware(_BodyLimit, limit=max_body)
+    app = FastAPI(title="BCS-FL ledger node", version="0.2.0", lifespan=lifespan,
+                  description=__doc__, default_response_class=JSONResponse)
+    app.add_middleware(BodyLimit, limit=max_body)
     ledger = node.ledger
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        # The reason may quote what the client sent (a transaction id): served as ASCII JSON.
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/health", tags=["node"])
     async def health() -> dict[str, Any]:
@@ -173,10 +116,15 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             raise HTTPException(404, f"no block {seq} (height {ledger.height()})") from None
 
     @app.post("/blocks", tags=["chain"], openapi_extra=BLOCK_SCHEMA,
-              responses={202: {"description": "pending"}, 409: {"description": "refused"}})
+              responses={202: {"description": "pending"}, 403: {"description": "refused by the rules"},
+                         409: {"description": "refused on execution"}})
     async def post_block(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
-        """Append a pre-built, signed block through PBFT (``check_append`` on every node)."""
-        obj = await _json_body(request)
+        """Append a signed block through PBFT; it must follow from the chain by the federation's rules.
+
+        Checked here first (structure, then a dry run of the rules against this node's
+        state: 403 with the reason), and again by every node when it executes.
+        """
+        obj = await json_body(request)
         try:
             block = Block.from_json(obj)
             check_block(block)
@@ -184,6 +132,10 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
             raise HTTPException(422, str(err)) from None
         except RecursionError:
             raise HTTPException(422, "block data nested too deeply") from None
+        try:
+            admit_block(block, node.head, node.state)
+        except Refused as err:
+            raise HTTPException(err.status, err.detail) from None
         return await _ordered(encode_block_op(block), wait)
 
     @app.get("/getLatestModel", tags=["paper"],
@@ -205,17 +157,18 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     @app.post("/postModelUpdate", tags=["paper"], openapi_extra=UPDATE_SCHEMA,
               responses={202: {"description": "accepted, not yet committed"},
-                         403: {"description": "unknown client"},
+                         403: {"description": "not an enrolled key (or not the enrolment authority)"},
                          429: {"description": "too many transactions pending"}})
     async def post_model_update(request: Request,
                                 wait: float = Query(10.0, ge=0, le=120)) -> Any:
         """Submit signed transactions (paper Table 1); answered once committed.
 
         The body is one transaction or ``{"transactions": [...]}``. Each must come from
-        a registered client key, reference a stored model (if any) and carry a valid
-        hash and Ed25519 signature; this node checks all of that before forwarding.
+        an enrolled identity's key (an enrolment: from the enrolment authority),
+        reference a stored model (if any) and carry a valid hash and Ed25519 signature;
+        this node checks all of that before forwarding.
         """
-        obj = await _json_body(request)
+        obj = await json_body(request)
         if isinstance(obj, list):
             items: Any = obj
         elif isinstance(obj, dict) and set(obj) == {"transactions"}:
@@ -227,50 +180,42 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         if len(node.batcher.outstanding) + len(items) > MAX_OUTSTANDING_TXS:
             raise HTTPException(429, "too many transactions waiting to commit; retry later")
         stored: dict[str, bool] = {}
-        txs = [_checked_tx(i, item, stored) for i, item in enumerate(items)]
+
+        def has_model(digest: str) -> bool:
+            if digest not in stored:
+                stored[digest] = ledger.has_model(digest)
+            return stored[digest]
+
+        state, keys = node.state, node.known_keys
+        try:
+            txs = [admit_transaction(i, item, state, keys, has_model) for i, item in enumerate(items)]
+        except Refused as err:
+            raise HTTPException(err.status, err.detail) from None
         ids = [tx.id for tx in txs]
         if len(set(ids)) != len(ids):
             raise HTTPException(422, "duplicate transaction ids in one request")
         node.stats["ingress_verified_txs"] += len(txs)
-        wait_for = node.batcher.wait(ids)
+        where, pending = await _commit(txs, wait)
+        body = {"committed": len(where), "pending": pending, "blocks": sorted(set(where.values()))}
+        return JSONResponse(body, status_code=202 if pending else 200)
+
+    async def _commit(txs: list[Transaction], wait: float) -> tuple[dict[str, int], list[str]]:
+        """Hand ``txs`` to the batcher; wait up to ``wait`` s: ``(id -> block, pending ids)``."""
+        wait_for = node.batcher.wait([tx.id for tx in txs])
         try:
             node.batcher.add([tx.to_json() for tx in txs], from_client=True)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(wait_for.future), wait)
         finally:
             node.batcher.forget(wait_for)
-        body = {"committed": len(wait_for.where), "pending": sorted(wait_for.remaining),
-                "blocks": sorted(set(wait_for.where.values()))}
-        return JSONResponse(body, status_code=202 if wait_for.remaining else 200)
-
-    def _checked_tx(i: int, item: Any, stored: dict[str, bool]) -> Transaction:
-        try:
-            tx = Transaction.from_json(item, copy=False)  # fresh from the body's parser
-        except LedgerError as err:
-            raise HTTPException(422, f"transaction {i}: {err}") from None
-        except RecursionError:
-            raise HTTPException(422, f"transaction {i}: data nested too deeply") from None
-        if tx.public not in node.known_keys:
-            raise HTTPException(403, f"transaction {tx.id}: unknown client key {tx.public[:16]}"
-                                "...; register it with POST /identities")
-        model = tx.data.get("model-params")
-        if isinstance(model, str) and is_digest(model) and model not in stored:
-            stored[model] = ledger.has_model(model)
-        if isinstance(model, str) and is_digest(model) and not stored[model]:
-            raise HTTPException(422, f"transaction {tx.id}: model {model} is not stored; "
-                                "upload it with POST /models first")
-        try:
-            check_transaction(tx)
-        except LedgerError as err:
-            raise HTTPException(422, str(err)) from None
-        return tx
+        return dict(wait_for.where), sorted(wait_for.remaining)
 
     async def _ordered(value: str, wait: float) -> Any:
         try:  # the same checks every node runs, so a refusal comes with its reason now
-            parse_op(value, node.cfg.max_model_bytes)
+            parse_op(value, node.max_model_bytes)
         except LedgerError as err:
             raise HTTPException(422, str(err)) from None
-        result = await _await_result(node.submit(value, broadcast=True), wait)
+        result = await await_result(node.submit(value, broadcast=True), wait)
         if result is None:
             return JSONResponse({"status": "pending", "detail": "not committed yet"}, 202)
         if not result.get("ok"):
@@ -284,16 +229,28 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     @app.post("/models", tags=["models"], openapi_extra={"requestBody": {
         "required": True, "content": {"application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"}}}}})
+            "schema": {"type": "string", "format": "binary"}}}}},
+        responses={401: {"description": "no upload signature"}, 403: {"description": "not enrolled"},
+                   413: {"description": "over the charter's max_model_bytes"}})
     async def post_model(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
-        """Store model bytes (raw body) on every node; returns their SHA-256 key."""
-        data = await request.body()
-        if len(data) > node.cfg.max_model_bytes:
-            raise HTTPException(413, f"model exceeds {node.cfg.max_model_bytes} bytes")
+        """Store model bytes (raw body) on every node; returns their SHA-256 key.
+
+        The uploader is an enrolled identity: header ``X-Bcsfl-Client`` names it and
+        ``X-Bcsfl-Sign`` is its Ed25519 signature (hex) over
+        ``sha256(b"bcsfl-model|" + sha256_hex(body))``; every node checks it again.
+        """
+        data = await request.body()  # read in full: a refusal mid-upload would reset the connection
         digest = sha256_hex(data)
+        client, sign = request.headers.get(CLIENT_HEADER), request.headers.get(SIGN_HEADER)
+        try:
+            check_upload(node.state, client, sign, digest)
+            check_model_size(node.state, len(data))
+        except UploadRefused as err:
+            raise HTTPException(err.status, str(err)) from None
         if ledger.has_model(digest):
             return {"ok": True, "hash": digest, "size": len(data)}
-        return await _ordered(encode_model_op(data), wait)
+        assert client is not None and sign is not None
+        return await _ordered(encode_model_op(data, client, sign), wait)
 
     @app.get("/models/{digest}", tags=["models"], response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}}},
@@ -308,48 +265,44 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     @app.get("/identities", tags=["clients"])
     def identities() -> dict[str, Any]:
-        """Every registered client: ``client_id -> {public_key, role, registered_at}``."""
-        return ledger.identities()
+        """Every enrolled identity: ``client_id -> {public_key, role, stake, taken_part, enrolled_at}``."""
+        return identity_records(node.state)
 
     @app.get("/identities/{client_id}", tags=["clients"],
              responses={404: {"description": "unknown client"}})
     def identity(client_id: str) -> dict[str, Any]:
-        """One client's registered key."""
-        record = ledger.identities().get(client_id)
+        """One identity's enrolled key, role and stake."""
+        record = identity_records(node.state).get(client_id)
         if record is None:
             raise HTTPException(404, f"unknown client {client_id!r}")
         return {"client_id": client_id, **record}
 
-    @app.post("/identities", tags=["clients"], responses={409: {"description": "other key"}},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": IdentityIn.model_json_schema()}}}})
-    async def register(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
-        """Register a client key through PBFT (idempotent for the same key)."""
+    @app.post("/identities", tags=["clients"], openapi_extra=ENROLMENT_SCHEMA,
+              responses={401: {"description": "unsigned"}, 403: {"description": "not the enrolment authority"},
+                         409: {"description": "enrolled with another key"}})
+    async def enrol(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
+        """Enrol an identity: the body is the enrolment authority's signed enrolment transaction.
+
+        ``bcsfl ledger enrol --out TICKET.json`` writes one; anyone may submit it. It is
+        ordered like any transaction and lands in a transaction block; idempotent for
+        an identity already enrolled with the same key.
+        """
         try:
-            body = IdentityIn.model_validate(await _json_body(request))
-        except ValidationError as err:
-            reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                                for e in err.errors())
-            raise HTTPException(422, f"invalid identity: {reasons}") from None
-        try:
-            body.client_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise HTTPException(422, "client_id must be valid Unicode text") from None
-        known = ledger.identity(body.client_id)
-        if known == body.public_key:
-            return {"ok": True, "client_id": body.client_id}
-        if known is not None:
-            raise HTTPException(409, f"{body.client_id!r} is registered with another key")
-        return await _ordered(encode_identity_op(body.client_id, body.public_key, body.role),
-                              wait)
+            tx, new = admit_enrolment(await json_body(request), node.state)
+        except Refused as err:
+            raise HTTPException(err.status, err.detail) from None
+        cid = enrolment_of(tx)[0]
+        if not new:
+            return {"ok": True, "client_id": cid, "already": True}
+        where, pending = await _commit([tx], wait)
+        if pending:
+            return JSONResponse({"status": "pending", "client_id": cid, "detail": "not committed yet"}, 202)
+        return {"ok": True, "client_id": cid, "sequenceNo": where[tx.id]}
 
     @app.get("/stakes", tags=["clients"])
-    async def stakes() -> dict[str, Any]:
-        """The stake book recorded in the newest block that has one."""
-        seq = node.latest_model_seq
-        block = ledger.block(seq) if seq is not None else None
-        book = block.data.get("stakes") if block is not None else None
-        return {"sequenceNo": seq if isinstance(book, dict) else None,
-                "stakes": book if isinstance(book, dict) else {}}
+    def stakes() -> dict[str, Any]:
+        """The stake book after the head: every enrolled client's stake, and the last certified round."""
+        state = node.state
+        return {"sequenceNo": node.latest_model_seq, "round": state.round, "stakes": state.stakes()}
 
     return app
