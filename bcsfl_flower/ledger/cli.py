@@ -1,9 +1,13 @@
-"""``ledger verify``, ``show``, ``serve`` and ``up`` subcommands.
+"""``ledger verify``, ``show``, ``init``, ``enrol``, ``serve`` and ``up`` subcommands.
 
-``register(subparsers)`` adds ``ledger {verify,show,serve,up}`` to the top-level
-``bcsfl`` parser; each sets ``func(args) -> int``. ``python -m bcsfl_flower.ledger.cli``
-offers them directly. ``verify`` and ``show`` take a file path or an ``http://`` URL of
-a ledger node; ``serve`` runs one ledger node, ``up`` a local cluster of N nodes.
+``register(subparsers)`` adds ``ledger {verify,show,init,enrol,serve,up}`` to the
+top-level ``bcsfl`` parser; each sets ``func(args) -> int``. ``python -m
+bcsfl_flower.ledger.cli`` offers them directly. ``verify`` and ``show`` take a file path
+(opened read-only) or an ``http://`` URL of a ledger node; ``verify`` also takes anchors
+held outside the file (the expected enrolment authority, a head hash or height seen
+before, a live node to compare with). ``init`` and ``enrol`` are the enrolment
+authority's (:mod:`~.cli_admin`); ``serve`` runs one ledger node, ``up`` a local cluster
+of N nodes.
 """
 
 from __future__ import annotations
@@ -15,19 +19,24 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from bcsfl_flower.federation.state import DEFAULT_MAX_MODEL_BYTES
+
 from . import open_ledger
-from .cluster import add_serve_args
 from .block import Block, LedgerError
+from .charter_file import load_public_key
+from .cli_admin import add_admin_commands
+from .cluster import add_serve_args
 from .verify import verify_chain
 
 __all__ = ["add_commands", "cmd_serve", "cmd_show", "cmd_up", "cmd_verify", "main", "register"]
 
 _PREFIX = 12
+_COMMANDS = "{verify,show,init,enrol,serve,up}"
 
 
 def _open(url: str) -> Any:
-    """Open an existing ledger for reading; never creates a file."""
-    return open_ledger(url, create=False)
+    """Open an existing ledger for reading; never creates or writes a file."""
+    return open_ledger(url, create=False, read_only=True)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -36,20 +45,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed arguments with ``ledger`` (a path or URL).
+        Parsed arguments with ``ledger`` (a path or URL) and the anchors ``authority``
+        (hex), ``authority_key`` (a key file), ``head``, ``height`` and ``against``
+        (each None when not given).
 
     Returns
     -------
     int
         0 when the chain verifies, 1 when it does not, 2 when it cannot be opened.
     """
+    authority = getattr(args, "authority", None)
+    if getattr(args, "authority_key", None):
+        try:
+            authority = load_public_key(args.authority_key)
+        except (OSError, LedgerError) as err:
+            print(f"ERROR: --authority-key: {err}", file=sys.stderr)
+            return 2
     try:
         ledger = _open(args.ledger)
     except (OSError, LedgerError, ValueError, NotImplementedError, sqlite3.Error) as err:
         print(f"ERROR: cannot open ledger {args.ledger}: {err}", file=sys.stderr)
         return 2
     with ledger:
-        report = verify_chain(ledger)
+        report = verify_chain(ledger, authority=authority, head=getattr(args, "head", None),
+                              height=getattr(args, "height", None), against=getattr(args, "against", None))
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -62,8 +81,11 @@ def _short(value: Any) -> str:
     return value[:_PREFIX] if isinstance(value, str) and value else "-"
 
 
-def _count(value: Any) -> str:
-    return str(len(value)) if isinstance(value, list) else "-"
+def _decided(data: dict[str, Any], kept: bool) -> str:
+    decisions = data.get("decisions")
+    if not isinstance(decisions, list):
+        return "-"
+    return str(sum(1 for d in decisions if isinstance(d, dict) and d.get("kept") is kept))
 
 
 def block_summary(block: Block) -> dict[str, str]:
@@ -89,8 +111,8 @@ def block_summary(block: Block) -> dict[str, str]:
         "producer": _short(block.public),
         "#tx": str(len(block.transactions)),
         "round": "-" if rnd is None else str(rnd),
-        "accepted": _count(data.get("accepted")),
-        "rejected": _count(data.get("rejected")),
+        "accepted": _decided(data, True),
+        "rejected": _decided(data, False),
         "model": _short(data.get("model-params")),
     }
 
@@ -181,18 +203,23 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("ERROR: need --nodes >= 1 and a valid --base-port", file=sys.stderr)
         return 2
     extra = ["--batch-size", str(args.batch_size), "--request-timeout", str(args.request_timeout)]
-    return up(args.nodes, args.base_port, args.dir, args.pbft_base_port, extra)
+    try:
+        return up(args.nodes, args.base_port, args.dir, args.pbft_base_port, extra,
+                  args.enrolment_key, args.committee_size, args.max_model_bytes)
+    except (LedgerError, OSError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
 
 
 def _limit(text: str) -> int:
     value = int(text)
     if value < 0:
-        raise argparse.ArgumentTypeError("--limit must be >= 0")
+        raise argparse.ArgumentTypeError("must be >= 0")
     return value
 
 
 def add_commands(subparsers: Any) -> None:
-    """Add ``verify``, ``show``, ``serve`` and ``up`` to ``subparsers``.
+    """Add ``verify``, ``show``, ``init``, ``enrol``, ``serve`` and ``up`` to ``subparsers``.
 
     Parameters
     ----------
@@ -202,7 +229,18 @@ def add_commands(subparsers: Any) -> None:
     verify = subparsers.add_parser(
         "verify", help="re-verify every block and stored model of a ledger"
     )
-    verify.add_argument("ledger", metavar="PATH_OR_URL", help="ledger file or URL")
+    verify.add_argument("ledger", metavar="PATH_OR_URL", help="ledger file (opened read-only) or URL")
+    who = verify.add_mutually_exclusive_group()
+    who.add_argument("--authority", default=None, metavar="HEX",
+                     help="the expected enrolment authority's public key: the charter must name it")
+    who.add_argument("--authority-key", default=None, metavar="FILE",
+                     help="the same, read from the authority's key file (.key, or a file holding the hex key)")
+    verify.add_argument("--head", default=None, metavar="HASH",
+                        help="a block hash accepted earlier: the chain must still contain it")
+    verify.add_argument("--height", type=_limit, default=None, metavar="N",
+                        help="the chain must have at least N blocks (genesis included)")
+    verify.add_argument("--against", default=None, metavar="URL",
+                        help="a running ledger node: shared blocks must be equal and its chain not longer")
     verify.set_defaults(func=cmd_verify)
     show = subparsers.add_parser("show", help="print the blocks of a ledger as a table")
     show.add_argument("ledger", metavar="PATH_OR_URL", help="ledger file or URL")
@@ -210,6 +248,7 @@ def add_commands(subparsers: Any) -> None:
         "--limit", type=_limit, default=None, metavar="N", help="show only the newest N"
     )
     show.set_defaults(func=cmd_show)
+    add_admin_commands(subparsers)
     serve = subparsers.add_parser("serve", help="run one ledger node (HTTP API + PBFT)")
     add_serve_args(serve)
     serve.set_defaults(func=cmd_serve)
@@ -223,25 +262,30 @@ def add_commands(subparsers: Any) -> None:
     up.add_argument("--batch-size", type=int, default=1000, help="transactions per block")
     up.add_argument("--request-timeout", type=float, default=2.0,
                     help="seconds before backups suspect the primary")
+    up.add_argument("--enrolment-key", default=None, metavar="FILE",
+                    help="the enrolment authority's key (default: DIR/enrolment.key, created if missing)")
+    up.add_argument("--committee-size", type=int, default=4, help="coordinators per round, for a new charter")
+    up.add_argument("--max-model-bytes", type=int, default=DEFAULT_MAX_MODEL_BYTES,
+                    help="largest model stored, for a new charter (DIR/charter.json is kept if it exists)")
     up.set_defaults(func=cmd_up)
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``ledger`` command group (``verify``, ``show``, ``serve``, ``up``) to a CLI.
+    """Add the ``ledger`` command group (``verify``, ``show``, ``init``, ``enrol``, ``serve``, ``up``) to a CLI.
 
     Parameters
     ----------
     subparsers : argparse._SubParsersAction
         The top-level ``bcsfl`` subparsers; dispatch to ``args.func(args)``.
     """
-    ledger = subparsers.add_parser("ledger", help="inspect, verify and serve a BCS-FL ledger")
-    inner = ledger.add_subparsers(dest="ledger_command", metavar="{verify,show,serve,up}")
+    ledger = subparsers.add_parser("ledger", help="inspect, verify, found and serve a BCS-FL ledger")
+    inner = ledger.add_subparsers(dest="ledger_command", metavar=_COMMANDS)
     inner.required = True
     add_commands(inner)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m bcsfl_flower.ledger.cli {verify,show,serve,up} ...``.
+    """Entry point of ``python -m bcsfl_flower.ledger.cli {verify,show,init,enrol,serve,up} ...``.
 
     Parameters
     ----------
@@ -256,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bcsfl_flower.ledger.cli", description="BCS-FL ledger tools"
     )
-    sub = parser.add_subparsers(dest="command", metavar="{verify,show,serve,up}")
+    sub = parser.add_subparsers(dest="command", metavar=_COMMANDS)
     sub.required = True
     add_commands(sub)
     args = parser.parse_args(argv)
