@@ -1,28 +1,22 @@
-"""Fixtures for the ledger tests: keys, both backends, and a block factory."""
+"""Fixtures for the ledger tests: keys, both backends, and a chartered federation on each."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # the package may not be installed in the venv
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, Path(__file__).resolve().parent):  # the package may not be installed;
+    if str(_path) not in sys.path:                          # ledger_kit sits beside this file
+        sys.path.insert(0, str(_path))
 
 from bcsfl_flower.crypto import SigningKey  # noqa: E402
-from bcsfl_flower.ledger import (  # noqa: E402
-    Block,
-    Ledger,
-    MemoryLedger,
-    SqliteLedger,
-    build_block,
-    make_transaction,
-)
+from bcsfl_flower.ledger import Ledger, MemoryLedger, SqliteLedger  # noqa: E402
+from ledger_kit import Federation  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,19 +31,19 @@ def child_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def producer() -> SigningKey:
-    """The block producer's key."""
+    """A block producer's key."""
     return SigningKey.from_seed(b"ledger-test-producer")
 
 
 @pytest.fixture(scope="session")
 def clients() -> list[SigningKey]:
-    """Three client keys."""
+    """Three keys nobody enrolled."""
     return [SigningKey.from_seed(f"ledger-test-client-{i}".encode()) for i in range(3)]
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    """A fresh ledger of each backend."""
+    """A fresh ledger of each backend (genesis only, no charter)."""
     if request.param == "memory":
         led: Ledger = MemoryLedger()
     else:
@@ -58,37 +52,22 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         yield led
 
 
-RoundFactory = Callable[..., Block]
+@pytest.fixture
+def fed(ledger: Ledger) -> Federation:
+    """A federation on each backend: charter (committee of 4) and five enrolled clients."""
+    return Federation.start(ledger)
 
 
 @pytest.fixture
-def make_round(producer: SigningKey, clients: list[SigningKey]) -> RoundFactory:
-    """Build (not append) a realistic round block on top of ``ledger.latest()``.
-
-    Each client submits one model (stored in the ledger); the block records the
-    transactions, accepted/rejected lists, the global model and the clients'
-    identities.
-    """
-
-    def factory(led: Ledger, rnd: int = 1, **extra: Any) -> Block:
-        txs = []
-        for i, key in enumerate(clients):
-            digest = led.put_model(f"round {rnd} model of client {i}".encode())
-            txs.append(
-                make_transaction(
-                    key, {"model-params": digest, "model-acc": 0.5 + i / 10, "num": 10 + i}
-                )
-            )
-        global_digest = led.put_model(f"global model after round {rnd}".encode())
-        data: dict[str, Any] = {
-            "round": rnd,
-            "transactions": txs,
-            "accepted": [t.id for t in txs[:2]],
-            "rejected": [txs[2].id],
-            "model-params": global_digest,
-            "identities": {f"client-{i}": k.public_hex for i, k in enumerate(clients)},
-        }
-        data.update(extra)
-        return build_block(led.latest(), data, producer)
-
-    return factory
+def chain_file(tmp_path: Path) -> Path:
+    """A closed SQLite ledger: charter, five enrolments, three certified rounds and a
+    transaction block (blocks 0..10), plus one unreferenced model."""
+    path = tmp_path / "chain.db"
+    with SqliteLedger(path) as led:
+        f = Federation.start(led)
+        f.commit_round(1)
+        f.commit_round(2, rejected=["client-3"])
+        led.append(f.tx_block([f.tx("client-0", model=b"an update", num=3)]))
+        f.commit_round(3)
+        led.put_model(b"an unreferenced model")
+    return path

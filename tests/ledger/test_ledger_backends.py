@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ledger_kit import Federation, seeded
 
 from bcsfl_flower.crypto import SigningKey, sha256_hex
+from bcsfl_flower.federation import Certificate, Charter
 from bcsfl_flower.ledger import (
     GENESIS,
     Block,
@@ -20,13 +21,12 @@ from bcsfl_flower.ledger import (
     MemoryLedger,
     SqliteLedger,
     build_block,
+    make_charter_block,
+    make_enrolment,
     make_transaction,
-    make_vote,
     open_ledger,
     verify_chain,
 )
-
-RoundFactory = Callable[..., Block]
 
 
 def test_fresh_ledger_holds_only_genesis(ledger: Ledger) -> None:
@@ -36,24 +36,36 @@ def test_fresh_ledger_holds_only_genesis(ledger: Ledger) -> None:
     assert ledger.blocks() == [GENESIS]
     with pytest.raises(KeyError):
         ledger.block(1)
-    assert verify_chain(ledger).ok
+    report = verify_chain(ledger)  # consistent, but nobody's: no authority vouches for it
+    assert not report.ok and report.reason == "no charter: the chain has no authority"
 
 
-def test_append_and_read(ledger: Ledger, make_round: RoundFactory) -> None:
-    appended = []
-    for rnd in range(1, 4):
-        block = make_round(ledger, rnd)
-        ledger.append(block)
-        appended.append(block)
-    assert ledger.height() == 4
-    assert ledger.latest() == appended[-1]
-    assert ledger.block(2) == appended[1]
-    assert ledger.blocks(1) == appended
-    assert ledger.blocks(1, 3) == appended[:2]
-    assert ledger.blocks(5) == []
-    report = verify_chain(ledger)
-    assert report.ok and report.blocks_checked == 4
-    assert report.models_checked == 12  # 3 client models + 1 global model per round
+def test_nothing_before_the_charter(ledger: Ledger, producer: SigningKey) -> None:
+    with pytest.raises(LedgerError, match="no charter"):
+        ledger.append(build_block(GENESIS, {"transactions": []}, producer))
+    authority = seeded("authority")
+    with pytest.raises(LedgerError, match="no charter"):
+        ledger.register_identity(make_enrolment(authority, "client-0", producer.public_hex))
+    with pytest.raises(LedgerError, match="signed by the enrolment key it names"):
+        ledger.append(build_block(GENESIS, {"charter": Charter(authority.public_hex).to_json()}, producer))
+    assert ledger.height() == 1
+
+
+def test_append_and_read(fed: Federation) -> None:
+    led = fed.ledger
+    start = led.height()
+    appended = [fed.commit_round(rnd) for rnd in (1, 2, 3)]
+    assert led.height() == start + 3
+    assert led.latest() == appended[-1]
+    assert led.block(start + 1) == appended[1]
+    assert led.blocks(start) == appended
+    assert led.blocks(start, start + 2) == appended[:2]
+    assert led.blocks(99) == []
+    report = verify_chain(led, authority=fed.authority.public_hex)
+    assert report.ok and report.blocks_checked == start + 3
+    assert report.models_checked == 3  # the three global models
+    assert report.head == appended[-1].hash and appended[-1].hash in report.summary()
+    assert fed.authority.public_hex[:16] in report.summary()
 
 
 def test_model_store(ledger: Ledger) -> None:
@@ -68,40 +80,54 @@ def test_model_store(ledger: Ledger) -> None:
     assert ledger.model_digests() == [digest]
 
 
-def test_identities(ledger: Ledger, clients: list[SigningKey]) -> None:
-    a, b = clients[0].public_hex, clients[1].public_hex
-    ledger.register_identity("alice", a)
-    ledger.register_identity("alice", a)  # idempotent
-    ledger.register_identity("coord", b, role="committee")
-    with pytest.raises(LedgerError):
-        ledger.register_identity("alice", b)
-    with pytest.raises(LedgerError):
-        ledger.register_identity("bob", "not-a-key")
-    assert ledger.identity("alice") == a
-    assert ledger.identity("nobody") is None
-    idents = ledger.identities()
-    assert set(idents) == {"alice", "coord"}
-    assert idents["coord"]["public_key"] == b and idents["coord"]["role"] == "committee"
-    assert isinstance(idents["alice"]["registered_at"], float)
+def test_models_over_the_charters_limit_are_refused(ledger: Ledger) -> None:
+    Federation.start(ledger, clients=0, max_model_bytes=1000)
+    ledger.put_model(b"x" * 1000)
+    with pytest.raises(LedgerError, match="exceeds the charter's max_model_bytes"):
+        ledger.put_model(b"x" * 1001)
+    assert not ledger.has_model(sha256_hex(b"x" * 1001))
 
 
-def test_block_identities_are_registered_on_append(
-    ledger: Ledger, make_round: RoundFactory, clients: list[SigningKey]
-) -> None:
-    ledger.register_identity("client-0", clients[0].public_hex)
-    ledger.append(make_round(ledger))
-    assert ledger.identity("client-2") == clients[2].public_hex
-    assert verify_chain(ledger).ok
+def test_enrolment_by_the_authority(fed: Federation) -> None:
+    led, key = fed.ledger, fed.keys["client-0"].public_hex
+    led.register_identity(fed.enrolment("client-0"))  # idempotent: the same enrolment again
+    led.register_identity(make_enrolment(fed.authority, "relay", seeded("relay").public_hex, "relay"))
+    assert led.identity("client-0") == key
+    assert led.identity("nobody") is None
+    idents = led.identities()
+    assert set(idents) == {*fed.clients, "relay"}
+    assert idents["relay"]["role"] == "relay" and idents["relay"]["stake"] == 0.0
+    assert idents["client-0"]["stake"] == 10.0 and idents["client-0"]["enrolled_at"] == 2
+    assert "relay" not in led.state().stakes()
 
 
-def test_conflicting_block_identity_is_rejected(
-    ledger: Ledger, make_round: RoundFactory, clients: list[SigningKey]
-) -> None:
-    ledger.register_identity("client-1", clients[0].public_hex)
-    with pytest.raises(LedgerError, match="identity 'client-1'"):
-        ledger.append(make_round(ledger))
-    assert ledger.height() == 1
-    assert ledger.identity("client-2") is None  # nothing of the block was written
+def test_enrolment_without_the_authority_is_refused(fed: Federation) -> None:
+    led = fed.ledger
+    height = led.height()
+    mallory = SigningKey.from_seed(b"mallory")
+    with pytest.raises(LedgerError, match="not signed by the enrolment authority"):
+        led.register_identity(make_enrolment(mallory, "sybil", mallory.public_hex))
+    with pytest.raises(LedgerError, match="already enrolled with another key"):
+        led.register_identity(make_enrolment(fed.authority, "client-1", mallory.public_hex))
+    with pytest.raises(LedgerError, match="role must be one of"):
+        led.register_identity(make_enrolment(fed.authority, "boss", mallory.public_hex, "committee"))
+    with pytest.raises(LedgerError, match="public key is not 64-char"):
+        led.register_identity(make_enrolment(fed.authority, "bob", "not-a-key"))
+    assert led.height() == height and led.identity("sybil") is None
+
+
+def test_transactions_need_an_enrolled_key(fed: Federation, clients: list[SigningKey]) -> None:
+    led = fed.ledger
+    block = fed.tx_block([fed.tx("client-0", model=b"update 0", num=1), fed.tx("client-1", num=2)])
+    led.append(block)
+    stranger = make_transaction(clients[0], {"num": 3})
+    with pytest.raises(LedgerError, match="signed by a key no enrolled identity holds"):
+        led.append(fed.tx_block([fed.tx("client-2", num=4), stranger]))
+    assert led.latest() == block
+    # An enrolment and the newcomer's first transaction may share a block, in that order.
+    newcomer = make_enrolment(fed.authority, "late", clients[1].public_hex)
+    led.append(fed.tx_block([newcomer, make_transaction(clients[1], {"num": 5})]))
+    assert led.identity("late") == clients[1].public_hex
 
 
 def _resign(block: Block, key: SigningKey, **changes: Any) -> Block:
@@ -111,105 +137,92 @@ def _resign(block: Block, key: SigningKey, **changes: Any) -> Block:
     return dataclasses.replace(changed, hash=digest, sign=key.sign(bytes.fromhex(digest)).hex())
 
 
-def _bad_blocks(
-    led: Ledger, make_round: RoundFactory, producer: SigningKey, clients: list[SigningKey]
-) -> dict[str, tuple[Block, str]]:
-    good = make_round(led, 2)
-    tx = dict(good.data["transactions"][0])
+def _bad_blocks(fed: Federation, producer: SigningKey) -> dict[str, tuple[Block, str]]:
+    good = fed.round_block(2)
+    txb = fed.tx_block([fed.tx("client-0", num=1)])
+    tx = dict(txb.data["transactions"][0])
     tx["data"] = {**tx["data"], "num": 10_000}  # changed after the client signed it
-    forged_tx = {**good.data, "transactions": [tx, *good.data["transactions"][1:]]}
-    missing = {**good.data, "model-params": sha256_hex(b"never stored")}
-    value = sha256_hex(b"agreed global model")
-    votes = [make_vote(clients[0], value), make_vote(clients[0], value)]
-    votes.append({"public": clients[1].public_hex, "sign": "00" * 64})
-    quorum = {**good.data, "quorum": {"value": value, "threshold": 2, "votes": votes}}
+    cert = Certificate.from_json(good.data["certificate"])
     other = SigningKey.from_seed(b"someone else")
+    stakes = dict(good.data["stakes"], **{"client-0": 99.0})
     return {
         "wrong lastHash": (_resign(good, producer, last_hash="ab" * 32), "lastHash"),
-        "wrong seq": (_resign(good, producer, sequence_no=5), "sequenceNo"),
+        "wrong seq": (_resign(good, producer, sequence_no=99), "sequenceNo"),
         "bad signature": (
             dataclasses.replace(good, sign=other.sign(bytes.fromhex(good.hash)).hex()),
             "signature",
         ),
         "uppercase signature": (dataclasses.replace(good, sign=good.sign.upper()), "signature"),
         "hash mismatch": (dataclasses.replace(good, data={**good.data, "round": 9}), "hash"),
-        "tampered tx": (_resign(good, producer, data=forged_tx), "hash does not match"),
-        "missing model": (_resign(good, producer, data=missing), "not in the model store"),
-        "insufficient quorum": (_resign(good, producer, data=quorum), "quorum not reached"),
+        "tampered tx": (_resign(txb, producer, data={"transactions": [tx]}), "hash does not match"),
+        "missing model": (_resign(good, producer, data={**good.data, "model-params": sha256_hex(b"never")}),
+                          "not in the model store"),
+        "no certificate": (fed.round_block(2, certificate=None), "certificate must have"),
+        "too few signers": (fed.round_block(2, signers=2), "only 2 valid committee signatures, 3 needed"),
+        "signers outside the committee": (
+            fed.round_block(2, certificate=Certificate(
+                cert.statement, tuple(cert.statement.sign(f"sybil-{i}", other) for i in range(4))).to_json()),
+            "valid committee signatures"),
+        "stakes that do not follow": (fed.round_block(2, stakes=stakes), "stakes do not follow"),
+        "round not after the last": (fed.round_block(1), "does not follow the last certified round"),
         "earlier timestamp": (_resign(good, producer, timestamp=0.5), "timestamp"),
         "genesis replay": (GENESIS, "sequenceNo"),
+        "second charter": (build_block(fed.ledger.latest(), {"charter": Charter(other.public_hex).to_json()},
+                                       other), "charter may only be block 1"),
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "wrong lastHash",
-        "wrong seq",
-        "bad signature",
-        "uppercase signature",
-        "hash mismatch",
-        "tampered tx",
-        "missing model",
-        "insufficient quorum",
-        "earlier timestamp",
-        "genesis replay",
-    ],
-)
-def test_bad_appends_are_rejected(
-    ledger: Ledger,
-    make_round: RoundFactory,
-    producer: SigningKey,
-    clients: list[SigningKey],
-    case: str,
-) -> None:
-    first = make_round(ledger, 1)
-    ledger.append(first)
-    block, reason = _bad_blocks(ledger, make_round, producer, clients)[case]
+BAD = ["wrong lastHash", "wrong seq", "bad signature", "uppercase signature", "hash mismatch", "tampered tx",
+       "missing model", "no certificate", "too few signers", "signers outside the committee",
+       "stakes that do not follow", "round not after the last", "earlier timestamp", "genesis replay",
+       "second charter"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_appends_are_rejected(fed: Federation, case: str) -> None:
+    first = fed.commit_round(1)
+    block, reason = _bad_blocks(fed, fed.producer)[case]
     with pytest.raises(LedgerError, match=reason):
-        ledger.append(block)
-    assert ledger.height() == 2
-    assert ledger.latest() == first
-    assert verify_chain(ledger).ok
+        fed.ledger.append(block)
+    assert fed.ledger.latest() == first
+    assert verify_chain(fed.ledger).ok
+    fed.commit_round(2)  # an honest round still commits
 
 
-def test_valid_quorum_is_accepted(
-    ledger: Ledger, producer: SigningKey, clients: list[SigningKey]
-) -> None:
-    value = sha256_hex(b"agreed")
-    votes = [make_vote(k, value) for k in clients]
-    votes[2] = {"public": clients[2].public_hex, "sign": "11" * 64}  # one bad vote
-    data = {"quorum": {"value": value, "threshold": 2, "votes": votes}}
-    ledger.append(build_block(ledger.latest(), data, producer))
-    assert verify_chain(ledger).ok
-
-
-def test_append_is_checked_against_the_current_head(
-    ledger: Ledger, make_round: RoundFactory
-) -> None:
-    a = make_round(ledger, 1)
-    b = make_round(ledger, 1)  # a competing block on the same parent
-    ledger.append(a)
+def test_append_is_checked_against_the_current_head(fed: Federation) -> None:
+    a = fed.round_block(1)
+    b = fed.round_block(1, rejected=["client-2"])  # a competing block on the same parent
+    fed.ledger.append(a)
     with pytest.raises(LedgerError):
-        ledger.append(b)
+        fed.ledger.append(b)
     with pytest.raises(LedgerError):
-        ledger.append(a)  # no duplicates either
+        fed.ledger.append(a)  # no duplicates either
 
 
-def test_concurrent_threads_never_fork(
-    ledger: Ledger, producer: SigningKey, clients: list[SigningKey]
-) -> None:
+def test_state_follows_the_certified_decisions(fed: Federation) -> None:
+    led = fed.ledger
+    before = led.state()
+    assert before.round == 0 and len(before.committee()) == 4
+    fed.commit_round(1, rejected=["client-4"])
+    after = led.state()
+    assert after.round == 1 and after.stakes()["client-4"] == 5.0 and after.stakes()["client-0"] == 11.0
+    assert led.state_at(before.height - 1) == before
+    assert after.seed != before.seed  # the next committee is drawn from the certificate's beacon
+
+
+def test_concurrent_threads_never_fork(fed: Federation) -> None:
+    led = fed.ledger
+    start = led.height()
     errors: list[BaseException] = []
 
     def worker(n: int) -> None:
         appended = 0
         try:
             while appended < 8:
-                digest = ledger.put_model(os.urandom(16))
-                tx = make_transaction(clients[n % 3], {"model-params": digest, "num": n})
-                block = build_block(ledger.latest(), {"transactions": [tx]}, producer)
+                tx = fed.tx(fed.clients[n], model=os.urandom(16), num=n)
+                block = build_block(led.latest(), {"transactions": [tx]}, fed.producer)
                 try:
-                    ledger.append(block)
+                    led.append(block)
                     appended += 1
                 except LedgerError:
                     pass  # lost the race: rebuild on the new head
@@ -222,8 +235,8 @@ def test_concurrent_threads_never_fork(
     for t in threads:
         t.join()
     assert not errors
-    assert ledger.height() == 33
-    assert verify_chain(ledger).ok
+    assert led.height() == start + 32
+    assert verify_chain(led).ok
 
 
 @pytest.mark.parametrize("url", ["memory", "memory://"])
@@ -247,6 +260,8 @@ def test_open_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert isinstance(led, SqliteLedger)
     with pytest.raises(FileNotFoundError):
         open_ledger(tmp_path / "missing.db", create=False)
+    with pytest.raises(FileNotFoundError):
+        open_ledger(tmp_path / "missing.db", read_only=True)
     assert not (tmp_path / "missing.db").exists()
 
 
@@ -260,3 +275,9 @@ def test_open_remote_unreachable_and_unknown() -> None:
         open_ledger(f"http://127.0.0.1:{port}").latest()
     with pytest.raises(ValueError):
         open_ledger("ftp://x")
+
+
+def test_charter_block_must_name_its_signer() -> None:
+    a, b = seeded("a"), seeded("b")
+    with pytest.raises(LedgerError, match="must name the key that signs it"):
+        make_charter_block(a, Charter(b.public_hex))

@@ -6,15 +6,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ledger_kit import Federation
 
-from bcsfl_flower.crypto import SigningKey
-from bcsfl_flower.ledger import Block, LedgerError, SqliteLedger, open_ledger, verify_chain
-
-RoundFactory = Callable[..., Block]
+from bcsfl_flower.ledger import LedgerError, SqliteLedger, open_ledger, verify_chain
 
 
 def test_schema_and_pragmas(tmp_path: Path) -> None:
@@ -25,8 +22,9 @@ def test_schema_and_pragmas(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         columns = {
             table: [(r[1], r[2]) for r in conn.execute(f"PRAGMA table_info({table})")]
-            for table in ("blocks", "models", "identities")
+            for table in ("blocks", "models")
         }
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         triggers = conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
         assert triggers.fetchall() == []
         genesis = conn.execute("SELECT * FROM blocks").fetchall()
@@ -43,36 +41,33 @@ def test_schema_and_pragmas(tmp_path: Path) -> None:
             ("sign", "TEXT"),
         ],
         "models": [("hash", "TEXT"), ("data", "BLOB")],
-        "identities": [
-            ("client_id", "TEXT"),
-            ("public_key", "TEXT"),
-            ("role", "TEXT"),
-            ("registered_at", "REAL"),
-        ],
     }
+    assert tables == {"blocks", "models"}  # identities and stakes are replayed from the blocks
     assert genesis == [
         (0, "genesis-hash", "", 0.0, '{"chain":"bcsfl","genesis":true}', "", "")
     ]
 
 
-def test_survives_close_and_reopen(tmp_path: Path, make_round: RoundFactory) -> None:
+def test_survives_close_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     with SqliteLedger(path) as led:
-        led.register_identity("server", SigningKey.from_seed(b"s").public_hex, "server")
-        blocks = []
-        for rnd in (1, 2):
-            blocks.append(make_round(led, rnd))
-            led.append(blocks[-1])
+        fed = Federation.start(led)
+        fed.enrol(["relay"], role="relay")
+        blocks = [fed.commit_round(rnd, rejected=["client-1"]) for rnd in (1, 2)]
         models = led.model_digests()
+        state = led.state()
     with open_ledger(f"sqlite:///{path}") as led:
-        assert led.height() == 3
-        assert led.blocks(1) == blocks
+        assert led.height() == 10
+        assert led.blocks(8) == blocks
         assert led.model_digests() == models
-        assert led.identities()["server"]["role"] == "server"
+        assert led.state() == state  # replayed from the blocks alone
+        assert led.identities()["relay"]["role"] == "relay"
+        assert led.state().stakes()["client-1"] == 2.5
         assert verify_chain(led).ok
-        led.append(make_round(led, 3))  # and it keeps growing
+        fed.ledger = led
+        fed.commit_round(3)  # and it keeps growing
     with SqliteLedger(path, create=False) as led:
-        assert led.height() == 4
+        assert led.height() == 11
 
 
 def _run(env: dict[str, str], code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -97,7 +92,7 @@ _WRITER = """
     import os, sys
     from bcsfl_flower.crypto import SigningKey
     from bcsfl_flower.ledger import LedgerError, build_block, make_transaction, open_ledger
-    key = SigningKey.from_seed(sys.argv[2].encode())
+    key = SigningKey.from_seed(("ledger-kit|" + sys.argv[2]).encode())  # enrolled by the test
     with open_ledger(sys.argv[1]) as led:
         done = 0
         while done < int(sys.argv[3]):
@@ -112,26 +107,52 @@ _WRITER = """
 """
 
 
-def test_second_process_reads_and_appends(
-    tmp_path: Path, make_round: RoundFactory, child_env: dict[str, str]
-) -> None:
+def test_second_process_reads_and_appends(tmp_path: Path, child_env: dict[str, str]) -> None:
     path = tmp_path / "l.db"
     with SqliteLedger(path) as led:
-        led.append(make_round(led, 1))
+        fed = Federation.start(led)
+        fed.commit_round(1)
         head = led.latest().hash
         seen = _run(child_env, _READER, str(path))  # while this process holds it open
         assert seen.returncode == 0, seen.stderr
-        assert seen.stdout.split() == ["2", head, "True"]
-        wrote = _run(child_env, _WRITER, str(path), "other-process", "2")
+        assert seen.stdout.split() == ["8", head, "True"]
+        wrote = _run(child_env, _WRITER, str(path), "client-2", "2")
         assert wrote.returncode == 0, wrote.stderr
-        assert led.height() == 4  # this connection sees the other process's blocks
-        assert led.block(2).last_hash == head
+        assert led.height() == 10  # this connection sees the other process's blocks
+        assert led.block(8).last_hash == head
+        fed.commit_round(2)  # and its state replays them before the next append
         assert verify_chain(led).ok
+
+
+def test_other_process_cannot_sneak_in_a_block_the_rules_refuse(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """A second process writes an unenrolled key's block straight into the file: this
+    process's next state read re-checks it and refuses to build on it."""
+    path = tmp_path / "l.db"
+    with SqliteLedger(path) as led:
+        Federation.start(led)
+        sneak = _run(child_env, """
+            import sqlite3, sys
+            from bcsfl_flower.crypto import SigningKey
+            from bcsfl_flower.ledger import SqliteLedger, build_block, make_transaction
+            key = SigningKey.from_seed(b"stranger")
+            with SqliteLedger(sys.argv[1]) as led:
+                block = build_block(led.latest(), {"transactions": [make_transaction(key, {"num": 1})]}, key)
+            conn = sqlite3.connect(sys.argv[1])
+            conn.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?,?)", tuple(block.to_row()))
+            conn.commit()
+        """, str(path))
+        assert sneak.returncode == 0, sneak.stderr
+        with pytest.raises(LedgerError, match="no enrolled identity holds"):
+            led.state()
+        assert not verify_chain(led).ok
 
 
 def test_concurrent_processes_never_fork(tmp_path: Path, child_env: dict[str, str]) -> None:
     path = tmp_path / "l.db"
-    SqliteLedger(path).close()
+    with SqliteLedger(path) as led:
+        Federation.start(led, clients=0).enrol(["writer-0", "writer-1"])
     code = textwrap.dedent(_WRITER)
     procs = [
         subprocess.Popen(
@@ -148,10 +169,10 @@ def test_concurrent_processes_never_fork(tmp_path: Path, child_env: dict[str, st
         assert proc.returncode == 0, err
         assert out.strip() == "done"
     with SqliteLedger(path) as led:
-        assert led.height() == 51
+        assert led.height() == 54
         report = verify_chain(led)
         assert report.ok and report.models_checked >= 50  # losers of a race leave extra models
-        producers = {b.public for b in led.blocks(1)}
+        producers = {b.public for b in led.blocks(4)}
         assert len(producers) == 2
 
 

@@ -1,4 +1,9 @@
-"""Helpers shared by the ledger cluster tests."""
+"""Helpers shared by the ledger cluster tests.
+
+A cluster started here is chartered: ``LocalCluster`` writes ``enrolment.key`` and
+``charter.json`` into its folder and every node installs that charter as block 1.
+:func:`federation` enrols clients through a node's HTTP API with that key.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from ledger_kit import Federation
 
+from bcsfl_flower.ledger import open_ledger
 from bcsfl_flower.ledger.cluster import LocalCluster
 
 
-def start_cluster(folder: Path, n: int = 4, *extra: str) -> LocalCluster:
-    """Start ``n`` nodes with fast failure detection and wait until they are ready."""
-    cluster = LocalCluster(n, folder, extra=["--request-timeout", "1.0", *extra])
+def start_cluster(folder: Path, n: int = 4, *extra: str, **charter: Any) -> LocalCluster:
+    """Start ``n`` nodes with fast failure detection and wait until they are ready.
+
+    ``charter`` passes ``LocalCluster`` options for a new charter (``committee_size``,
+    ``max_model_bytes``).
+    """
+    cluster = LocalCluster(n, folder, extra=["--request-timeout", "1.0", *extra], **charter)
     try:
         cluster.start()
         cluster.wait_ready(120)
@@ -21,6 +32,22 @@ def start_cluster(folder: Path, n: int = 4, *extra: str) -> LocalCluster:
         cluster.stop()
         raise
     return cluster
+
+
+def federation(cluster: LocalCluster, url: str, clients: int = 0, uploader: str | None = None) -> Federation:
+    """A :class:`Federation` over ``url`` with the cluster's enrolment key; enrols ``client-0..``.
+
+    ``uploader`` names the enrolled client whose key signs model uploads (enrolled
+    first if it is not yet). Close ``fed.ledger`` when done.
+    """
+    fed = Federation(open_ledger(url), cluster.authority)
+    fed.enrol(f"client-{i}" for i in range(clients))
+    if uploader is not None:
+        if uploader not in fed.keys:
+            fed.enrol([uploader])
+        fed.ledger.close()
+        fed.ledger = open_ledger(url, uploader=(uploader, fed.keys[uploader]))
+    return fed
 
 
 def health(url: str) -> dict[str, Any]:

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # the package may not be installed in the venv
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "tests" / "ledger"):  # the package may not be installed;
+    if str(_path) not in sys.path:                         # ledger_kit is shared with tests/ledger
+        sys.path.insert(0, str(_path))
 
 from bcsfl_flower.crypto import SigningKey  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def client_key() -> SigningKey:
-    """A client key for signed transactions and blocks."""
+    """A key nobody enrolled."""
     return SigningKey.from_seed(b"ledger-cluster-test-client")

@@ -25,7 +25,7 @@ from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.ledger import SqliteLedger, make_transaction, verify_chain
 from bcsfl_flower.ledger.cluster import LocalCluster
 
-from .cluster_helpers import chain, converge, health, start_cluster
+from .cluster_helpers import chain, converge, federation, health, start_cluster
 
 KILLS = 20
 
@@ -72,12 +72,10 @@ class Writer(threading.Thread):
 
 @pytest.mark.slow
 def test_sigkill_during_commits_loses_nothing(cluster: LocalCluster) -> None:
-    key = SigningKey.from_seed(b"crash-writer")
-    url = cluster.urls[0]
-    httpx.post(f"{url}/identities", json={"client_id": "writer", "public_key": key.public_hex},
-               timeout=60).raise_for_status()
-    model = httpx.post(f"{url}/models", content=b"crash test model", timeout=60).json()["hash"]
-    writer = Writer(cluster.urls, key, model)
+    fed = federation(cluster, cluster.urls[0], uploader="writer")  # enrolled by the cluster's authority
+    with fed.ledger:
+        model = fed.ledger.put_model(b"crash test model")
+    writer = Writer(cluster.urls, fed.keys["writer"], model)
     writer.start()
     rng = random.Random(7)
     seen: dict[int, str] = {}  # sequenceNo -> hash of blocks observed before a kill
@@ -109,8 +107,8 @@ def test_sigkill_during_commits_loses_nothing(cluster: LocalCluster) -> None:
     assert writer.acked and writer.acked <= on_chain, "an acknowledged transaction was lost"
     assert heads[0]["height"] > 1 + KILLS
     for j in range(cluster.n):
-        with SqliteLedger(cluster.db_path(j)) as local:
-            report = verify_chain(local)
+        with SqliteLedger(cluster.db_path(j), read_only=True) as local:
+            report = verify_chain(local, authority=cluster.authority.public_hex)
             assert report.ok, report.summary()
     print(f"{KILLS} SIGKILLs in {elapsed:.1f}s; {len(writer.acked)} acknowledged txs, "
           f"{heads[0]['height']} blocks, identical on {cluster.n} nodes")

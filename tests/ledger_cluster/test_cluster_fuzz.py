@@ -9,6 +9,7 @@ schema-driven generator does not produce, are sent by hand.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
+from bcsfl_flower.ledger import make_enrolment  # noqa: E402
 from bcsfl_flower.ledger.cluster import LocalCluster  # noqa: E402
 
 from .cluster_helpers import converge, start_cluster  # noqa: E402
@@ -91,5 +93,10 @@ def test_hand_made_garbage_gets_4xx(fuzz_cluster: LocalCluster) -> None:
     surrogate = httpx.post(f"{url}/identities", timeout=30,
                            content=b'{"client_id": "\\ud800", "public_key": "' + b"a" * 64 + b'"}',
                            headers={"content-type": "application/json"})
-    assert 200 <= surrogate.status_code < 500
+    assert surrogate.status_code == 401  # no enrolment signature
+    for path in ("/identities", "/postModelUpdate"):  # the authority's enrolment of an odd id
+        odd = make_enrolment(fuzz_cluster.authority, "\ud800", "a" * 64).to_json()
+        resp = httpx.post(f"{url}{path}", content=json.dumps(odd), timeout=30,
+                          headers={"content-type": "application/json"})
+        assert 200 <= resp.status_code < 500, resp.text
     converge(fuzz_cluster.urls)  # whatever was accepted, every node still agrees

@@ -1,0 +1,132 @@
+"""A chartered federation on a real ledger, for the ledger and ledger-cluster tests.
+
+:class:`Federation` holds the enrolment authority's key, the enrolled clients' keys and
+the ledger they share (any backend: memory, a SQLite file, a cluster over HTTP). It
+builds what honest parties would append: enrolments signed by the authority,
+transactions signed by enrolled clients, and round blocks certified by 2f+1 of the
+committee the chain draws (each member signs the round statement computed from the
+chain state), with stakes that follow from the decisions. Tests change one thing of an
+honest block to check the refusal. Keys come from seeds, so runs are reproducible.
+
+Importable from both test folders: ``tests/ledger`` is on ``sys.path`` (its conftest
+and ``tests/ledger_cluster/conftest.py`` put it there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bcsfl_flower.crypto import SigningKey, sha256_hex
+from bcsfl_flower.federation import Certificate, Charter, next_stakes
+from bcsfl_flower.ledger import (
+    Block,
+    Ledger,
+    Transaction,
+    build_block,
+    make_charter_block,
+    make_enrolment,
+    make_transaction,
+)
+
+
+def seeded(name: str) -> SigningKey:
+    """A reproducible key for ``name``."""
+    return SigningKey.from_seed(f"ledger-kit|{name}".encode())
+
+
+@dataclass
+class Federation:
+    """An enrolment authority, clients with keys, and the ledger they share.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        Any backend.
+    authority : SigningKey (default: the seeded "authority" key)
+        The enrolment authority (the charter names it).
+    keys : dict[str, SigningKey] (default: {})
+        Enrolled identities' keys by id.
+    producer : SigningKey (default: the seeded "producer" key)
+        Signs the blocks this federation builds (their authority is their content).
+    """
+
+    ledger: Ledger
+    authority: SigningKey = field(default_factory=lambda: seeded("authority"))
+    keys: dict[str, SigningKey] = field(default_factory=dict)
+    producer: SigningKey = field(default_factory=lambda: seeded("producer"))
+
+    @classmethod
+    def start(cls, ledger: Ledger, clients: int = 5, committee_size: int = 4,
+              authority: SigningKey | None = None, **charter: Any) -> Federation:
+        """Install the charter and enrol ``client-0`` .. ``client-{clients-1}``.
+
+        ``charter`` passes more :class:`Charter` fields (e.g. ``max_model_bytes``).
+        """
+        fed = cls(ledger, authority or seeded("authority"))
+        ledger.install_charter(make_charter_block(
+            fed.authority, Charter(fed.authority.public_hex, committee_size, **charter)))
+        fed.enrol(f"client-{i}" for i in range(clients))
+        return fed
+
+    @property
+    def clients(self) -> list[str]:
+        """Enrolled client ids, sorted."""
+        return sorted(self.keys)
+
+    def enrol(self, ids: Iterable[str], role: str = "client") -> None:
+        """Enrol each id with a seeded key of its own (one block per enrolment)."""
+        for cid in ids:
+            self.keys[cid] = seeded(cid)
+            self.ledger.register_identity(self.enrolment(cid, role))
+
+    def enrolment(self, cid: str, role: str = "client") -> Transaction:
+        """The authority's signed enrolment of ``cid`` with its seeded key."""
+        return make_enrolment(self.authority, cid, seeded(cid).public_hex, role)
+
+    def tx(self, cid: str, model: bytes | None = None, **data: Any) -> Transaction:
+        """A transaction signed by ``cid``; ``model`` is stored and referenced as ``model-params``."""
+        if model is not None:
+            data["model-params"] = self.ledger.put_model(model)
+        return make_transaction(self.keys[cid], data)
+
+    def tx_block(self, txs: list[Transaction], head: Block | None = None) -> Block:
+        """A transaction block on ``head`` (default: the ledger's head)."""
+        return build_block(head or self.ledger.latest(), {"transactions": txs}, self.producer)
+
+    def round_block(self, server_round: int, *, rejected: Iterable[str] = (), model: bytes | None = None,
+                    signers: int | None = None, head: Block | None = None, timestamp: float | None = None,
+                    producer: SigningKey | None = None, **overrides: Any) -> Block:
+        """An honest round block on ``head``: every client's package in, ``rejected`` ones rejected.
+
+        ``signers`` limits how many committee members (in draw order) sign;
+        ``overrides`` replace block data fields after signing (a dishonest producer).
+        """
+        state = self.ledger.state()
+        head = head or self.ledger.latest()
+        model = model if model is not None else f"global model of round {server_round}".encode()
+        digest = self.ledger.put_model(model)
+        clients = sorted(state.stakes())
+        rejected = set(rejected)
+        inputs = [{"client_id": c, "packet_id": f"{c}-r{server_round}",
+                   "model_hash": sha256_hex(f"{c} update {server_round}".encode())} for c in clients]
+        decisions = [{"client_id": c, "kept": c not in rejected, "reason": "cosine below floor" if c in rejected
+                      else ""} for c in clients]
+        assert state.charter is not None
+        stakes = next_stakes(state.stakes(), [c for c in clients if c not in rejected], rejected,
+                             state.charter.policy)
+        statement = state.statement(server_round, head.hash, digest, inputs, decisions, [], stakes)
+        committee = list(state.committee())
+        chosen = committee[: len(committee) if signers is None else signers]
+        certificate = Certificate(statement, tuple(statement.sign(m, self.keys[m]) for m in chosen))
+        data = {"round": server_round, "model-params": digest, "inputs": inputs, "decisions": decisions,
+                "refused": [], "stakes": stakes, "certificate": certificate.to_json(), "committee": committee}
+        data.update(overrides)
+        return build_block(head, data, producer or self.producer, timestamp=timestamp)
+
+    def commit_round(self, server_round: int, **kwargs: Any) -> Block:
+        """Build :meth:`round_block` and append it."""
+        block = self.round_block(server_round, **kwargs)
+        self.ledger.append(block)
+        return block
