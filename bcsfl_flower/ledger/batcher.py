@@ -198,7 +198,7 @@ class Batcher:
             if model is not None and not ledger.has_model(model):
                 continue
             back.append((tx["id"], tx))
-        kept = admissible(self.node.state, (tx for _, tx in back))  # the rules, in order
+        kept = admissible(self.node.chain.state, (tx for _, tx in back))  # the rules, in order
         back = [(tx["id"], tx) for tx in kept]
         ids = {k for k, _ in back}
         self.pool = collections.OrderedDict(back + [kv for kv in self.pool.items() if kv[0] not in ids])
@@ -227,7 +227,7 @@ class Batcher:
                     batch.append(tx)
             if not batch:
                 break
-            prev = self.head if self.head is not None else node.head
+            prev = self.head if self.head is not None else node.chain.head
             try:
                 block = build_block(prev, {"transactions": batch}, node.key, copy=False)
             except LedgerError:

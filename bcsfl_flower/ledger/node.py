@@ -6,14 +6,9 @@ replica (requests, peer messages, timers on the asyncio clock, in seconds) and a
 its outputs: sends frames, arms timers, and executes ``Committed`` entries with
 :func:`~.ops.apply_op`, in order, on every node.
 
-Transactions are batched (:mod:`~.batcher`): one block, one PBFT request.
-
-The federation's charter (block 1, signed by the enrolment authority) is given to every
-node at start and installed locally on a chain still at genesis: it is the same signed
-block on every node, so it needs no ordering, and a node whose chain holds another
-charter refuses to start. The node keeps the federation state after its head
-(``state``: enrolled keys, the charter's limits), refreshed after each executed block,
-to check writes on arrival before they are ordered.
+Transactions are batched (:mod:`~.batcher`): one block, one PBFT request. The node
+starts from the federation's charter and keeps its view of the chain (head, federation
+state, enrolled keys) in a :class:`~.chain_view.ChainView`.
 
 Crash recovery: only the SQLite file (and one number, see :mod:`~.recovery`)
 survives a crash. A restarted node's replica starts empty; the peers' status
@@ -53,10 +48,9 @@ from bcsfl_flower.consensus.quorum import max_faulty
 from bcsfl_flower.consensus.replica import NORMAL, PBFTConfig, Replica
 from bcsfl_flower.crypto import SigningKey, verify_cache_stats
 
-from bcsfl_flower.federation import FederationState
-
 from .batcher import Batcher
 from .block import Block, LedgerError
+from .chain_view import ChainView
 from .ops import Op, apply_op, encode_ping_op, parse_op
 from .recovery import Fence, RecoveryWatch
 from .sqlite import SqliteLedger
@@ -140,7 +134,7 @@ class LedgerNode:
         self.http_urls = list(http_urls)
         self.ledger = SqliteLedger(db_path)
         try:
-            self._install(charter)
+            self.chain = ChainView(self.ledger, charter, self.cfg.max_model_bytes)
         except BaseException:
             self.ledger.close()
             raise
@@ -158,32 +152,8 @@ class LedgerNode:
         self.watch = RecoveryWatch(index, self.keys, self.f, self.cfg.recovery_grace)
         self.fence = Fence(Path(db_path).with_suffix(".pbft.json"), self.n - 1)
         self._ping: asyncio.Future[dict[str, Any]] | None = None
-        self.head = self.ledger.latest()  # cached: parsing a big head block is not free
-        self.state: FederationState = self.ledger.state()
-        self.known_keys: set[str] = set()
-        self._refresh_state()
-        self._model_seq: int | None = -1  # -1: not looked up yet
         self.stats = {"executed_ops": 0, "rejected_ops": 0, "executed_txs": 0,
                       "ingress_verified_txs": 0, "blocks_built": 0}
-
-    def _install(self, charter: Block | None) -> None:
-        if charter is not None:
-            self.ledger.install_charter(charter)  # a no-op if it is there; refuses another
-        elif self.ledger.state().charter is None:
-            raise LedgerError("the chain has no charter and none was given (--charter FILE)")
-
-    def _refresh_state(self) -> None:
-        """Re-read the federation state after the head; rebuild the enrolled keys if they changed."""
-        before = self.state.identities
-        self.state = self.ledger.state()
-        if self.state.identities is not before or not self.known_keys:
-            self.known_keys = {i.public_key for i in self.state.identities.values()}
-
-    @property
-    def max_model_bytes(self) -> int:
-        """The largest model the charter allows (the node's own limit before a charter)."""
-        charter = self.state.charter
-        return charter.max_model_bytes if charter is not None else self.cfg.max_model_bytes
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -322,7 +292,7 @@ class LedgerNode:
             self._parsed.move_to_end(value)
             return self._parsed[value]
         try:
-            op: Op | None = parse_op(value, self.max_model_bytes)
+            op: Op | None = parse_op(value, self.chain.max_model_bytes)
         except (LedgerError, RecursionError, ValueError, TypeError):
             op = None
         self._parsed[value] = op
@@ -397,7 +367,7 @@ class LedgerNode:
             result: dict[str, Any] = {"ok": False, "reason": "malformed operation"}
         else:
             try:
-                result = apply_op(self.ledger, op, self.head.sequence_no)
+                result = apply_op(self.ledger, op, self.chain.head.sequence_no)
             except (sqlite3.Error, OSError):  # local storage failure: stopping beats diverging
                 log.critical("node %d: cannot execute seq %d; stopping", self.index, entry.seq,
                              exc_info=True)
@@ -418,26 +388,11 @@ class LedgerNode:
 
     def _after_block(self, block: Block, result: dict[str, Any]) -> None:
         txs = block.transactions
-        if result.get("ok") and block.sequence_no > self.head.sequence_no:
-            self.head = block
         if result.get("ok") and not result.get("duplicate"):
-            self.stats["executed_txs"] += len(txs)  # check_append verified each signature
-            if block.data.get("model-params") is not None:
-                self._model_seq = block.sequence_no
-            self._refresh_state()
+            self.stats["executed_txs"] += len(txs)  # append verified each signature
+        self.chain.executed(block, result)
         ids = [tx.get("id") for tx in txs if isinstance(tx, dict)]
         self.batcher.on_executed(block, bool(result.get("ok")), ids)
-
-    @property
-    def latest_model_seq(self) -> int | None:
-        """``sequenceNo`` of the newest block carrying a global model (None: none yet)."""
-        if self._model_seq == -1:  # once per process; execution keeps it current after
-            self._model_seq = None
-            for seq in range(self.head.sequence_no, 0, -1):
-                if self.ledger.block(seq).data.get("model-params") is not None:
-                    self._model_seq = seq
-                    break
-        return self._model_seq
 
     # ------------------------------------------------------------------ introspection
     def health(self) -> dict[str, Any]:
@@ -445,7 +400,7 @@ class LedgerNode:
         rep = self.replica
         return {"status": "recovering" if self.recovering else "ok", "node": self.index,
                 "nodes": self.n, "public": self.key.public_hex,
-                "height": self.head.sequence_no + 1, "head": self.head.hash, "view": rep.view,
+                "height": self.chain.head.sequence_no + 1, "head": self.chain.head.hash, "view": rep.view,
                 "primary": rep.primary, "pbft_status": rep.status,
                 "last_executed": rep.last_executed, "recovering": self.recovering,
                 "peers_connected": self.transport.connected_peers(),

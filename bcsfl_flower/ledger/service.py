@@ -133,7 +133,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         except RecursionError:
             raise HTTPException(422, "block data nested too deeply") from None
         try:
-            admit_block(block, node.head, node.state)
+            admit_block(block, node.chain.head, node.chain.state)
         except Refused as err:
             raise HTTPException(err.status, err.detail) from None
         return await _ordered(encode_block_op(block), wait)
@@ -142,7 +142,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
              responses={404: {"description": "no block carries a model yet"}})
     async def get_latest_model(include_bytes: bool = False) -> dict[str, Any]:
         """The newest block's global model (paper Table 1): metadata and a link."""
-        seq = node.latest_model_seq
+        seq = node.chain.latest_model_seq
         if seq is None:
             raise HTTPException(404, "no block carries a model yet")
         block = ledger.block(seq)
@@ -186,7 +186,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
                 stored[digest] = ledger.has_model(digest)
             return stored[digest]
 
-        state, keys = node.state, node.known_keys
+        state, keys = node.chain.state, node.chain.known_keys
         try:
             txs = [admit_transaction(i, item, state, keys, has_model) for i, item in enumerate(items)]
         except Refused as err:
@@ -212,7 +212,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     async def _ordered(value: str, wait: float) -> Any:
         try:  # the same checks every node runs, so a refusal comes with its reason now
-            parse_op(value, node.max_model_bytes)
+            parse_op(value, node.chain.max_model_bytes)
         except LedgerError as err:
             raise HTTPException(422, str(err)) from None
         result = await await_result(node.submit(value, broadcast=True), wait)
@@ -243,8 +243,8 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         digest = sha256_hex(data)
         client, sign = request.headers.get(CLIENT_HEADER), request.headers.get(SIGN_HEADER)
         try:
-            check_upload(node.state, client, sign, digest)
-            check_model_size(node.state, len(data))
+            check_upload(node.chain.state, client, sign, digest)
+            check_model_size(node.chain.state, len(data))
         except UploadRefused as err:
             raise HTTPException(err.status, str(err)) from None
         if ledger.has_model(digest):
@@ -266,13 +266,13 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     @app.get("/identities", tags=["clients"])
     def identities() -> dict[str, Any]:
         """Every enrolled identity: ``client_id -> {public_key, role, stake, taken_part, enrolled_at}``."""
-        return identity_records(node.state)
+        return identity_records(node.chain.state)
 
     @app.get("/identities/{client_id}", tags=["clients"],
              responses={404: {"description": "unknown client"}})
     def identity(client_id: str) -> dict[str, Any]:
         """One identity's enrolled key, role and stake."""
-        record = identity_records(node.state).get(client_id)
+        record = identity_records(node.chain.state).get(client_id)
         if record is None:
             raise HTTPException(404, f"unknown client {client_id!r}")
         return {"client_id": client_id, **record}
@@ -288,7 +288,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         an identity already enrolled with the same key.
         """
         try:
-            tx, new = admit_enrolment(await json_body(request), node.state)
+            tx, new = admit_enrolment(await json_body(request), node.chain.state)
         except Refused as err:
             raise HTTPException(err.status, err.detail) from None
         cid = enrolment_of(tx)[0]
@@ -302,7 +302,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     @app.get("/stakes", tags=["clients"])
     def stakes() -> dict[str, Any]:
         """The stake book after the head: every enrolled client's stake, and the last certified round."""
-        state = node.state
-        return {"sequenceNo": node.latest_model_seq, "round": state.round, "stakes": state.stakes()}
+        state = node.chain.state
+        return {"sequenceNo": node.chain.latest_model_seq, "round": state.round, "stakes": state.stakes()}
 
     return app
