@@ -1,4 +1,5 @@
-"""The ``bcsfl`` command: ``simulate`` a run; ``ledger`` found (init, enrol), serve (up, serve), show and verify a chain."""
+"""The ``bcsfl`` command: ``simulate`` a run; ``ledger``: found (init, enrol), serve (up, serve),
+show and verify a chain."""
 
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from .block import GENESIS, Block, LedgerError, Transaction, build_block, make_t
 from .rules import ChainHead, check_append, check_block, check_link
 
 __all__ = [
-    "Probe", "Replay", "admissible", "advance", "enrolment_of", "genesis_replay", "make_charter_block", "make_enrolment",
-    "replay",
+    "Probe", "Replay", "admissible", "advance", "enrolment_of", "genesis_replay", "make_charter_block",
+    "make_enrolment", "replay",
 ]
 
 
