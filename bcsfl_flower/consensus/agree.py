@@ -1,14 +1,18 @@
-"""One-shot agreement on a single value (a candidate hash) among k replicas.
+"""One-shot agreement on a single value (a candidate hash) among k in-process replicas.
 
-This is what the BCS-FL committee runs each round: every coordinator recomputes the
-aggregate, submits its own candidate hash under one request key
-(``instance``, 0), and only prepares the primary's proposal when it matches its own
-(the validate hook). A dishonest or wrong primary is voted out by a view change and the
-next primary proposes its own candidate. The result carries the commit quorum
-certificate, checkable by anyone with :func:`bcsfl_flower.consensus.quorum.verify`.
+Every replica submits its own candidate under one request key (``instance``, 0) and
+prepares the primary's proposal only when it matches its own (the validate hook): a
+dishonest or wrong primary is voted out by a view change (Castro & Liskov, OSDI 1999,
+section 4.4) and the next primary proposes its own candidate. The result carries the
+commit quorum certificate, checkable by anyone with
+:func:`bcsfl_flower.consensus.quorum.verify`.
 
-The k replicas run in-process on :class:`~.simnet.SimNetwork` (reliable by default; a
-fault schedule and Byzantine behaviours can be injected for experiments).
+:func:`agree` is what ``experiments/consensus_bench.py`` times (a committee's decision
+against PBFT among all n nodes) and what the consensus tests drive; the BCS-FL
+committee's round agreement is :class:`bcsfl_flower.committee.pbft_agreement.PbftAgreement`,
+which runs the same :class:`~.replica.Replica` on the same simulated network its own way.
+The k replicas run on :class:`~.simnet.SimNetwork` (reliable by default; a fault
+schedule and Byzantine behaviours can be injected for experiments).
 """
 
 from __future__ import annotations
@@ -77,7 +81,11 @@ def agree(
     value; by default a replica accepts exactly its own candidate (and one whose
     proposal is None abstains: it prepares nothing, but still commits what 2f+1 others
     decided). ``byzantine`` maps replica indices to behaviours from
-    :data:`~.byzantine.BEHAVIOURS` (experiments only).
+    :data:`~.byzantine.BEHAVIOURS` (experiments only; default none). ``instance``
+    (default ``"agreement"``) names the request; ``config`` defaults to
+    ``PBFTConfig(request_timeout=40.0, status_interval=10.0, max_timeout=640.0)``,
+    ``schedule`` to ``FaultSchedule.reliable(seed=seed)``; ``seed`` (default 0) also
+    seeds the Byzantine behaviours.
 
     Returns once every non-Byzantine replica executed the instance, or, with what
     committed by then, at ``max_time`` (virtual) or once some replica entered a view

@@ -1,4 +1,6 @@
-"""Byzantine replicas for the simulator and the fuzzer.
+"""Byzantine replicas for the simulator and the fuzzer (the fault model of Castro &
+Liskov, OSDI 1999, section 2: up to f replicas behave arbitrarily, but cannot forge
+other replicas' signatures).
 
 :class:`ByzantineReplica` runs an honest :class:`~.replica.Replica` inside (so it knows
 the protocol state and holds its own signing key) and rewrites what it emits according
@@ -36,7 +38,7 @@ from typing import Any
 from ..crypto import SigningKey
 from .messages import (
     GENESIS_DIGEST, Broadcast, CatchUp, Checkpoint, Commit, CommittedEntry, NewView, Prepare,
-    PrePrepare, Request, Send, Signed, ViewChange, sign,
+    PrePrepare, Request, Send, Signed, ViewChange,
 )
 from .quorum import QuorumCertificate
 from .replica import Replica
@@ -69,7 +71,6 @@ class ByzantineReplica:
         self.n = inner.n
         self.behaviours = frozenset(behaviours)
         self.rng = rng
-        self._key = inner._key  # a Byzantine node holds its own key
         self._client_key = client_key
         self._client_id = client_id
         self._rid = 0
@@ -105,7 +106,7 @@ class ByzantineReplica:
         return [i for i in range(self.n) if i != self.index]
 
     def _sign(self, msg: Signed) -> Signed:
-        return sign(msg, self._key, self.inner._sig_memo)
+        return self.inner.outbox.sign(msg)  # a Byzantine node holds its own key
 
     def _byz_request(self, value: str | None = None) -> Request:
         self._rid += 1
@@ -189,7 +190,7 @@ class ByzantineReplica:
         pool = [vc for _s, vc in sorted(seen.items()) if valid_view_change(vc, inner.keys, inner.cfg.log_window)]
         self.rng.shuffle(pool)
         alt_vcs = tuple(pool[: inner.quorum])
-        plan = inner._plan(alt_vcs)
+        plan = inner.planner(alt_vcs)
         pps = tuple(self._sign(PrePrepare(nv.view, s, d, r, self.index)) for s, d, r in plan.entries)
         alt = self._sign(NewView(nv.view, alt_vcs, pps, self.index))
         others = self._others()

@@ -1,133 +1,168 @@
-"""Checkpoints, water marks, the status heartbeat and catch-up (state transfer).
+"""Checkpoints and water marks (Castro & Liskov, OSDI 1999, section 4.3), and the heartbeat.
 
-Every K executed sequence numbers a replica signs ``Checkpoint(seq, state_digest)``;
-2f+1 matching ones make the checkpoint stable: the low water mark moves to it, the log
-below it is dropped, and the window (h, h + L] slides. Checkpoint messages are
-retransmitted on the heartbeat until stable, and a peer behind the stable checkpoint
-gets the proof.
+Garbage collection, section 4.3: every K executed sequence numbers a replica signs
+``Checkpoint(seq, state_digest)``; 2f+1 matching ones make the checkpoint stable (the
+proof of its correctness), the low water mark h moves to it, the log below it is
+dropped, and the window (h, h + L] of sequence numbers a replica accepts slides.
+:class:`CheckpointLog` owns h, the stable checkpoint and its proof, the checkpoint votes
+and the replica's own latest checkpoint (retransmitted until stable).
 
-Catch-up: the heartbeat ``Status`` says how far a replica executed; peers answer with
-the committed entries it lacks, each with its commit quorum certificate. Executing a
-certified entry needs no trust in the peer that sent it, so a replica that missed
-messages (or restarts from a checkpoint, or is a fresh ledger node) converges without a
-view change. :meth:`Replica.install` is the same path for an external state transfer.
+The heartbeat is this package's retransmission and state-transfer trigger (the paper
+leaves both to the implementation): a replica broadcasts a signed ``Status`` saying how
+far it executed; peers answer with the committed entries it lacks (each with its commit
+quorum certificate), their stable checkpoint proof, and the NEW-VIEW of the current
+view. :class:`Heartbeat` owns what a replica knows of its peers' progress and decides
+when to send a status and when a peer needs catch-up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Optional
 
-from .messages import CatchUp, Checkpoint, CommittedEntry, Status
-from .quorum import QuorumCertificate, entry_matches, verify
-from .viewchange import NORMAL, VIEW_CHANGE
+from .execution import ExecutionLog
+from .messages import GENESIS_DIGEST, CatchUp, Checkpoint, Status
+from .outbox import Outbox
+from .state import PBFTConfig, StableCheckpoint, TimerKind
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .replica import Replica
-
-__all__ = ["CheckpointMixin"]
+__all__ = ["CheckpointLog", "Heartbeat"]
 
 
-class CheckpointMixin:
-    """Checkpoint and catch-up half of :class:`~bcsfl_flower.consensus.replica.Replica`."""
+class CheckpointLog:
+    """Stable checkpoint, water marks and checkpoint votes of replica ``index``
+    (section 4.3), which signs and sends its checkpoint messages through ``outbox``."""
 
-    # ============================================================ checkpoints
+    def __init__(self, outbox: Outbox, index: int, interval: int, log_window: int, quorum: int) -> None:
+        self._outbox = outbox
+        self._index = index
+        self.interval = interval
+        self.log_window = log_window
+        self.quorum = quorum
+        #: The low water mark h: sequence number of the stable checkpoint.
+        self.low = 0
+        self._digest = GENESIS_DIGEST
+        self._proof: tuple[Checkpoint, ...] = ()
+        self._votes: dict[int, dict[str, dict[int, Checkpoint]]] = {}
+        self._own: Optional[Checkpoint] = None
 
-    def _take_checkpoint(self: Replica, s: int) -> None:
-        c = self._signed(Checkpoint(s, self._state_digest, self.index))
-        self._own_checkpoint = c
-        if s > self.h:
-            self._broadcast(c)
-            self._add_checkpoint(c)
+    @property
+    def high(self) -> int:
+        """The high water mark h + L."""
+        return self.low + self.log_window
 
-    def _on_checkpoint(self: Replica, c: Checkpoint) -> None:
-        k = self.cfg.checkpoint_interval
-        if self.h < c.seq <= self.h + 4 * self.cfg.log_window and c.seq % k == 0:
-            self._add_checkpoint(c)
+    def in_window(self, seq: int, widen: int = 1) -> bool:
+        """h < seq <= h + widen * L."""
+        return self.low < seq <= self.low + widen * self.log_window
 
-    def _add_checkpoint(self: Replica, c: Checkpoint) -> None:
-        votes = self._checkpoints.setdefault(c.seq, {}).setdefault(c.state_digest, {})
+    @property
+    def stable(self) -> StableCheckpoint:
+        return StableCheckpoint(self.low, self._digest, self._proof)
+
+    def take(self, seq: int, state_digest: str) -> bool:
+        """This replica executed ``seq`` (a multiple of K) reaching ``state_digest``: sign
+        the checkpoint and, when above h, broadcast and count it; True when that made it
+        stable."""
+        c = self._outbox.sign(Checkpoint(seq, state_digest, self._index))
+        self._own = c
+        if seq > self.low:
+            self._outbox.broadcast(c)
+            return self.add(c)
+        return False
+
+    def retransmit(self) -> None:
+        """Broadcast the own latest checkpoint again while it is not yet stable."""
+        own = self._own
+        if own is not None and own.seq > self.low:
+            self._outbox.broadcast(own)
+
+    def send_proof(self, to: int) -> None:
+        """Send replica ``to`` the 2f+1 checkpoint messages that prove the stable one."""
+        for c in self._proof:
+            self._outbox.send(to, c)
+
+    def accepts(self, c: Checkpoint) -> bool:
+        """A peer's checkpoint worth counting: a multiple of K, not too far ahead."""
+        return self.in_window(c.seq, 4) and c.seq % self.interval == 0
+
+    def add(self, c: Checkpoint) -> bool:
+        """Count the vote ``c``; True when it made checkpoint ``c.seq`` stable."""
+        votes = self._votes.setdefault(c.seq, {}).setdefault(c.state_digest, {})
         votes.setdefault(c.sender, c)
         if len(votes) >= self.quorum:
             proof = tuple(sorted(votes.values(), key=lambda m: m.sender)[: self.quorum])
-            self._make_stable(c.seq, c.state_digest, proof)
+            return self.advance(c.seq, c.state_digest, proof)
+        return False
 
-    def _make_stable(self: Replica, s: int, digest: str, proof: tuple[Checkpoint, ...]) -> None:
-        """Checkpoint ``s`` is stable: move the water marks and truncate the log."""
-        if s <= self.h:
-            return
-        self.h = s
-        self._stable_digest = digest
-        self._stable_proof = proof
-        self._slots = {k: v for k, v in self._slots.items() if k[1] > s}
-        self._prepared_certs = {q: c for q, c in self._prepared_certs.items() if q > s}
-        self._checkpoints = {q: c for q, c in self._checkpoints.items() if q > s}
-        self._future_pps = {k: v for k, v in self._future_pps.items() if k[1] > s}
-        if self.status == NORMAL and self.is_primary:
-            self._next_seq = max(self._next_seq, s)
-            self._try_assign()
+    def advance(self, seq: int, digest: str, proof: tuple[Checkpoint, ...]) -> bool:
+        """Checkpoint ``seq`` is stable (``proof``): move h to it. False when not above h."""
+        if seq <= self.low:
+            return False
+        self.low = seq
+        self._digest = digest
+        self._proof = proof
+        self._votes = {q: c for q, c in self._votes.items() if q > seq}
+        return True
 
-    # ============================================================ heartbeat / catch-up
 
-    def _on_status_timer(self: Replica) -> None:
-        self._set_timer("status", self.cfg.status_interval)
-        behind = max(self._peer_exec.values(), default=0) > self.last_executed
-        active = bool(self._pending) or self.status == VIEW_CHANGE or behind or self._activity
+class Heartbeat:
+    """Peers' progress as their statuses report it; replica ``index``'s own status and the
+    catch-up it sends through ``outbox``."""
+
+    def __init__(self, outbox: Outbox, index: int, config: PBFTConfig) -> None:
+        self._outbox = outbox
+        self._index = index
+        self.cfg = config
+        self._peer_exec: dict[int, int] = {}
+        self._peer_stalls: dict[int, int] = {}  # statuses in a row without progress
+        self._activity = False
+        self._idle_ticks = 0
+
+    def start(self) -> None:
+        """Arm the status timer."""
+        self._outbox.set_timer(TimerKind.STATUS, self.cfg.status_interval)
+
+    def executed(self) -> None:
+        """This replica executed something since the last tick."""
+        self._activity = True
+
+    def tick(self, view: int, normal: bool, last_executed: int, stable_seq: int, busy: bool) -> bool:
+        """The status timer fired: re-arm it and broadcast the status when due (always when
+        ``busy``, a peer is ahead or something executed; else every ``idle_status_every``)."""
+        self._outbox.set_timer(TimerKind.STATUS, self.cfg.status_interval)
+        behind = max(self._peer_exec.values(), default=0) > last_executed
+        active = busy or behind or self._activity
         self._idle_ticks += 1
-        if active or self._idle_ticks >= self.cfg.idle_status_every:
+        due = active or self._idle_ticks >= self.cfg.idle_status_every
+        if due:
             self._idle_ticks = 0
-            self._broadcast(self._signed(
-                Status(self.view, self.status == NORMAL, self.last_executed, self.h, self.index)
+            self._outbox.broadcast(self._outbox.sign(
+                Status(view, normal, last_executed, stable_seq, self._index)
             ))
         self._activity = False
-        if self.status == VIEW_CHANGE and self._my_vc is not None:
-            self._broadcast(self._my_vc)
-        own = self._own_checkpoint
-        if own is not None and own.seq > self.h:
-            self._broadcast(own)
+        return due
 
-    def _on_status(self: Replica, st: Status) -> None:
+    def observe(self, st: Status, execution: ExecutionLog) -> None:
+        """Peer ``st.sender`` reported ``st``: send it the entries it lacks, if it needs them.
+
+        A peer far behind gets them at once; one at most ``catchup_lag`` behind only
+        after ``catchup_patience`` statuses in a row without progress.
+        """
+        missing = self._missing(st, execution.last_executed)
+        if missing is not None:
+            entries = execution.entries(*missing)
+            self._outbox.send(st.sender, self._outbox.sign(CatchUp(entries, self._index)))
+
+    def _missing(self, st: Status, last_executed: int) -> Optional[tuple[int, int]]:
         j = st.sender
-        if j == self.index:
-            return
         previous = self._peer_exec.get(j)
         self._peer_exec[j] = st.last_executed
         if previous is not None and previous >= st.last_executed:
             self._peer_stalls[j] = self._peer_stalls.get(j, 0) + 1
         else:
             self._peer_stalls[j] = 0
-        if 0 <= st.last_executed < self.last_executed and (
-            self._peer_stalls[j] >= self.cfg.catchup_patience
-            or self.last_executed - st.last_executed > self.cfg.catchup_lag
+        cfg = self.cfg
+        if 0 <= st.last_executed < last_executed and (
+            self._peer_stalls[j] >= cfg.catchup_patience
+            or last_executed - st.last_executed > cfg.catchup_lag
         ):
-            end = min(self.last_executed, st.last_executed + self.cfg.catchup_batch)
-            entries = tuple(
-                CommittedEntry(c.seq, c.request, c.certificate)
-                for c in self._log[st.last_executed:end]
-            )
-            self._send(j, self._signed(CatchUp(entries, self.index)))
-        if self.status == NORMAL and self._new_view_msg is not None and (
-            st.view < self.view or (st.view == self.view and not st.normal)
-        ):
-            self._send(j, self._new_view_msg)
-        if st.stable_seq < self.h:
-            for c in self._stable_proof:
-                self._send(j, c)
-
-    def _on_catch_up(self: Replica, msg: CatchUp) -> None:
-        self._take_entries(msg.entries)
-
-    def _take_entries(self: Replica, entries: Iterable[CommittedEntry]) -> None:
-        limit = self.last_executed + 4 * self.cfg.catchup_batch
-        for e in entries:
-            if not isinstance(e, CommittedEntry) or not self.last_executed < e.seq <= limit:
-                continue
-            if e.seq in self._ready:
-                continue
-            cert = e.certificate
-            if not isinstance(cert, QuorumCertificate) or not entry_matches(cert, e.seq, e.request):
-                continue
-            if not verify(cert, self.keys):
-                continue
-            self._ready[e.seq] = (cert.view, cert.digest, e.request, cert)
-        self._execute_ready()
+            return st.last_executed, min(last_executed, st.last_executed + cfg.catchup_batch)
+        return None

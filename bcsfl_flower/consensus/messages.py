@@ -1,5 +1,12 @@
 """PBFT wire messages, their canonical encoding, signing, and the replica's outputs.
 
+The messages of Castro & Liskov, "Practical Byzantine Fault Tolerance" (OSDI 1999):
+REQUEST (section 4.1), PRE-PREPARE / PREPARE / COMMIT (4.2), CHECKPOINT (4.3),
+VIEW-CHANGE with its prepared certificates and NEW-VIEW (4.4); plus this package's
+Forward (a backup relays a request to the primary, 4.1), Status and CatchUp (heartbeat
+and state transfer from certified committed entries). Signatures stand in for the
+paper's MACs, as in the OSDI paper's signed variant.
+
 Every message is a frozen dataclass. Its *body* is a length-prefixed canonical
 encoding of the type tag and every field except ``sig``; the sender signs the body
 with Ed25519 (:class:`bcsfl_flower.crypto.SigningKey`). Nested messages (a view-change

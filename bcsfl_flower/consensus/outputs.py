@@ -1,4 +1,11 @@
-"""What a replica asks its driver to do: the outputs of every input method."""
+"""What a replica asks its driver to do: the outputs of every input method (sans-IO).
+
+``Send``/``Broadcast`` carry the protocol messages of Castro & Liskov's PBFT (OSDI 1999,
+section 4); ``Committed`` is the execution of section 4.2 (in sequence order, with the
+commit quorum certificate); ``SetTimer``/``CancelTimer`` arm and disarm the timers of
+sections 4.4 and 4.5.2 and the status heartbeat (:class:`~.state.TimerKind`);
+``ViewEntered`` reports a NEW-VIEW installed (section 4.4).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     from .messages import Request, Signed
+    from .state import TimerKind
 
 __all__ = ["Send", "Broadcast", "Committed", "SetTimer", "CancelTimer", "ViewEntered", "Output"]
 
@@ -48,17 +56,22 @@ class Committed:
 
 @dataclass(frozen=True)
 class SetTimer:
-    """Call ``on_timer(timer_id)`` after ``delay`` time units (replaces any timer of ``kind``)."""
+    """Call ``on_timer(timer_id)`` after ``delay`` time units (replaces any timer of ``kind``).
+
+    ``kind`` is a :class:`~.state.TimerKind`, a ``str`` enum: drivers may key timers by it.
+    """
 
     timer_id: int
-    kind: str
+    kind: TimerKind
     delay: float
 
 
 @dataclass(frozen=True)
 class CancelTimer:
+    """Disarm the timer ``timer_id`` of ``kind`` (set by an earlier ``SetTimer``)."""
+
     timer_id: int
-    kind: str
+    kind: TimerKind
 
 
 @dataclass(frozen=True)

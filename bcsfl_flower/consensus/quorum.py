@@ -1,9 +1,9 @@
-"""Quorum arithmetic and the commit quorum certificate.
+"""Quorum arithmetic and the commit quorum certificate (Castro & Liskov, OSDI 1999, 4.2).
 
 A :class:`QuorumCertificate` is the set of 2f+1 signed ``Commit(view, seq, digest)``
 messages from distinct replicas that made a replica execute ``seq``. At least f+1 of
 the signers are correct and only commit after the request prepared, so the request is
-committed in the PBFT sense: any replica (or ledger node, or client) holding the
+committed in the PBFT sense (the paper's *committed* predicate, section 4.2): any replica (or ledger node, or client) holding the
 replica set's public keys can check the certificate on its own with :func:`verify`.
 """
 

@@ -1,5 +1,9 @@
 """Random fault scenarios and the safety / liveness oracle used by the fuzzer and tests.
 
+The oracle checks the properties of Castro & Liskov, OSDI 1999, section 3 (safety:
+linearizable execution, here as agreement of correct replicas' logs; liveness: clients
+eventually get replies once the network is synchronous enough, section 4.5.2).
+
 :func:`draw_scenario` turns a seed into a :class:`Scenario`: up to f Byzantine
 replicas (behaviours from :mod:`.byzantine`), permanent crashes among the rest so that
 Byzantine + crashed <= f, and before GST: loss, delay, duplication, partitions and

@@ -6,7 +6,10 @@ loop on a virtual clock. A :class:`FaultSchedule` says what goes wrong before th
 global stabilisation time (GST): message loss, random delay (hence reordering),
 duplication, partitions that heal, and replicas that crash for a while (a paused process:
 deliveries to it are lost, its timers fire when it comes back) or for good. From GST on
-every message between live replicas arrives within ``stable_delay``.
+every message between live replicas arrives within ``stable_delay``. This is the system
+model of Castro & Liskov, OSDI 1999, section 2 (an asynchronous network that may fail to
+deliver, delay, duplicate or reorder messages), with the eventual synchrony their
+liveness argument (section 4.5.2) needs.
 
 Everything random is drawn from one ``random.Random(schedule.seed)``, so a schedule
 replays exactly; :attr:`SimNetwork.trace_digest` fingerprints the whole run.

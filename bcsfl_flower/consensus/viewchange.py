@@ -1,7 +1,11 @@
-"""View change and new view (Castro & Liskov, OSDI'99, section 4.4).
+"""View change and new view (Castro & Liskov, "Practical Byzantine Fault Tolerance",
+OSDI 1999, section 4.4; the liveness rules of section 4.5.2).
 
 Pure checks (:func:`valid_view_change`, :func:`plan_new_view`, :func:`valid_new_view`)
-plus :class:`ViewChangeMixin`, the replica's view-change state machine.
+plus :class:`ViewChangeState`, what a replica collects while changing views: the
+VIEW-CHANGE messages by view and sender, the latest view each replica is known to want,
+its own VIEW-CHANGE, the NEW-VIEW it installed, and the current timeout. The replica
+(:mod:`~.replica`) routes messages and timers to it and acts on what it answers.
 
 Safety across views rests on three rules implemented here:
 
@@ -16,43 +20,40 @@ Safety across views rests on three rules implemented here:
 * every backup recomputes O from the same 2f+1 view-changes and refuses a NEW-VIEW whose
   pre-prepares differ.
 
-Liveness: a replica that sent VIEW-CHANGE(v) starts its view-change timer only once
-2f+1 replicas are known to be at view v or beyond; when the timer expires it moves to
-v+1 with the timeout doubled (capped). f+1 replicas ahead pull a replica forward to the
-smallest of their views. View-changes are retransmitted on the status heartbeat and a
-replica that is already in the new view relays the NEW-VIEW to laggards.
+Liveness (section 4.5.2): a replica that sent VIEW-CHANGE(v) starts its view-change timer
+only once 2f+1 replicas are known to be at view v or beyond; when the timer expires it
+moves to v+1 with the timeout doubled (capped). f+1 replicas ahead pull a replica
+forward to the smallest of their views. View-changes are retransmitted on the status
+heartbeat and a replica that is already in the new view relays the NEW-VIEW to laggards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from .messages import (
     GENESIS_DIGEST,
     NULL_DIGEST,
     Checkpoint,
     NewView,
+    PreparedCert,
     PrePrepare,
     Request,
     ViewChange,
-    ViewEntered,
     cache_enabled,
     signed_by,
 )
+from .outbox import Outbox
 from .quorum import max_faulty, quorum_size
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .replica import Replica
+from .state import StableCheckpoint, TimerKind
 
 __all__ = [
-    "NORMAL", "VIEW_CHANGE", "NewViewPlan", "digest_ok", "plan_new_view",
-    "valid_new_view", "valid_view_change", "ViewChangeMixin",
+    "MAX_VIEWS_AHEAD", "NewViewPlan", "ViewChangeState", "digest_ok", "plan_new_view",
+    "valid_checkpoint_proof", "valid_new_view", "valid_view_change",
 ]
 
-NORMAL = "normal"
-VIEW_CHANGE = "view-change"
 #: View-change messages further ahead than this many views are not stored.
 MAX_VIEWS_AHEAD = 64
 
@@ -206,142 +207,124 @@ def valid_new_view(
     return plan
 
 
-class ViewChangeMixin:
-    """View-change half of :class:`~bcsfl_flower.consensus.replica.Replica`."""
 
-    # ------------------------------------------------------------------ hooks
+class ViewChangeState:
+    """What replica ``index`` collects across view changes (section 4.4), and the
+    VIEW-CHANGE and NEW-VIEW messages it sends through ``outbox``.
 
-    def _plan(self: Replica, vcs: Sequence[ViewChange]) -> NewViewPlan:
-        return plan_new_view(vcs)
+    ``timeout`` is the current request / view-change timeout: ``base_timeout``, doubled
+    per view change that did not complete (:meth:`back_off`), reset once a request
+    executes in a normal view. ``planner`` computes O (a hook for planted bugs).
+    """
 
-    def _check_new_view(self: Replica, nv: NewView) -> Optional[NewViewPlan]:
-        return valid_new_view(nv, self.keys, self.cfg.log_window, planner=self._plan)
+    def __init__(
+        self,
+        outbox: Outbox,
+        index: int,
+        keys: Sequence[str],
+        log_window: int,
+        base_timeout: float,
+        planner: Callable[[Sequence[ViewChange]], NewViewPlan] = plan_new_view,
+    ) -> None:
+        self._outbox = outbox
+        self._index = index
+        self._keys = tuple(keys)
+        self._quorum = quorum_size(len(self._keys))
+        self._log_window = log_window
+        self._planner = planner
+        self._base_timeout = base_timeout
+        self.timeout = base_timeout
+        #: The NEW-VIEW this replica installed last (relayed to replicas behind it).
+        self.new_view_msg: Optional[NewView] = None
+        #: This replica's VIEW-CHANGE while it changes views (retransmitted), else None.
+        self.mine: Optional[ViewChange] = None
+        self._vcs: dict[int, dict[int, ViewChange]] = {}
+        self._latest: dict[int, int] = {}  # sender -> highest view it asked for
+        self._nv_sent = -1
 
-    # ------------------------------------------------------------------ start
+    # ------------------------------------------------------------------ this replica
 
-    def _start_view_change(self: Replica, new_view: int) -> None:
-        if new_view <= self.view:
-            return
-        self.view = new_view
-        self.status = VIEW_CHANGE
-        self._cancel_timer("request")
-        self._cancel_timer("view-change")
-        proofs = tuple(self._prepared_certs[s] for s in sorted(self._prepared_certs) if s > self.h)
-        vc = self._signed(
-            ViewChange(new_view, self.h, self._stable_digest, self._stable_proof, proofs, self.index)
-        )
-        self._my_vc = vc
-        self._vcs.setdefault(new_view, {})[self.index] = vc
-        self._latest_vc[self.index] = new_view
-        self._vcs = {v: m for v, m in self._vcs.items() if v >= new_view}
-        self._broadcast(vc)
-        self._check_vc_progress()
+    def start(self, view: int, stable: StableCheckpoint, prepared: tuple[PreparedCert, ...]) -> None:
+        """Ask for ``view`` with the stable checkpoint and P set; older view-changes go."""
+        self._outbox.cancel_timer(TimerKind.VIEW_CHANGE)
+        vc = self._outbox.sign(ViewChange(
+            view, stable.seq, stable.state_digest, stable.proof, prepared, self._index
+        ))
+        self.mine = vc
+        self._vcs.setdefault(view, {})[self._index] = vc
+        self._latest[self._index] = view
+        self._vcs = {v: m for v, m in self._vcs.items() if v >= view}
+        self._outbox.broadcast(vc)
 
-    def _on_vc_timer(self: Replica) -> None:
-        if self.status != VIEW_CHANGE:
-            return
-        self._timeout = min(self._timeout * 2, self.cfg.max_timeout)
-        self._start_view_change(self.view + 1)
+    def back_off(self, max_timeout: float) -> None:
+        """The view change timed out: double the timeout (up to ``max_timeout``)."""
+        self.timeout = min(self.timeout * 2, max_timeout)
 
-    # ---------------------------------------------------------------- receive
+    def reset_timeout(self) -> None:
+        """A request executed in a normal view: back to the base timeout."""
+        self.timeout = self._base_timeout
 
-    def _on_view_change(self: Replica, vc: ViewChange) -> None:
+    def retransmit(self) -> None:
+        if self.mine is not None:
+            self._outbox.broadcast(self.mine)
+
+    def relay_new_view(self, to: int) -> None:
+        """Hand replica ``to``, which is behind, the NEW-VIEW installed here."""
+        if self.new_view_msg is not None:
+            self._outbox.send(to, self.new_view_msg)
+
+    # ------------------------------------------------------------------ peers
+
+    def record(self, vc: ViewChange, view: int) -> bool:
+        """Keep a peer's view-change for a view from ``view`` on, if valid and not too far
+        ahead (the first per view and sender counts); False when it was refused."""
         w = vc.view
-        if vc.sender == self.index:
-            return
-        if w < self.view or (w == self.view and self.status == NORMAL):
-            # The sender is behind: hand it the NEW-VIEW we installed.
-            if self.status == NORMAL and self._new_view_msg is not None:
-                self._send(vc.sender, self._new_view_msg)
-            return
-        if w > self.view + MAX_VIEWS_AHEAD:
-            return
-        if not valid_view_change(vc, self.keys, self.cfg.log_window):
-            return
+        if w > view + MAX_VIEWS_AHEAD or not valid_view_change(vc, self._keys, self._log_window):
+            return False
         self._vcs.setdefault(w, {}).setdefault(vc.sender, vc)
-        if w > self._latest_vc.get(vc.sender, -1):
-            self._latest_vc[vc.sender] = w
-        ahead = [v for s, v in self._latest_vc.items() if v > self.view and s != self.index]
-        if len(ahead) >= self.f + 1:
-            self._start_view_change(min(ahead))
-        self._check_vc_progress()
+        if w > self._latest.get(vc.sender, -1):
+            self._latest[vc.sender] = w
+        return True
 
-    def _check_vc_progress(self: Replica) -> None:
-        if self.status != VIEW_CHANGE:
-            return
-        w = self.view
-        vcs = self._vcs.get(w, {})
-        if w % self.n == self.index and self._nv_sent != w and len(vcs) >= self.quorum:
-            self._send_new_view(w)
-            return
-        if "view-change" not in self._timers:
-            support = sum(1 for v in self._latest_vc.values() if v >= w)
-            if support >= self.quorum:
-                self._set_timer("view-change", self._timeout)
+    def views_ahead(self, view: int) -> list[int]:
+        """The latest views other replicas asked for beyond ``view`` (f+1 pull forward)."""
+        return [v for s, v in self._latest.items() if v > view and s != self._index]
 
-    def _send_new_view(self: Replica, w: int) -> None:
-        vcs = self._vcs[w]
-        others = [vcs[s] for s in sorted(vcs) if s != self.index]
-        chosen = tuple([vcs[self.index]] + others[: self.quorum - 1])
-        plan = self._plan(chosen)
-        pps = tuple(
-            self._signed(PrePrepare(w, seq, digest, req, self.index))
-            for seq, digest, req in plan.entries
-        )
-        nv = self._signed(NewView(w, chosen, pps, self.index))
-        self._nv_sent = w
-        self._broadcast(nv)
-        self._install_new_view(nv, plan)
+    def progress(self, view: int) -> bool:
+        """Changing to ``view``: True when, as its primary, this replica holds 2f+1
+        view-changes and sent no NEW-VIEW yet; else arm the view-change timer once 2f+1
+        replicas are known to be at ``view`` or beyond (section 4.5.2)."""
+        vcs = self._vcs.get(view, {})
+        if view % len(self._keys) == self._index and self._nv_sent != view and len(vcs) >= self._quorum:
+            return True
+        if not self._outbox.armed(TimerKind.VIEW_CHANGE):
+            support = sum(1 for v in self._latest.values() if v >= view)
+            if support >= self._quorum:
+                self._outbox.set_timer(TimerKind.VIEW_CHANGE, self.timeout)
+        return False
 
-    def _on_new_view(self: Replica, nv: NewView) -> None:
-        w = nv.view
-        if w < self.view or (w == self.view and self.status == NORMAL):
-            return
-        plan = self._check_new_view(nv)
-        if plan is None:
-            return  # the view-change timer moves us on if the primary never sends a good one
-        self._install_new_view(nv, plan)
+    # ------------------------------------------------------------------ new view
 
-    # ---------------------------------------------------------------- install
+    def send_new_view(self, view: int) -> tuple[NewView, NewViewPlan]:
+        """As the new primary: O from its own and 2f others' view-changes, broadcast."""
+        vcs = self._vcs[view]
+        others = [vcs[s] for s in sorted(vcs) if s != self._index]
+        chosen = tuple([vcs[self._index]] + others[: self._quorum - 1])
+        plan = self._planner(chosen)
+        sign = self._outbox.sign
+        pps = tuple(sign(PrePrepare(view, seq, digest, req, self._index)) for seq, digest, req in plan.entries)
+        nv = sign(NewView(view, chosen, pps, self._index))
+        self._nv_sent = view
+        self._outbox.broadcast(nv)
+        return nv, plan
 
-    def _install_new_view(self: Replica, nv: NewView, plan: NewViewPlan) -> None:
-        w = nv.view
-        self.view = w
-        self.status = VIEW_CHANGE  # no ordering while the log is being rebuilt
-        if plan.min_s > self.h:
-            self._make_stable(plan.min_s, plan.stable_digest, plan.stable_proof)
-        self.status = NORMAL
-        self._new_view_msg = nv
-        self._my_vc = None
-        self._cancel_timer("view-change")
-        self._assigned = {}
-        self._slots = {k: s for k, s in self._slots.items() if k[0] >= w}
-        self._vcs = {v: m for v, m in self._vcs.items() if v > w}
-        primary = w % self.n
-        self._emit(ViewEntered(w, primary))
-        for pp in nv.pre_prepares:
-            if pp.seq <= self.h:
-                continue
-            if pp.request is not None:
-                self._assigned[pp.request.key] = pp.seq
-            slot = self._slot(w, pp.seq)
-            slot.pp = pp
-            self._send_prepare(slot, pp)
-        if primary == self.index:
-            self._next_seq = max(plan.max_s, self.h)
-        for key in sorted(k for k in self._future_pps if k[0] <= w):
-            pp = self._future_pps.pop(key)
-            if key[0] == w:
-                self._on_pre_prepare(pp)
-        for (v, s), slot in sorted(self._slots.items()):
-            if v == w and self.status == NORMAL and self.view == w:
-                self._check_slot(v, s, slot)
-        if self.status != NORMAL or self.view != w:
-            return  # a buffered pre-prepare exposed the new primary
-        if primary == self.index:
-            self._try_assign()
-        else:
-            for key, req in self._pending.items():
-                if key not in self._assigned:
-                    self._forward(req)
-        self._update_request_timer(restart=True)
+    def check(self, nv: NewView) -> Optional[NewViewPlan]:
+        """The plan of a correct NEW-VIEW (:func:`valid_new_view`), else None."""
+        return valid_new_view(nv, self._keys, self._log_window, planner=self._planner)
+
+    def installed(self, nv: NewView) -> None:
+        """``nv`` installed: the view change is over."""
+        self.new_view_msg = nv
+        self.mine = None
+        self._outbox.cancel_timer(TimerKind.VIEW_CHANGE)
+        self._vcs = {v: m for v, m in self._vcs.items() if v > nv.view}

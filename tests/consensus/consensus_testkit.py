@@ -10,6 +10,7 @@ from bcsfl_flower.consensus.messages import (
 )
 from bcsfl_flower.consensus.replica import PBFTConfig, Replica
 from bcsfl_flower.consensus.scenario import keys_for
+from bcsfl_flower.consensus.state import TimerKind
 
 CLIENT_KEYS = keys_for(2, "test-client")
 
@@ -31,7 +32,7 @@ class Pump:
     def __init__(self, nodes: Sequence) -> None:
         self.nodes = list(nodes)
         self.queue: deque = deque()
-        self.timers: dict[tuple[int, str], SetTimer] = {}
+        self.timers: dict[tuple[int, TimerKind], SetTimer] = {}
         self.committed: list[list[Committed]] = [[] for _ in self.nodes]
         self.views: list[int] = [0] * len(self.nodes)
         self.sent: list = []
@@ -76,7 +77,7 @@ class Pump:
                 continue
             self.feed(dst, self.nodes[dst].receive(msg))
 
-    def fire(self, node: int, kind: str) -> bool:
+    def fire(self, node: int, kind: TimerKind) -> bool:
         t = self.timers.pop((node, kind), None)
         if t is None:
             return False

@@ -11,7 +11,8 @@ from bcsfl_flower.consensus.messages import (
 )
 from bcsfl_flower.consensus.quorum import QuorumCertificate, entry_matches, quorum_size, verify
 from bcsfl_flower.consensus.scenario import draw_scenario, keys_for, run_scenario
-from bcsfl_flower.consensus.viewchange import VIEW_CHANGE, valid_checkpoint_proof
+from bcsfl_flower.consensus.state import ReplicaStatus, TimerKind
+from bcsfl_flower.consensus.viewchange import valid_checkpoint_proof
 from bcsfl_flower.crypto import SigningKey
 
 CLIENTS = {f"client-{i}": k.public_hex for i, k in enumerate(CLIENT_KEYS)}
@@ -77,7 +78,7 @@ def test_request_deduplication():
     backup = reps[1]
     backup.receive(first)
     out = backup.receive(dup)
-    assert backup.status == VIEW_CHANGE and backup.view == 1
+    assert backup.status is ReplicaStatus.VIEW_CHANGE and backup.view == 1
     assert any(isinstance(getattr(o, "msg", None), ViewChange) for o in out)
 
 
@@ -94,13 +95,13 @@ def test_checkpoints_truncate_log_and_bound_the_window():
     # Checkpoint messages get through again (heartbeat retransmission): window slides.
     pump.drop = lambda src, dst, msg: False
     for i in range(4):
-        pump.fire(i, "status")
+        pump.fire(i, TimerKind.STATUS)
     pump.run()
     assert all(len(pump.committed[i]) == 12 for i in range(4))
     for r in reps:
         assert r.h == 12
-        assert all(seq > r.h for (_v, seq) in r._slots)
-        assert all(seq > r.h for seq in r._prepared_certs)
+        assert all(seq > r.h for (_v, seq) in r.slots.keys())
+        assert all(seq > r.h for seq in r.slots.prepared_seqs())
         cp = r.stable_checkpoint()
         assert cp.seq == 12 and len(cp.proof) == quorum_size(4)
         assert valid_checkpoint_proof(cp.seq, cp.state_digest, cp.proof, r.keys)
@@ -113,11 +114,11 @@ def test_forged_outsider_and_tampered_messages_are_dropped():
     r = reps[3]
     pp = sign(PrePrepare(0, 1, request(1).digest, request(1), 0), keys[0])
     assert r.receive(pp)  # genuine: the replica prepares
-    assert r._slots[(0, 1)].pp == pp
+    assert r.slots.get(0, 1).pp == pp
     # Replica 1 forges a prepare in the name of replica 2.
     forged = Prepare(0, 1, pp.digest, 2, keys[1].sign(Prepare(0, 1, pp.digest, 2).body()))
     assert r.receive(forged) == []
-    assert 2 not in r._slots[(0, 1)].prepares
+    assert 2 not in r.slots.get(0, 1).prepares
     # An outsider (a key not in the replica set) claims an index outside the set, or a
     # member's index with its own key.
     outsider = SigningKey.from_seed(b"outsider")
@@ -127,7 +128,7 @@ def test_forged_outsider_and_tampered_messages_are_dropped():
     genuine = sign(Commit(0, 1, pp.digest, 1), keys[1])
     assert r.receive(dataclasses.replace(genuine, digest=NULL_DIGEST)) == []
     assert r.receive(dataclasses.replace(genuine, sig=bytes(64))) == []
-    assert 1 not in r._slots[(0, 1)].prepares and not r._slots[(0, 1)].commits
+    assert 1 not in r.slots.get(0, 1).prepares and not r.slots.get(0, 1).commits
     # Client requests with a bad client signature are not ordered either.
     bad = dataclasses.replace(request(2), value="changed")
     assert reps[0].submit(bad) == []

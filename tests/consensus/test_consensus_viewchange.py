@@ -17,9 +17,8 @@ from bcsfl_flower.consensus.messages import (
 from bcsfl_flower.consensus.replica import PBFTConfig, Replica
 from bcsfl_flower.consensus.scenario import keys_for, valid_value
 from bcsfl_flower.consensus.simnet import FaultSchedule, SimNetwork
-from bcsfl_flower.consensus.viewchange import (
-    VIEW_CHANGE, plan_new_view, valid_new_view, valid_view_change,
-)
+from bcsfl_flower.consensus.state import ReplicaStatus, TimerKind
+from bcsfl_flower.consensus.viewchange import plan_new_view, valid_new_view, valid_view_change
 from bcsfl_flower.crypto import SigningKey
 
 CLIENTS = {f"client-{i}": k.public_hex for i, k in enumerate(CLIENT_KEYS)}
@@ -90,7 +89,7 @@ def test_validate_refusal_starts_view_change_without_preparing():
     msgs = [o.msg for o in out if hasattr(o, "msg")]
     assert not any(isinstance(m, Prepare) for m in msgs)
     assert any(isinstance(m, ViewChange) and m.view == 1 for m in msgs)
-    assert reps[2].status == VIEW_CHANGE
+    assert reps[2].status is ReplicaStatus.VIEW_CHANGE
 
 
 @pytest.mark.parametrize("byzantine", [{}, {0: ("equivocate",)}, {0: ("silent",)}])
@@ -123,7 +122,7 @@ def test_view_change_timeouts_back_off():
     nodes[1] = ByzantineReplica(nodes[1], ("silent",), rng, BYZ_CLIENT, "byz")
     net = SimNetwork(nodes)
     net.on_output = lambda node, out, now: (
-        delays.append(out.delay) if isinstance(out, SetTimer) and out.kind == "view-change" else None
+        delays.append(out.delay) if isinstance(out, SetTimer) and out.kind is TimerKind.VIEW_CHANGE else None
     )
     net.submit_at(0.0, request(1))
     assert net.run(5000, stop=lambda: all(i in net.executed_by.get(request(1).key, {}) for i in range(2, 7)))
@@ -176,7 +175,7 @@ def test_value_committed_at_one_replica_survives_the_view_change(cls, safe):
     assert [c.seq for c in pump.committed[1]] == [1] and not pump.committed[2]
     pump.drop = lambda src, dst, msg: False
     pump.down = {0}  # the old primary goes quiet; 2 and 3 time out
-    assert pump.fire(2, "request") and pump.fire(3, "request")
+    assert pump.fire(2, TimerKind.REQUEST) and pump.fire(3, TimerKind.REQUEST)
     pump.run()
     assert pump.views[1:] == [1, 1, 1]
     same = pump.digests(2)[:1] == pump.digests(1) == pump.digests(3)[:1]

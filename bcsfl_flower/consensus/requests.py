@@ -1,0 +1,118 @@
+"""Client requests a replica waits on (Castro & Liskov, OSDI 1999, sections 4.1 and 4.4).
+
+A replica that received a valid request it has not executed is *waiting* for it: a
+backup relays it to the primary (section 4.1) and keeps its request timer running while
+it waits (section 4.4); the primary assigns it the next sequence number.
+:class:`RequestQueue` owns the pending requests by (client, rid), the sequence number
+each was given in the current view (one request is ordered at most once per view), and
+the primary's last assigned sequence number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Optional
+
+from .messages import Forward, Request, check_signature
+from .outbox import Outbox
+from .state import TimerKind
+
+__all__ = ["RequestQueue", "request_ok"]
+
+Key = tuple[str, int]
+
+
+def request_ok(
+    req: Request,
+    client_keys: Optional[Mapping[str, str]],
+    validate: Optional[Callable[[str], bool]],
+) -> bool:
+    """``req`` is a request with a string value, signed by its client when ``client_keys``
+    are given, whose value ``validate`` (when given) accepts; a crashing hook refuses."""
+    if not isinstance(req, Request) or not isinstance(req.value, str):
+        return False
+    if client_keys is not None:
+        pub = client_keys.get(req.client)
+        if pub is None or not check_signature(pub, req.sig, req.body()):
+            return False
+    if validate is not None:
+        try:
+            return bool(validate(req.value))
+        except Exception:  # noqa: BLE001 - a crashing hook counts as a refusal
+            return False
+    return True
+
+
+class RequestQueue:
+    """Pending requests of replica ``index``, their assignments in the current view, the
+    next free number; the request timer and the relaying to the primary (when
+    ``forward_requests``) go through ``outbox``."""
+
+    def __init__(self, outbox: Outbox, index: int, forward_requests: bool = True) -> None:
+        self._outbox = outbox
+        self._index = index
+        self._forward_requests = forward_requests
+        self._pending: dict[Key, Request] = {}
+        self._assigned: dict[Key, int] = {}
+        #: The primary's last assigned sequence number.
+        self.next_seq = 0
+
+    # ------------------------------------------------------------------ pending
+
+    def add(self, req: Request) -> None:
+        """Wait for ``req`` (the first copy of a key is kept)."""
+        self._pending.setdefault(req.key, req)
+
+    def done(self, key: Key) -> bool:
+        """``key`` executed: stop waiting; True when it was pending."""
+        return self._pending.pop(key, None) is not None
+
+    def __bool__(self) -> bool:
+        """Some request is pending."""
+        return bool(self._pending)
+
+    def pending(self) -> list[tuple[Key, Request]]:
+        """The pending requests in arrival order (a snapshot)."""
+        return list(self._pending.items())
+
+    def forward(self, req: Request, primary: int) -> None:
+        """A backup relays ``req`` to the ``primary`` (section 4.1)."""
+        if self._forward_requests and primary != self._index:
+            self._outbox.send(primary, self._outbox.sign(Forward(req, self._index)))
+
+    def update_timer(self, backup: bool, timeout: float, restart: bool = False) -> None:
+        """Keep the request timer running while this replica is a ``backup`` in a normal
+        view waiting for a request (``restart``: from now on), else stop it (section 4.4)."""
+        if not backup or not self._pending:
+            self._outbox.cancel_timer(TimerKind.REQUEST)
+        elif restart or not self._outbox.armed(TimerKind.REQUEST):
+            self._outbox.set_timer(TimerKind.REQUEST, timeout)
+
+    def stop_timer(self) -> None:
+        self._outbox.cancel_timer(TimerKind.REQUEST)
+
+    # ------------------------------------------------------------------ assignments
+
+    def assignment(self, key: Key) -> Optional[int]:
+        """The sequence number ``key`` was given in the current view, if any."""
+        return self._assigned.get(key)
+
+    def assign(self, key: Key, seq: int) -> None:
+        self._assigned[key] = seq
+
+    def assign_next(self, key: Key) -> int:
+        """Primary: give ``key`` the next sequence number."""
+        self.next_seq += 1
+        self._assigned[key] = self.next_seq
+        return self.next_seq
+
+    def skip_to(self, seq: int) -> None:
+        """Primary: the next assigned number is above ``seq`` (a stable checkpoint)."""
+        self.next_seq = max(self.next_seq, seq)
+
+    def new_view(self, next_seq: Optional[int] = None) -> None:
+        """A new view starts: assignments of the previous one no longer bind; as its
+        primary, the next assigned number is ``next_seq + 1``."""
+        self._assigned = {}
+        if next_seq is not None:
+            self.next_seq = next_seq
