@@ -382,8 +382,8 @@ class Replica:
                 self.requests.assign(pp.request.key, pp.seq)
             self.slots.accept(pp)
         for key in self.slots.buffered_up_to(w):
-            pp = self.slots.take_buffered(key)
-            if key[0] == w:
+            pp = self.slots.take_buffered(key)  # None: a checkpoint an earlier replay made stable truncated it
+            if pp is not None and key[0] == w:
                 self._on_pre_prepare(pp)
         for s, slot in self.slots.of_view(w):
             if self.status == NORMAL and self.view == w:

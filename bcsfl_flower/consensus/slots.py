@@ -149,8 +149,9 @@ class SlotLog:
         """Keys (view, seq) of buffered pre-prepares of views up to ``view``, sorted."""
         return sorted(k for k in self._future if k[0] <= view)
 
-    def take_buffered(self, key: tuple[int, int]) -> PrePrepare:
-        return self._future.pop(key)
+    def take_buffered(self, key: tuple[int, int]) -> PrePrepare | None:
+        """Remove and return a buffered pre-prepare; None if a checkpoint truncated it meanwhile."""
+        return self._future.pop(key, None)
 
     # ------------------------------------------------------------------ truncation
 
