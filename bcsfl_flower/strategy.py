@@ -229,8 +229,10 @@ class BCSFL(FedAvg):
             enrol_first_use(self.ledger, replies, authority_key(self.enrolment_key, self.key_dir))
         state = self.ledger.state()  # the one read of certified state this round
         updates, refused, errors = self._verify(server_round, replies, state)
+        t_draw = time.perf_counter()
         record = self._record(server_round, state, updates, refused + errors,
-                              {"verify": time.perf_counter() - started})
+                              {"verify": t_draw - started})
+        record["stages"]["pos_draw"] = time.perf_counter() - t_draw
         problem = self._committee_problem(state)
         if problem is None:
             outcome = (self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process)(

@@ -133,8 +133,9 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
             "committee": entry.get("committee", []),
             "seconds": stamps.get(r, 0.0) - stamps.get(r - 1, 0.0),
             "aggregate_seconds": round_log.seconds.get(r),
-            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds", "stages", "bytes_moved",
-                                                   "dissenters", "consensus")},
+            **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds",
+                                                   "stages", "bytes_moved", "dissenters", "consensus", "committed",
+                                                   "reason")},
         })
     metrics = {
         "settings": s.to_mapping(),
