@@ -41,7 +41,7 @@ def main() -> None:
                 sys.exit(f"{name} failed; see {out / name}.log")
         runs[name] = json.loads((out / name / "metrics.json").read_text())
     with open_ledger(out / "byzantine" / "ledger.db", create=False) as ledger:
-        consensus = [b.data.get("consensus", {}) for b in ledger.blocks(1)]
+        consensus = [b.data.get("consensus", {}) for b in ledger.blocks(1) if "round" in b.data]
     print("round  honest_acc  byzantine_acc  same_model  view_changes  commit_view  dissenters")
     for h, b, c in zip(runs["honest"]["rounds"], runs["byzantine"]["rounds"], consensus):
         print(f"{h['round']:5d}  {h['accuracy']:10.4f}  {b['accuracy']:13.4f}  {str(h['model_hash'] == b['model_hash']):>10s}"

@@ -73,7 +73,7 @@ def test_switched_app_runs_with_flwr_run_and_commits_blocks(tmp_path):
     flwr = Path(sys.executable).with_name("flwr")
     try:
         res = subprocess.run(
-            [str(flwr), "run", ".", "--stream", "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
+            [str(flwr), "run", ".", "--stream", "--federation-config", "num-supernodes=4 client-resources-num-cpus=1",
              "--run-config", f'data-dir="{MNIST}" num-server-rounds=2'],
             cwd=app, env=env, capture_output=True, text=True, timeout=420,
         )
@@ -83,8 +83,11 @@ def test_switched_app_runs_with_flwr_run_and_commits_blocks(tmp_path):
     # `flwr run --stream` exits 0 even when the run failed: check what it did.
     assert res.returncode == 0 and "BCS-FL round 2: kept" in log, log[-4000:]
     with open_ledger(app / "bcsfl-ledger.db", create=False) as ledger:
-        assert ledger.height() == 3
+        rounds = [b for b in ledger.blocks(1) if "round" in b.data]
+        assert [b.data["round"] for b in rounds] == [1, 2]
         assert verify_chain(ledger).ok
-        assert all(len(b.data["accepted"]) >= 2 for b in ledger.blocks(1))
-        assert set(ledger.identities()) == {"client-0", "client-1", "client-2"}
+        assert all(sum(d["kept"] for d in b.data["decisions"]) >= 3 for b in rounds)
+        # enrolled on first use with the operator key the ServerApp created (.bcsfl/keys/enrolment.key)
+        assert set(ledger.identities()) == {f"client-{i}" for i in range(4)}
+    assert (app / ".bcsfl" / "keys" / "enrolment.key").is_file()
     assert (app / "final_model.pt").is_file()
