@@ -28,6 +28,7 @@ from .crypto import SigningKey
 from .federation import MIN_COMMITTEE, CertificateError, FederationState, StakePolicy, verify
 from .ledger import Ledger, LedgerError, build_block, open_ledger
 from .package import PACKAGE_KEY, arrays_to_numpy, canonical_bytes, numpy_to_arrays
+from .package import model_hash as canonical_hash
 
 __all__ = ["BCSFL"]
 
@@ -43,6 +44,13 @@ class BCSFL(FedAvg):
     filter updates by cosine similarity to a robust reference and by root-set loss
     change, and commits the candidate only with 2f+1 member signatures over the round
     statement (model, inputs, decisions, stakes) before handing it back to Flower.
+
+    One round without Flower's loop (tests, attacks): ``BCSFL(ledger=..., key_dir=D,
+    enrolment_key=K)``, then ``bootstrap(initial_model)`` (installs the charter), enrol
+    the clients (``ledger.register_identity(make_enrolment(K, id, key.public_hex))``,
+    their keys at ``D/<id>.key`` so the in-process committee can sign), then
+    ``aggregate_train(server_round, replies)`` with signed replies; call
+    ``bootstrap(model)`` with each new global model before the next round.
 
     Parameters
     ----------
@@ -168,6 +176,7 @@ class BCSFL(FedAvg):
         self._global: dict[str, np.ndarray] = {}
         self._epsilon: dict[str, float] = {}
         self._bootstrapped = False
+        self._round_base = 0  # certified rounds on the ledger before this run (Flower counts from 1 each run)
 
     @property
     def ledger(self) -> Ledger:
@@ -206,6 +215,10 @@ class BCSFL(FedAvg):
         elif (state.charter.committee_size, state.charter.policy) != (self.committee_size, self.stake_policy):
             log(WARNING, "BCS-FL: the ledger's charter rules (committee of %d, %s) apply, not this strategy's",
                 state.charter.committee_size, state.charter.policy)
+        if state.model is not None and canonical_hash(self._global) != state.model:
+            log(WARNING, "BCS-FL: the ledger already certified %d round(s); this run's initial model is not the "
+                "last certified one, so clients that check certification refuse it", state.round)
+        self._round_base = state.round
         if self._remote:
             enrol_relay(self.ledger, self._relay_key, authority)
         self._bootstrapped = True
@@ -229,30 +242,27 @@ class BCSFL(FedAvg):
             enrol_first_use(self.ledger, replies, authority_key(self.enrolment_key, self.key_dir))
         state = self.ledger.state()  # the one read of certified state this round
         updates, refused, errors = self._verify(server_round, replies, state)
-        t_draw = time.perf_counter()
-        record = self._record(server_round, state, updates, refused + errors,
-                              {"verify": t_draw - started})
-        record["stages"]["pos_draw"] = time.perf_counter() - t_draw
+        record = self._record(server_round, state, updates, refused + errors, started)
+        record["chain_round"] = chain_round = self._round_base + server_round
         problem = self._committee_problem(state)
         if problem is None:
-            outcome = (self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process)(
-                server_round, state, updates, refused, replies)
+            decide = self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process
+            outcome = decide(server_round, chain_round, state, updates, refused, replies)
             record.update(committee=outcome.committee, bytes_moved=outcome.bytes_moved, consensus=outcome.consensus,
                           dissenters=[d["member"] for d in outcome.dissent])
             record["stages"].update(outcome.timings)
-            problem = self._commit(server_round, state, outcome, updates, record)
-        if problem is not None:
-            log(ERROR, "BCS-FL round %d not committed: %s; global model unchanged", server_round, problem)
-            record.update(committed=False, reason=problem, server_seconds=time.perf_counter() - started)
-            self.rounds.append(record)
-            return None, None
-        kept = set(record["accepted"])
-        kept_contents = _kept_contents(replies, {u.package.packet_id for u in updates if u.client_id in kept})
-        metrics = self.train_metrics_aggr_fn(kept_contents, self.weighted_by_key) if kept_contents else None
-        log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d", server_round, len(kept),
-            len(record["rejected"]), record["rejected"], record["committee"], record["block"])
+            problem = self._commit(chain_round, state, outcome, updates, record)
         record["server_seconds"] = time.perf_counter() - started
         self.rounds.append(record)
+        if problem is not None:
+            log(ERROR, "BCS-FL round %d not committed: %s; global model unchanged", server_round, problem)
+            record.update(committed=False, reason=problem)
+            return None, None
+        log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d", server_round,
+            len(record["accepted"]), len(record["rejected"]), record["rejected"], record["committee"], record["block"])
+        kept = {u.package.packet_id for u in updates if u.client_id in set(record["accepted"])}
+        contents = _kept_contents(replies, kept)
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
         return numpy_to_arrays(outcome.candidate), metrics  # the certified tensors, from memory
 
     def _verify(self, server_round: int, replies: list[Message], state: FederationState
@@ -281,16 +291,17 @@ class BCSFL(FedAvg):
                    "(a seat needs an update kept in an earlier round)")
         return f"{why}; a committee needs at least {MIN_COMMITTEE} members (3f+1, f >= 1)"
 
-    def _decide_in_process(self, server_round, state, updates, refused, replies) -> RoundOutcome:
+    def _decide_in_process(self, server_round, chain_round, state, updates, refused, replies) -> RoundOutcome:
         committee = state.committee()
         keys = member_keys(self.key_dir, committee)
         if len(keys) < len(committee):
             log(WARNING, "BCS-FL round %d: no registered key in %s for %s; they cannot sign", server_round,
                 self.key_dir, sorted(set(committee) - set(keys)))
-        return self.committee.decide(state=state, server_round=server_round, keys=keys, global_tensors=self._global,
-                                     updates=updates, refused=refused, root=self.root_set, config=self.filter_config)
+        return self.committee.decide(state=state, server_round=server_round, chain_round=chain_round, keys=keys,
+                                     global_tensors=self._global, updates=updates, refused=refused,
+                                     root=self.root_set, config=self.filter_config)
 
-    def _decide_on_nodes(self, server_round, state, updates, refused, replies) -> RoundOutcome:
+    def _decide_on_nodes(self, server_round, chain_round, state, updates, refused, replies) -> RoundOutcome:
         if self._grid is None:
             raise RuntimeError("committee='nodes' needs the Grid from configure_train")
         valid = [m for m in replies if not m.has_error()]
@@ -299,17 +310,19 @@ class BCSFL(FedAvg):
             header = msg.content.config_records.get(PACKAGE_KEY)
             if header is not None and isinstance(header.get("client-id"), str):
                 node_of.setdefault(header["client-id"], msg.metadata.src_node_id)
-        return self.relay.decide(self._grid, state=state, server_round=server_round, node_of=node_of,
+        return self.relay.decide(self._grid, state=state, server_round=server_round, chain_round=chain_round,
+                                 node_of=node_of,
                                  global_arrays=numpy_to_arrays(self._global), packages=_packages(valid))
 
-    def _commit(self, server_round: int, state: FederationState, outcome: RoundOutcome,
+    def _commit(self, chain_round: int, state: FederationState, outcome: RoundOutcome,
                 updates: list[VerifiedUpdate], record: dict[str, Any]) -> str | None:
         """Check the certificate as every verifier will, store model and block; why not, or None."""
         if not outcome.committed:
-            return f"no quorum ({'; '.join(outcome.log) or 'no certificate'})"
+            what = "no quorum" if outcome.certificate is None else "certified, but no matching record or candidate"
+            return f"{what} ({'; '.join(outcome.log) or 'no certificate'})"
         assert outcome.certificate is not None and outcome.record is not None and outcome.candidate is not None
         try:  # the same verify the ledger rules, clients and `bcsfl ledger verify` run
-            verify(outcome.certificate, outcome.record.statement(state, server_round), state.committee())
+            verify(outcome.certificate, outcome.record.statement(state, chain_round), state.committee())
         except CertificateError as err:
             return f"certificate does not verify: {err}"
         t0 = time.perf_counter()
@@ -318,7 +331,7 @@ class BCSFL(FedAvg):
             if "epsilon" in u.metrics:
                 self._epsilon[u.client_id] = u.metrics["epsilon"]
         num = sum(u.package.num_examples for u in updates if u.client_id in kept)
-        data = block_data(outcome, server_round=server_round, epsilon=self._epsilon, num_examples=num)
+        data = block_data(outcome, server_round=chain_round, epsilon=self._epsilon, num_examples=num)
         try:
             if self.ledger.put_model(canonical_bytes(outcome.candidate)) != outcome.record.model:
                 return "the candidate's bytes do not hash to the certified model"
@@ -340,12 +353,15 @@ class BCSFL(FedAvg):
         return None
 
     @staticmethod
-    def _record(server_round: int, state: FederationState, updates, rejections, stages) -> dict[str, Any]:
+    def _record(server_round: int, state: FederationState, updates, rejections, started: float) -> dict[str, Any]:
         """The round's entry in ``self.rounds`` before the committee decides."""
+        drawn = time.perf_counter()
+        committee = list(state.committee())
+        stages = {"verify": drawn - started, "pos_draw": time.perf_counter() - drawn}
         return {
             "round": server_round,
             "stages": stages,
-            "committee": list(state.committee()),
+            "committee": committee,
             "rejections": {r.client_id: r.reason for r in rejections},
             "accepted": [],
             "rejected": sorted({r.client_id for r in rejections} | {u.client_id for u in updates}),

@@ -135,7 +135,7 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
             "aggregate_seconds": round_log.seconds.get(r),
             **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds",
                                                    "stages", "bytes_moved", "dissenters", "consensus", "committed",
-                                                   "reason")},
+                                                   "reason", "chain_round")},
         })
     metrics = {
         "settings": s.to_mapping(),

@@ -124,6 +124,9 @@ def play_role(
         return _reply(msg, {**base, "error": f"{client_id} is not in round {server_round}'s committee"})
     if len(committee) < MIN_COMMITTEE:
         return _reply(msg, {**base, "error": f"committee of {len(committee)} is below {MIN_COMMITTEE}"})
+    chain_round = int(config.get("bcsfl.round", server_round))  # the relay's count; the rules need it to grow
+    if chain_round <= state.round:
+        return _reply(msg, {**base, "error": f"round {chain_round} does not follow certified round {state.round}"})
     if committee[client_id] != key.public_hex:
         return _reply(msg, {**base, "error": "my key is not the one enrolled for me"})
     global_tensors = arrays_to_numpy(msg.content["arrays"])
@@ -134,7 +137,7 @@ def play_role(
                         root=root_set(context) if root_set else None, config=filter_config or FilterConfig())
     record = round_record(state, output.candidate_hash, updates, refused,
                           [d.to_json() for d in output.result.decisions])
-    statement = record.statement(state, server_round)
+    statement = record.statement(state, chain_round)
     candidate = numpy_to_arrays(output.result.candidate)
     context.state[_STATE_KEY] = ConfigRecord({"round": server_round, "statement": statement.digest})
     context.state[CANDIDATE_KEY] = candidate

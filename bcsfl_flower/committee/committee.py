@@ -56,6 +56,7 @@ class Committee:
         *,
         state: FederationState,
         server_round: int,
+        chain_round: int | None = None,
         keys: Mapping[str, SigningKey],
         global_tensors: Mapping[str, np.ndarray],
         updates: Sequence[VerifiedUpdate],
@@ -65,8 +66,10 @@ class Committee:
     ) -> RoundOutcome:
         """Agree on this round's statement; the certificate carries the committed members' signatures.
 
-        ``keys`` are the members' registered signing keys at hand (a member without one
-        is silent).
+        ``server_round`` is Flower's round (the packages and the filter's seeds use it);
+        ``chain_round`` the round the statement certifies (default: ``server_round``; a
+        run on a ledger with earlier rounds continues their count). ``keys`` are the
+        members' registered signing keys at hand (a member without one is silent).
         """
         clock = time.perf_counter
         committee = state.committee()
@@ -84,7 +87,7 @@ class Committee:
             # Members with the same candidate build the same record: compute it once per candidate.
             same = next((records[o] for o in records if outputs[o].candidate_hash == out.candidate_hash), None)
             records[m] = same or round_record(state, out.candidate_hash, updates, refused, decisions)
-            statements[m] = records[m].statement(state, server_round)
+            statements[m] = records[m].statement(state, chain_round or server_round)
         outcome = self.agreement.decide(server_round, members, keys, {m: s.digest for m, s in statements.items()})
         timings = {"filter_aggregate": t1 - t0, "agreement": clock() - t1}
         result = RoundOutcome(members, consensus=outcome.details, timings=timings, log=list(outcome.log),

@@ -40,6 +40,14 @@ def record_bytes(content: RecordDict) -> int:
     return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
 
 
+def _states(record: RoundRecord, state: FederationState, chain_round: int, digest: str) -> bool:
+    """Whether ``record`` makes the statement ``digest`` (a malformed copy makes none)."""
+    try:
+        return record.statement(state, chain_round).digest == digest
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class MemberVote:
     """One member's answer: its signature over its statement, and its copy of the record."""
@@ -79,11 +87,17 @@ class RelayCommittee:
         *,
         state: FederationState,
         server_round: int,
+        chain_round: int | None = None,
         node_of: Mapping[str, int],
         global_arrays: ArrayRecord,
         packages: list[tuple[str, RecordDict]],
     ) -> RoundOutcome:
-        """Collect the members' signed statements; certify the one 2f+1 of them signed."""
+        """Collect the members' signed statements; certify the one 2f+1 of them signed.
+
+        ``server_round`` is Flower's (the packages carry it), ``chain_round`` the round the
+        statement certifies (default: ``server_round``).
+        """
+        chain_round = chain_round or server_round
         t0 = time.perf_counter()
         committee = state.committee()
         members = list(committee)
@@ -92,7 +106,8 @@ class RelayCommittee:
         messages = []
         for i, member in enumerate(reachable):
             content = RecordDict({"arrays": global_arrays, "config": ConfigRecord(
-                {"server-round": server_round, ROLE_KEY: "coordinate", "bcsfl.return-candidate": i == 0})})
+                {"server-round": server_round, "bcsfl.round": chain_round, ROLE_KEY: "coordinate",
+                 "bcsfl.return-candidate": i == 0})})
             pack_packages(packages, content)
             out.bytes_moved += record_bytes(content)
             messages.append(Message(content=content, dst_node_id=node_of[member], message_type=MessageType.TRAIN))
@@ -114,8 +129,8 @@ class RelayCommittee:
         statement = votes[agreeing[0]].statement
         out.certificate = Certificate(statement, tuple(votes[m].signature for m in agreeing))
         # Any agreeing member's copy will do: its statement binds every field.
-        out.record = next((votes[m].record for m in agreeing
-                           if votes[m].record.statement(state, server_round).digest == winner), None)
+        out.record = next((votes[m].record for m in agreeing if _states(votes[m].record, state, chain_round, winner)),
+                          None)
         out.candidate = self._candidate(grid, server_round, statement, agreeing, votes, node_of, out)
         if out.record is None:
             out.log.append("no member's copy of the record matches the statement it signed")

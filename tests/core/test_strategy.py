@@ -266,3 +266,16 @@ def test_pbft_committee_replaces_a_byzantine_primary_and_the_block_shows_the_vie
     primary = block.data["committee"][0]
     assert [d["member"] for d in block.data["dissent"]] == [primary]
     assert honest.ledger.latest().data["consensus"]["view_changes"] == 0
+
+
+def test_a_new_run_on_a_ledger_with_rounds_continues_their_count(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    g = global_model()
+    first, keys, authority = chartered_strategy(tmp_path, CLIENTS[:5], g, ledger=url)
+    arrays, _ = run_round(first, g, 1, honest_replies(keys, g, 1))
+    first.ledger.close()
+    g1 = arrays_to_numpy(arrays)
+    # Flower counts rounds from 1 in every run; the chain's count goes on (a round must follow the last).
+    again = BCSFL(ledger=url, key_dir=str(tmp_path / "keys"), enrolment_key=authority)
+    assert run_round(again, g1, 1, honest_replies(keys, g1, 1))[0] is not None
+    assert again.rounds[-1]["chain_round"] == 2 and again.ledger.state().round == 2
