@@ -64,7 +64,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     import os
 
-    from .simulate import simulate
+    from .simulate import check_settings, simulate
 
     if args.threads is not None:  # before any training; Ray's workers inherit it too
         from .client.train import THREADS_ENV
@@ -85,6 +85,11 @@ def _simulate(args: argparse.Namespace) -> int:
         bcsfl_key_dir=str(out / "keys"), device=args.device, out=str(out),
         bcsfl_enrolment_key=str(Path(args.enrolment_key).resolve()) if args.enrolment_key else "",
     )
+    try:
+        check_settings(settings, args.engine)
+    except ValueError as err:  # settings the run cannot start with: say why, no traceback
+        print(f"bcsfl simulate: {err}", file=sys.stderr)
+        return 2
     metrics = simulate(settings, args.engine, verbose=args.verbose)
     rounds = metrics["rounds"]
     bad = set(metrics["malicious_clients"])

@@ -21,7 +21,7 @@ from typing import Any
 from .federation import MIN_COMMITTEE
 from .settings import RunSettings
 
-__all__ = ["ENGINES", "simulate"]
+__all__ = ["ENGINES", "check_settings", "simulate"]
 
 ENGINES = ("ray", "inprocess")
 
@@ -49,20 +49,14 @@ def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: flo
     verbose : bool
         Ray only: Flower's verbose logging.
     """
-    if settings.num_clients < 1:
-        raise ValueError("num_clients must be at least 1")
-    if settings.strategy == "bcsfl" and settings.num_clients < MIN_COMMITTEE:
-        raise ValueError(f"BCS-FL needs at least {MIN_COMMITTEE} clients: its committee has 3f+1 members, f >= 1 "
-                         f"(got --num-clients {settings.num_clients})")
+    check_settings(settings, engine)
     if engine == "inprocess":
         from .inprocess import run_inprocess
 
         metrics = run_inprocess(settings)
-    elif engine == "ray":
+    else:
         _run_ray(settings, cpus_per_client, gpus_per_client, verbose)
         metrics = None
-    else:
-        raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
     metrics_path = Path(settings.out) / "metrics.json" if settings.out else None
     if metrics_path is not None:
         if not metrics_path.is_file():
@@ -71,6 +65,19 @@ def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: flo
     if metrics is None:
         raise RuntimeError("the Ray engine returns metrics through settings.out; set it")
     return metrics
+
+
+def check_settings(settings: RunSettings, engine: str = "ray") -> None:
+    """Raise ``ValueError`` with the reason when a run cannot start with ``settings`` on ``engine``."""
+    if settings.num_clients < 1:
+        raise ValueError("num_clients must be at least 1")
+    if settings.strategy == "bcsfl" and settings.num_clients < MIN_COMMITTEE:
+        raise ValueError(f"BCS-FL needs at least {MIN_COMMITTEE} clients: its committee has 3f+1 members, f >= 1 "
+                         f"(got --num-clients {settings.num_clients})")
+    if settings.strategy == "bcsfl" and settings.committee_size < MIN_COMMITTEE:
+        raise ValueError(f"the committee needs at least {MIN_COMMITTEE} members (3f+1, f >= 1)")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
 
 
 def _run_ray(settings: RunSettings, cpus_per_client: float, gpus_per_client: float | None, verbose: bool) -> None:
