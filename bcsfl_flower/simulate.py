@@ -1,4 +1,4 @@
-"""``bcsfl simulate``: one Flower simulation, through flwr's own engine (Ray) or in-process.
+"""``bcsfl simulate``: one Flower simulation (the paper's Sec. V setting), through Ray or in-process.
 
 BCS-FL runs need at least 4 clients (a committee of 3f+1, f >= 1). The ServerApp creates
 the enrolment authority's key (``<key dir>/enrolment.key``, or ``--enrolment-key``) and

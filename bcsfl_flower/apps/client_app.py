@@ -1,4 +1,4 @@
-"""BCS-FL ClientApp: a factory's local training, with the signing mod around it.
+"""BCS-FL ClientApp (Sec. IV-A, the local device layer): a factory's training, with the signing mod around it.
 
 Each node trains on its Dirichlet partition, optionally with Opacus DP-SGD and
 magnitude pruning; nodes drawn as malicious (``malicious-fraction``) run the

@@ -1,4 +1,4 @@
-"""BCS-FL ServerApp: builds the chosen strategy, runs it, writes ``metrics.json``.
+"""BCS-FL ServerApp (the paper's Sec. V experiments): builds the chosen strategy, runs it, writes ``metrics.json``.
 
 The same app runs BCS-FL and the baselines (Flower's own FedAvg, Krum, MultiKrum,
 Bulyan, FedMedian, FedTrimmedAvg), with the same centralised test-set evaluation, so

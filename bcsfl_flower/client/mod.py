@@ -1,4 +1,4 @@
-"""``bcsfl_mod``: the client-side piece of BCS-FL, as a Flower mod.
+"""``bcsfl_mod``: the client-side piece of BCS-FL (Sec. IV-A, the local device layer), as a Flower mod.
 
 Wrap any ClientApp with ``ClientApp(mods=[bcsfl_mod])``. The user's ``train`` and
 ``evaluate`` functions stay untouched; after ``train`` returns, the mod packages its

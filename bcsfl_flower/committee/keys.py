@@ -1,4 +1,4 @@
-"""Where keys live on a machine: one folder, one raw Ed25519 key per identity.
+"""Where keys live on a machine (BCS-FL, Sec. IV-A: every client has a key pair): one file each.
 
 ``<key_dir>/<client id>.key`` is a client's key (``bcsfl_mod`` creates it on first use),
 ``<key_dir>/enrolment.key`` the enrolment authority's (the operator's; created by
