@@ -244,7 +244,7 @@ class BCSFL(FedAvg):
         updates, refused, errors = self._verify(server_round, replies, state)
         record = self._record(server_round, state, updates, refused + errors, started)
         record["chain_round"] = chain_round = self._round_base + server_round
-        problem = self._committee_problem(state)
+        problem = state.committee_problem()
         if problem is None:
             decide = self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process
             outcome = decide(server_round, chain_round, state, updates, refused, replies)
@@ -276,20 +276,6 @@ class BCSFL(FedAvg):
         for r in refused + errors:
             log(WARNING, "BCS-FL refused %s: %s", r.client_id, r.reason)
         return updates, refused, errors
-
-    def _committee_problem(self, state: FederationState) -> str | None:
-        """Why the chain's committee cannot certify a round (too few eligible members), or None."""
-        if state.charter is None:
-            return "the ledger has no charter (call bootstrap or configure_train first)"
-        eligible = state.eligible()
-        if len(state.committee()) >= MIN_COMMITTEE:
-            return None
-        if state.round == 0:
-            why = f"only {len(eligible)} client(s) enrolled"
-        else:
-            why = (f"only {len(eligible)} of {len(state.stakes())} enrolled clients are eligible "
-                   "(a seat needs an update kept in an earlier round)")
-        return f"{why}; a committee needs at least {MIN_COMMITTEE} members (3f+1, f >= 1)"
 
     def _decide_in_process(self, server_round, chain_round, state, updates, refused, replies) -> RoundOutcome:
         committee = state.committee()

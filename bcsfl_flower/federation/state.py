@@ -17,11 +17,11 @@ Blocks, after the fixed genesis block:
 * **round**: a committed global model with its certificate (see
   :mod:`.certificate`): 2f+1 signatures of the committee drawn from the state before
   the block, over a statement binding the inputs, decisions and resulting stakes.
+  The committee always has the charter's size: with fewer eligible clients the round
+  is invalid (it fails loudly; it never shrinks).
   Stakes move only by the certified decisions; packages that failed verification
   (``refused``) never move anyone's stake, since their claimed id is unauthenticated.
 
-A committee smaller than :data:`~.certificate.MIN_COMMITTEE` makes the round invalid,
-so a federation with too few eligible members fails loudly instead of shrinking.
 """
 
 from __future__ import annotations
@@ -185,10 +185,27 @@ class FederationState:
         return {c: i.stake for c, i in sorted(self.identities.items()) if i.role == "client"}
 
     def eligible(self) -> dict[str, float]:
-        """Who may take a seat: clients that have taken part (everyone before the first round)."""
-        clients = {c: i for c, i in self.identities.items() if i.role == "client"}
-        started = any(i.taken_part for i in clients.values())
-        return {c: i.stake for c, i in sorted(clients.items()) if i.taken_part or not started}
+        """Who may take a seat: clients that have taken part (had an update kept).
+
+        Until the charter's committee size have taken part (the federation's first
+        rounds), every enrolled client is eligible, so a rejection cannot leave the chain
+        without a committee for good.
+        """
+        clients = {c: i for c, i in sorted(self.identities.items()) if i.role == "client"}
+        veterans = {c: i.stake for c, i in clients.items() if i.taken_part}
+        size = self.charter.committee_size if self.charter else MIN_COMMITTEE
+        return veterans if len(veterans) >= size else {c: i.stake for c, i in clients.items()}
+
+    def committee_problem(self) -> str | None:
+        """Why the chain cannot draw a full committee now (the round must fail), or None."""
+        if self.charter is None:
+            return "the chain has no charter"
+        eligible = {c: s for c, s in self.eligible().items() if s > 0}
+        size = self.charter.committee_size
+        if len(eligible) >= size:
+            return None
+        return (f"only {len(eligible)} of {len(self.stakes())} enrolled clients can take a seat; the charter's "
+                f"committee needs {size} (3f+1 with f >= 1; it never shrinks)")
 
     def committee(self) -> dict[str, str]:
         """The next round's committee, member -> public key, in draw order."""
@@ -286,6 +303,9 @@ class FederationState:
         stakes = next_stakes(self.stakes(), kept, rejected, self.charter.policy)
         if data.get("stakes") != stakes:
             raise RuleViolation("data.stakes do not follow from the previous stakes and the certified decisions")
+        problem = self.committee_problem()
+        if problem:
+            raise RuleViolation(f"round {server_round}: {problem}")
         committee = self.committee()
         if "committee" in data and data["committee"] != list(committee):
             raise RuleViolation(f"data.committee {data['committee']} is not the committee the chain draws "

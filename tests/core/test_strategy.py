@@ -148,18 +148,29 @@ def test_a_committee_below_four_fails_the_round_loudly(tmp_path, caplog):
         new_arrays, _ = run_round(strategy, g, 1, honest_replies(keys, g, 1))
     assert new_arrays is None and strategy.ledger.height() == height
     reason = strategy.rounds[-1]["reason"]
-    assert "only 3 client(s) enrolled" in reason and "at least 4" in reason
+    assert "only 3 of 3 enrolled clients can take a seat" in reason and "needs 4" in reason
     assert any("not committed" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
 
 
-def test_a_seat_needs_a_kept_update_so_a_rejected_client_leaves_too_few(tmp_path):
+def test_a_seat_needs_a_kept_update_once_enough_clients_have_taken_part(tmp_path):
     g = global_model()
     strategy, keys, _ = chartered_strategy(tmp_path, CLIENTS[:4], g)
     arrays, _ = run_round(strategy, g, 1, honest_replies(keys, g, 1, flipped={"client-3"}))
     assert arrays is not None and strategy.rounds[-1]["rejected"] == ["client-3"]
+    # Three have taken part, fewer than the committee of four: everyone enrolled stays eligible.
+    assert "client-3" in strategy.ledger.state().eligible()
     g2 = arrays_to_numpy(arrays)
-    assert run_round(strategy, g2, 2, honest_replies(keys, g2, 2))[0] is None
-    assert "only 3 of 4 enrolled clients are eligible" in strategy.rounds[-1]["reason"]
+    assert run_round(strategy, g2, 2, honest_replies(keys, g2, 2))[0] is not None
+    assert strategy.ledger.state().eligible().keys() == set(CLIENTS[:4])
+
+
+def test_a_client_that_never_had_an_update_kept_takes_no_seat(tmp_path):
+    g = global_model()
+    strategy, keys, _ = chartered_strategy(tmp_path, CLIENTS, g)
+    arrays, _ = run_round(strategy, g, 1, honest_replies(keys, g, 1, flipped={CLIENTS[-1]}))
+    assert strategy.rounds[-1]["rejected"] == [CLIENTS[-1]]
+    state = strategy.ledger.state()
+    assert CLIENTS[-1] not in state.eligible() and CLIENTS[-1] not in state.committee()
 
 
 def test_members_sign_only_with_their_registered_keys_from_the_key_dir(tmp_path):
