@@ -192,7 +192,10 @@ class SqliteLedger(Ledger):
         rows = conn.execute(f"SELECT {_COLUMNS} FROM blocks WHERE sequence_no > ? ORDER BY sequence_no",
                             (rep.head.sequence_no,)).fetchall()
         for row in rows:
-            rep = advance(rep, Block.from_row(BlockRow(*row)))
+            try:
+                rep = advance(rep, Block.from_row(BlockRow(*row)))
+            except LedgerError as err:  # written past the rules (by hand, or by an older version)
+                raise LedgerError(f"stored block {row[0]}: {err}") from None
         self._replay = rep
         return rep
 
