@@ -4,8 +4,10 @@
     python -m experiments.ledger_throughput --compare --quick      # Fig. 5/6 sweep
 
 Each configuration starts its own cluster (``LocalCluster``: one process per node on
-127.0.0.1, SQLite files in a temp folder), registers C client keys, stores one model
-that the transactions reference, and pre-signs every transaction (Ed25519) before the
+127.0.0.1, SQLite files in a temp folder, the federation's charter as block 1), enrols
+C client keys with the cluster's enrolment key (the authority's signed enrolment
+transactions, ``POST /identities``), stores one model that the transactions reference
+(an upload signed by client 0), and pre-signs every transaction (Ed25519) before the
 clock starts: signing is the client's cost, not the ledger's. C concurrent clients
 then POST batches of B signed transactions to ``/postModelUpdate`` (client i talks to
 node i mod N); a request returns when all its transactions are committed, which gives
@@ -14,7 +16,8 @@ run every node must hold the same chain (same head hash) containing them all.
 
 Where signatures are checked: the receiving node verifies each transaction before
 forwarding it, and every node verifies every transaction of every block it executes
-(``check_append``); the receiving node remembers what it verified, so its execution
+(``Ledger.append``: signatures, then the federation's rule that each comes from an
+enrolled key); the receiving node remembers what it verified, so its execution
 check is answered from memory: ``N`` Ed25519 verifications per committed transaction
 (plus the blocks' producer signatures and PBFT messages), all on this machine's cores. The printed
 ``verifies_per_tx`` is the nodes' own count of Ed25519 verifications they ran, and ``node_cpu_ms_per_tx`` is the CPU time all node
@@ -45,8 +48,10 @@ from typing import Any
 
 import httpx
 
-from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.crypto import SigningKey, sha256_hex
 from bcsfl_flower.ledger.cluster import LocalCluster
+from bcsfl_flower.ledger.replay import make_enrolment
+from bcsfl_flower.ledger.upload import CLIENT_HEADER, SIGN_HEADER, upload_signature
 
 _TIMEOUT = httpx.Timeout(120.0)
 
@@ -176,12 +181,14 @@ def measure(nodes: int, clients: int, batch: int, duration: float, warmup: float
             cluster.start()
             cluster.wait_ready(120)
             urls = cluster.urls
-            model = httpx.post(f"{urls[0]}/models", content=b"benchmark model bytes",
-                               timeout=_TIMEOUT).json()["hash"]
-            for c in range(clients):
-                key = SigningKey.from_seed(f"bench-client-{c}".encode())
-                httpx.post(f"{urls[0]}/identities", json={"client_id": f"bench-{c}",
-                           "public_key": key.public_hex}, timeout=_TIMEOUT).raise_for_status()
+            keys = [SigningKey.from_seed(f"bench-client-{c}".encode()) for c in range(clients)]
+            for c, key in enumerate(keys):  # admitted by the cluster's enrolment authority
+                enrol = make_enrolment(cluster.authority, f"bench-{c}", key.public_hex)
+                httpx.post(f"{urls[0]}/identities", json=enrol.to_json(),
+                           timeout=_TIMEOUT).raise_for_status()
+            blob = b"benchmark model bytes"
+            model = httpx.post(f"{urls[0]}/models", content=blob, timeout=_TIMEOUT, headers={
+                CLIENT_HEADER: "bench-0", SIGN_HEADER: upload_signature(keys[0], sha256_hex(blob))}).json()["hash"]
             bodies = presign(clients, per_client, batch, model)
             before = _settle(urls)
             pids = [p.pid for p in cluster.procs if p is not None]
