@@ -13,7 +13,10 @@ root set give the same decisions and the same candidate bytes on every coordinat
 3. Norm bound: kept updates are clipped to ``norm_bound`` times the median norm of
    the kept updates, which stops scaling attacks without shrinking honest steps.
 4. Weights: kept updates count in proportion to their examples times their cosine,
-   so an update barely aligned with the reference moves the model little.
+   so an update barely aligned with the reference moves the model little. A client's
+   example count is its own claim, so the committee caps it at ``example_cap`` times
+   the round's median claim: one client declaring 10^9 examples weighs at most that
+   cap, not the whole aggregate.
 5. Loss difference: while the candidate does not lower the root-set loss, the kept
    update whose own loss change is worst is dropped and the rest aggregated again.
    Without a root set, clients whose *reported* training loss is far above the
@@ -60,6 +63,9 @@ class FilterConfig:
         cosine a random update reaches with probability 1 - Phi(noise_z). 0 disables.
     trust_weighted : bool
         Weight kept updates by examples x cosine (True) or by examples alone.
+    example_cap : float (default: 3.0)
+        A client's declared example count counts at most this multiple of the round's
+        median declared count (0 disables the cap).
     """
 
     cosine_threshold: float = 0.0
@@ -68,6 +74,7 @@ class FilterConfig:
     loss_mad_factor: float = 3.0
     noise_z: float = 3.0
     trust_weighted: bool = True
+    example_cap: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,9 @@ def filter_and_aggregate(
     if not updates:
         return FilterResult([], dict(global_tensors), "none", 0.0, None, None)
     deltas = np.stack([_flatten(u.tensors, names) for u in updates]) - global_flat
-    weights = np.array([u.package.num_examples for u in updates], np.float64)
+    declared = np.array([u.package.num_examples for u in updates], np.float64)
+    cap = config.example_cap * float(np.median(declared)) if config.example_cap > 0 else np.inf
+    weights = np.minimum(declared, cap)
     norms = np.linalg.norm(deltas, axis=1)
 
     if root is not None:
@@ -201,8 +210,13 @@ def filter_and_aggregate(
             cosine=float(cosines[i]),
             norm=float(norms[i]),
             loss_change=None if loss_changes[i] is None else float(loss_changes[i]),
-            reason=reasons[i] or ("kept" if scale[i] >= 1 else f"kept, clipped to {clip:.3f}"),
+            reason=reasons[i] or _kept_reason(scale[i] < 1, clip, declared[i] > cap, cap),
         )
         for i, u in enumerate(updates)
     ]
     return FilterResult(decisions, candidate, ref_name, float(clip), before, after)
+
+
+def _kept_reason(clipped: bool, clip: float, capped: bool, cap: float) -> str:
+    parts = ["kept"] + ([f"clipped to {clip:.3f}"] if clipped else []) + ([f"examples capped at {cap:g}"] if capped else [])
+    return ", ".join(parts)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, metrics_hash, model_hash
 
@@ -103,6 +103,9 @@ class PackageVerifier:
             return Rejection(cid, "non-positive num-examples", pid)
         if self.arrayrecord_key not in content.array_records:
             return Rejection(cid, f"no ArrayRecord '{self.arrayrecord_key}'", pid)
+        problem = _header_problem(content.array_records[self.arrayrecord_key], reference)
+        if problem:  # refused unread: nothing of an oversized or misshapen package is decoded
+            return Rejection(cid, problem, pid)
         try:
             tensors = arrays_to_numpy(content.array_records[self.arrayrecord_key])
         except Exception as err:  # noqa: BLE001 - any decoding failure is a rejection
@@ -124,6 +127,27 @@ class PackageVerifier:
             if isinstance(v, (int, float))
         }
         return VerifiedUpdate(package=package, tensors=ordered, metrics=metrics)
+
+
+#: Room for the .npy header Flower's numpy Array carries before the raw bytes.
+_NPY_HEADER_ROOM = 1024
+
+
+def _header_problem(record: ArrayRecord, reference: Mapping[str, np.ndarray]) -> str:
+    """Names, shapes, dtypes and byte sizes from the arrays' metadata, before any is decoded."""
+    if set(record.keys()) != set(reference):
+        missing = sorted(set(reference) - set(record.keys()))
+        extra = sorted(set(record.keys()) - set(reference))
+        return f"wrong tensors: missing {missing[:3]}, unexpected {extra[:3]}"
+    for name, ref in reference.items():
+        array = record[name]
+        if tuple(array.shape) != ref.shape:
+            return f"wrong shape for {name}: {tuple(array.shape)} != {ref.shape}"
+        if array.dtype != str(ref.dtype):
+            return f"wrong dtype for {name}: {array.dtype} != {ref.dtype}"
+        if len(array.data) > ref.nbytes + _NPY_HEADER_ROOM:
+            return f"oversized {name}: {len(array.data)} bytes for a {ref.nbytes}-byte tensor (refused unread)"
+    return ""
 
 
 def _shape_problem(tensors: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> str:
