@@ -106,7 +106,8 @@ def cmd_enrol(args: argparse.Namespace) -> int:
             tx = _ticket(args.ticket)
         else:
             if not args.enrolment_key or not args.client_id or not args.public_key:
-                print("ERROR: give --enrolment-key, --client-id and --public-key (or --ticket FILE)",
+                print("ERROR: give --enrolment-key FILE (the operator's key: DIR/enrolment.key from ledger up, "
+                      "OUT/keys/enrolment.key from simulate), --client-id and --public-key (or --ticket FILE)",
                       file=sys.stderr)
                 return 2
             public = args.public_key.strip().lower()
