@@ -144,6 +144,20 @@ def admit_block(block: Block, head: Block, state: FederationState) -> None:
 
     A block that does not follow the head is left to execution, which refuses it with
     the reason (already committed, or a stale parent) on every node alike.
+
+    Parameters
+    ----------
+    block : Block
+        The submitted block, already structurally checked (``rules.check_block``).
+    head : Block
+        This node's chain head.
+    state : FederationState
+        The state after ``head``.
+
+    Raises
+    ------
+    Refused
+        403 with the rule's reason; 422 for data of a shape the rules cannot read.
     """
     if block.sequence_no != head.sequence_no + 1 or block.last_hash != head.hash:
         return

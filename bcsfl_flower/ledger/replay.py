@@ -132,6 +132,18 @@ def admissible(state: FederationState, txs: Iterable[dict[str, Any]]) -> list[di
     Each is tried as a block of its own on the state the ones kept before it leave,
     so of two enrolments that conflict the first is kept. Signatures are not checked
     here (``rules.check_transaction`` does that).
+
+    Parameters
+    ----------
+    state : FederationState
+        The state after the chain's head.
+    txs : Iterable[dict[str, Any]]
+        Transactions in their JSON form, in the order a block would hold them.
+
+    Returns
+    -------
+    list[dict[str, Any]]
+        Those admitted, in order (the same objects).
     """
     kept = []
     for tx in txs:
