@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import torch
 from flwr.serverapp.strategy import FedAvg
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from bcsfl_flower.baselines.fltrust import FLTrust, fltrust_aggregate  # noqa: E402
 from bcsfl_flower.committee.rootset import RootSet  # noqa: E402

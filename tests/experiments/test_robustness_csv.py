@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import sys
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -13,8 +12,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from experiments import common, robustness  # noqa: E402
 

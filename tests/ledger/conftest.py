@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):  # the package may not be installed;
-    if str(_path) not in sys.path:                          # ledger_kit sits beside this file
-        sys.path.insert(0, str(_path))
+from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.ledger import Ledger, MemoryLedger, SqliteLedger
+from ledger_kit import Federation
 
-from bcsfl_flower.crypto import SigningKey  # noqa: E402
-from bcsfl_flower.ledger import Ledger, MemoryLedger, SqliteLedger  # noqa: E402
-from ledger_kit import Federation  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

@@ -7,21 +7,15 @@ A cluster started here is chartered: ``LocalCluster`` writes ``enrolment.key`` a
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from ledger_kit import Federation
 
-_KIT = str(Path(__file__).resolve().parents[1] / "ledger")
-if _KIT not in sys.path:  # ledger_kit lives in tests/ledger; other folders import this module too
-    sys.path.insert(0, _KIT)
-
-from ledger_kit import Federation  # noqa: E402
-
-from bcsfl_flower.ledger import open_ledger  # noqa: E402
-from bcsfl_flower.ledger.cluster import LocalCluster  # noqa: E402
+from bcsfl_flower.ledger import open_ledger
+from bcsfl_flower.ledger.cluster import LocalCluster
 
 
 def start_cluster(folder: Path, n: int = 4, *extra: str, **charter: Any) -> LocalCluster:

@@ -16,7 +16,7 @@ from bcsfl_flower.federation import Certificate, Charter, RuleViolation
 from bcsfl_flower.ledger import LedgerError, SqliteLedger, build_block, verify_chain
 from bcsfl_flower.ledger.replay import make_charter_block, make_enrolment
 
-from .kit import Federation, snapshot
+from ledger_kit import Federation, snapshot
 
 
 def refused(ledger, block, reason: str) -> None:
@@ -108,7 +108,7 @@ def test_rewritten_history_with_a_fresh_authority_fails_verify(federation: Feder
     real = federation.authority.public_hex
     assert verify_chain(federation.ledger, authority=real).ok
     with SqliteLedger(tmp_path / "rewritten.db") as fake:
-        forger = Federation.start(fake, clients=6)  # same ids, the forger's keys and authority
+        forger = Federation.start(fake, clients=6, authority=SigningKey.generate())  # the forger's authority
         forger.commit_round(1)
         forger.commit_round(2)  # client-3 never rejected
         report = verify_chain(fake, authority=real)

@@ -19,7 +19,7 @@ from bcsfl_flower.ledger import Block, build_block, open_ledger
 from bcsfl_flower.ledger.replay import make_enrolment
 
 from ledger_cluster.cluster_helpers import converge, start_cluster
-from .kit import Federation
+from ledger_kit import Federation
 
 
 @pytest.fixture(scope="module")

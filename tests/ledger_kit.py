@@ -8,14 +8,15 @@ committee the chain draws (each member signs the round statement computed from t
 chain state), with stakes that follow from the decisions. Tests change one thing of an
 honest block to check the refusal. Keys come from seeds, so runs are reproducible.
 
-Importable from both test folders: ``tests/ledger`` is on ``sys.path`` (its conftest
-and ``tests/ledger_cluster/conftest.py`` put it there).
+Importable from every test folder: ``tests/conftest.py`` puts ``tests/`` on ``sys.path``.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bcsfl_flower.crypto import SigningKey, sha256_hex
@@ -130,3 +131,9 @@ class Federation:
         block = self.round_block(server_round, **kwargs)
         self.ledger.append(block)
         return block
+
+
+def snapshot(path: Path, target: Path) -> None:
+    """Copy a live SQLite ledger (its WAL included) to ``target``, as anyone with file access could."""
+    with sqlite3.connect(path) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
