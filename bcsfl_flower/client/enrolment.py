@@ -44,7 +44,7 @@ def enrolment_problem(ledger: Ledger, client_id: str, key: SigningKey, key_dir: 
         elif (authority := load_key(Path(authority_path).expanduser())) is not None:
             tx = make_enrolment(authority, client_id, key.public_hex)
         else:
-            return (f"not enrolled: ask the operator to run bcsfl ledger enrol --client-id {client_id} "
+            return (f"not enrolled: ask the operator to run bcsfl ledger enrol --enrolment-key FILE --client-id {client_id} "
                     f"--public-key {key.public_hex} --out {ticket}")
         ledger.register_identity(tx)
     except (LedgerError, ValueError, OSError) as err:

@@ -67,7 +67,7 @@ def enrol_relay(ledger: Ledger, relay_key: SigningKey, authority: SigningKey | N
     if authority is None or known is not None:
         raise RuntimeError(
             f"the relay's identity {RELAY_ID!r} is not enrolled with key {relay_key.public_hex}: ask the operator "
-            f"to run bcsfl ledger enrol --client-id {RELAY_ID} --role relay --public-key {relay_key.public_hex} "
+            f"to run bcsfl ledger enrol --enrolment-key FILE --client-id {RELAY_ID} --role relay --public-key {relay_key.public_hex} "
             "--ledger URL, or pass the enrolment key (--enrolment-key)")
     ledger.register_identity(make_enrolment(authority, RELAY_ID, relay_key.public_hex, role="relay"))
 

@@ -294,6 +294,8 @@ class FederationState:
         server_round = _int(data["round"], "data.round", 1)
         if server_round <= self.round:
             raise RuleViolation(f"round {server_round} does not follow the last certified round {self.round}")
+        if data.get("transactions"):  # its authority is the certificate, which covers no transactions
+            raise RuleViolation("a round block carries no transactions")
         model = data.get("model-params")
         if not _is_hex(model):
             raise RuleViolation("a round block's model-params must be a sha256 hex digest")

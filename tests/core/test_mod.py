@@ -83,7 +83,7 @@ def test_mod_submits_an_enrolment_ticket_or_says_how_to_get_one(tmp_path):
     mod = make_bcsfl_mod(client_id="factory-2")
     refused = mod(instruction(), context(tmp_path), user_train)
     assert refused.has_error() and refused.error.reason.startswith("not enrolled: ask the operator to run "
-                                                                   "bcsfl ledger enrol --client-id factory-2")
+                                                                   "bcsfl ledger enrol --enrolment-key FILE --client-id factory-2")
     key = SigningKey.load_or_create(tmp_path / "keys" / "factory-2.key")
     ticket = make_enrolment(authority, "factory-2", key.public_hex)
     (tmp_path / "keys" / "factory-2.enrolment.json").write_text(json.dumps(ticket.to_json()))

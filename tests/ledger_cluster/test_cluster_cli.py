@@ -23,7 +23,7 @@ from bcsfl_flower.ledger.cli import main as ledger_cli
 from bcsfl_flower.ledger.cluster import node_command, node_env
 from bcsfl_flower.ledger.upload import CLIENT_HEADER, SIGN_HEADER, upload_signature
 
-from .conftest import REPO_ROOT
+from conftest import REPO_ROOT
 
 NODES = 4
 

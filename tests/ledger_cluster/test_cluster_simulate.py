@@ -18,7 +18,7 @@ import pytest
 from bcsfl_flower.ledger.cli import main as ledger_cli
 
 from .cluster_helpers import chain, converge, start_cluster
-from .conftest import REPO_ROOT
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.federation import Certificate, Charter, RuleViolation
-from bcsfl_flower.ledger import LedgerError, SqliteLedger, build_block, verify_chain
+from bcsfl_flower.ledger import LedgerError, SqliteLedger, build_block, make_transaction, verify_chain
 from bcsfl_flower.ledger.replay import make_charter_block, make_enrolment
 
 from ledger_kit import Federation, snapshot
@@ -168,3 +168,10 @@ def test_blocks_before_a_charter_and_second_charters_are_refused(tmp_path):
             ledger.install_charter(make_charter_block(mallory, Charter(mallory.public_hex)))
         with pytest.raises(LedgerError, match="charter may only be block 1"):
             ledger.append(build_block(ledger.latest(), {"charter": Charter(mallory.public_hex).to_json()}, mallory))
+
+
+def test_a_certified_round_cannot_smuggle_transactions(federation: Federation):
+    """The certificate covers no transactions, so a round block may carry none (e.g. from unenrolled keys)."""
+    mallory = SigningKey.generate()
+    tx = make_transaction(mallory, {"model-params": federation.ledger.put_model(b"x"), "num": 1})
+    refused(federation.ledger, federation.round_block(1, transactions=[tx.to_json()]), "carries no transactions")
