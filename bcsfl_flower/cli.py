@@ -67,7 +67,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from .simulate import check_settings, simulate
 
     if args.threads is not None:  # before any training; Ray's workers inherit it too
-        from .client.train import THREADS_ENV
+        from .training.train import THREADS_ENV
 
         os.environ[THREADS_ENV] = str(max(1, args.threads))
 

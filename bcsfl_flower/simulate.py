@@ -90,7 +90,7 @@ def _run_ray(settings: RunSettings, cpus_per_client: float, gpus_per_client: flo
 
     cores = os.cpu_count() or 1
     if gpus_per_client is None:
-        from .client.train import resolve_device
+        from .training.train import resolve_device
 
         on_gpu = resolve_device(settings.device).type == "cuda"
         gpus_per_client = 1.0 / max(1, int(cores / cpus_per_client)) if on_gpu else 0.0

@@ -6,7 +6,7 @@
 
 Every run is one ``bcsfl simulate`` with the same seed and partition; only ``--dp-noise``
 or ``--prune`` changes. The noise multipliers are chosen with
-``bcsfl_flower.client.privacy.noise_for_epsilon`` so that a *typical* client (the
+``bcsfl_flower.training.privacy.noise_for_epsilon`` so that a *typical* client (the
 average partition size, batch 32, one epoch a round) reaches epsilon 1, 3 or 8 at
 delta 1e-5 after all rounds; the epsilon each client actually reached is read back
 from the last ledger block (``data["epsilon"]``, the clients' signed reports), so
@@ -53,7 +53,7 @@ def typical_client(a: argparse.Namespace) -> tuple[float, int]:
 def noise_for(target: float, a: argparse.Namespace) -> float:
     if math.isinf(target):
         return 0.0
-    from bcsfl_flower.client.privacy import noise_for_epsilon
+    from bcsfl_flower.training.privacy import noise_for_epsilon
 
     q, steps = typical_client(a)
     return math.ceil(noise_for_epsilon(target, q, steps) * 100) / 100  # round up: stay within the target
@@ -61,7 +61,7 @@ def noise_for(target: float, a: argparse.Namespace) -> float:
 
 def upload_bytes(dataset: str, ratio: float) -> tuple[int, int, int]:
     """(dense, sparse upload, saved) bytes of one pruned client model, as the client reports."""
-    from bcsfl_flower.client.pruning import magnitude_prune
+    from bcsfl_flower.training.pruning import magnitude_prune
     from bcsfl_flower.models import build_model
 
     report = magnitude_prune(build_model(dataset, seed=0), ratio)

@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 
 from ..client.attacks import DATA_ATTACKS, NEEDS_REFERENCE, flip_labels, poison_update
 from ..client.mod import BcsflMod
-from ..client.train import evaluate, get_weights, set_weights, torch_threads, train
+from ..training.train import evaluate, get_weights, set_weights, torch_threads, train
 from ..models import build_model
 from ..package import arrays_to_numpy, numpy_to_arrays
 from ..settings import RunSettings
@@ -82,7 +82,7 @@ def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Contex
         context.state[_STATE_KEY] = ConfigRecord(result.privacy_record)
         metrics["epsilon"] = float(result.epsilon)
     if s.prune > 0:
-        from ..client.pruning import magnitude_prune
+        from ..training.pruning import magnitude_prune
 
         report = magnitude_prune(model, s.prune)
         metrics["prune-bytes-saved"] = report.bytes_saved

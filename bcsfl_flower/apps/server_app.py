@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy
 
-from ..client.train import evaluate, resolve_device, set_weights, torch_threads
+from ..training.train import evaluate, resolve_device, set_weights, torch_threads
 from ..data import load_dataset
 from ..models import build_model
 from ..package import PACKAGE_KEY, arrays_to_numpy

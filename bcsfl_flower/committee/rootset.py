@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..client.train import evaluate, get_weights, set_weights, train
+from ..training.train import evaluate, get_weights, set_weights, train
 
 __all__ = ["RootSet"]
 

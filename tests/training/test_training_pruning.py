@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bcsfl_flower.client.pruning import PruneReport, magnitude_prune
+from bcsfl_flower.training.pruning import PruneReport, magnitude_prune
 
 
 class _Net(torch.nn.Module):

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord
 from opacus.accountants import RDPAccountant
 from torch.utils.data import DataLoader, TensorDataset
 
-from bcsfl_flower.client.privacy import (
+from bcsfl_flower.training.privacy import (
     DPConfig,
     PrivacyBudget,
     epsilon_for,

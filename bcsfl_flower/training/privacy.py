@@ -32,7 +32,7 @@ Noise multipliers for a typical client: 3000 examples, batch 32, so ``q = 1/94``
 94 steps per epoch; 1 epoch per round, 10 rounds = 940 steps; ``delta = 1e-5``.
 ``noise_for_epsilon(eps, 1/94, 940)`` gives sigma = 1.553 / 0.876 / 0.621 (RDP) and
 1.465 / 0.826 / 0.592 (PRV) for eps = 1 / 3 / 8; rounded up to two decimals
-(checked by ``tests/client/test_privacy.py`` for RDP)::
+(checked by ``tests/training/test_training_privacy.py`` for RDP)::
 
     target eps | sigma (RDP) | eps, 10 rounds | eps, 1 round || sigma (PRV) | eps, 10 r.
     -----------+-------------+----------------+--------------++-------------+-----------
