@@ -18,7 +18,7 @@ from .committee.committee import Committee
 from .committee.coordinator import Behaviour
 from .committee.enrolment import authority_key, enrol_first_use, install_charter, enrol_relay
 from .committee.filter import FilterConfig
-from .committee.keys import RELAY_ID, key_path, member_keys
+from .keys import RELAY_ID, key_path, member_keys
 from .committee.outcome import RoundOutcome, block_data, client_key
 from .committee.pbft_agreement import PbftAgreement
 from .committee.relay import RelayCommittee
@@ -95,7 +95,7 @@ class BCSFL(FedAvg):
         Test hook (``committee="server"``): coordinators (by client id) that propose
         a statement for a dishonest candidate.
     key_dir : str (default: ".bcsfl/keys")
-        This machine's key folder (:mod:`bcsfl_flower.committee.keys`): the members'
+        This machine's key folder (:mod:`bcsfl_flower.keys`): the members'
         ``<id>.key`` files (``committee="server"``), ``enrolment.key`` and ``relay.key``.
     enrolment_key : str | SigningKey | None (default: None)
         The enrolment authority's key (a path to its raw key file, or the key). When

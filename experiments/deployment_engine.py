@@ -80,7 +80,7 @@ def _enrol_nodes(work: Path, nodes: int) -> None:
     """The operator's key for the ServerApp, and per node its own key and a signed enrolment ticket."""
     import json
 
-    from bcsfl_flower.committee.keys import ENROLMENT_KEY, enrolment_ticket_path, key_path
+    from bcsfl_flower.keys import ENROLMENT_KEY, enrolment_ticket_path, key_path
     from bcsfl_flower.crypto import SigningKey
     from bcsfl_flower.ledger.replay import make_enrolment
 

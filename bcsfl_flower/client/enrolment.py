@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from ..committee.keys import enrolment_ticket_path, load_key
+from ..keys import enrolment_ticket_path, load_key
 from ..crypto import SigningKey
 from ..ledger import Ledger, LedgerError, Transaction
 from ..ledger.replay import enrolment_of, make_enrolment

@@ -37,7 +37,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from ..committee.keys import ENROLMENT_KEY
+from ..keys import ENROLMENT_KEY
 from ..committee.rootset import RootSet
 from ..crypto import SigningKey
 from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy

@@ -23,7 +23,7 @@ from ..federation import Charter, StakePolicy
 from ..ledger import Ledger, LedgerError, build_block
 from ..ledger.replay import make_charter_block, make_enrolment
 from ..package import PACKAGE_KEY, ModelPackage
-from .keys import ENROLMENT_KEY, RELAY_ID, load_key
+from ..keys import ENROLMENT_KEY, RELAY_ID, load_key
 
 __all__ = ["authority_key", "enrol_first_use", "enrol_relay", "install_charter"]
 

@@ -16,7 +16,7 @@ from bcsfl_flower import BCSFL
 from bcsfl_flower.apps.client_app import make_client_app
 from bcsfl_flower.apps.task import make_root_set
 from bcsfl_flower.client.coordinator_role import CANDIDATE_KEY, ROLE_KEY, VOTE_KEY
-from bcsfl_flower.committee.keys import key_path
+from bcsfl_flower.keys import key_path
 from bcsfl_flower.committee.outcome import RoundRecord
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.federation import RoundStatement

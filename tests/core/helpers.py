@@ -66,7 +66,7 @@ def chartered_strategy(tmp_path, clients, g, *, ledger="memory", **kwargs):
     the keys it finds in its key dir (``<key_dir>/<client>.key``), as in a simulation.
     """
     from bcsfl_flower import BCSFL
-    from bcsfl_flower.committee.keys import key_path
+    from bcsfl_flower.keys import key_path
     from bcsfl_flower.ledger.replay import make_enrolment
 
     key_dir = tmp_path / "keys"

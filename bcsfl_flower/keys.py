@@ -10,6 +10,9 @@ enrolment ticket (the authority's signed transaction, from ``bcsfl ledger enrol`
 With the committee in the ServerApp (``committee="server"``, a simulation on one
 machine), the members sign with the keys found here: a member whose key file is not
 here, or does not hold its registered key, cannot sign.
+
+Clients, the committee, the strategy and the operator's tools all name these files, so
+the layout lives here, beside :mod:`.crypto`, and imports nothing else of the package.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..crypto import SigningKey
+from .crypto import SigningKey
 
 __all__ = ["ENROLMENT_KEY", "RELAY_ID", "enrolment_ticket_path", "key_path", "load_key", "member_keys"]
 
