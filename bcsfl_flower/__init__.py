@@ -15,7 +15,7 @@ from typing import Any
 __all__ = ["BCSFL", "bcsfl_mod", "make_bcsfl_mod"]
 __version__ = "0.1.0"
 
-_EXPORTS = {"BCSFL": ".strategy", "bcsfl_mod": ".client.mod", "make_bcsfl_mod": ".client.mod"}
+_EXPORTS = {"BCSFL": ".strategy", "bcsfl_mod": ".mod", "make_bcsfl_mod": ".mod"}
 
 
 def __getattr__(name: str) -> Any:

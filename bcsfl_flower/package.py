@@ -5,7 +5,8 @@ strategy) plus one ``ConfigRecord`` under :data:`PACKAGE_KEY` holding the packag
 header: packet id, model hash, timestamp, client id, public key, round, example count
 and an Ed25519 signature. The signature covers the *package digest*, which binds the
 model hash to everything else in the header, so a replayed or re-labelled package
-fails verification just like a forged one.
+fails verification just like a forged one. :data:`PACKAGE_KEY` is the protocol's
+(:mod:`.protocol`), re-exported here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from .crypto import SigningKey, sha256_hex, verify_signature
+from .protocol import PACKAGE_KEY
 
 __all__ = [
     "PACKAGE_KEY",
@@ -33,8 +35,6 @@ __all__ = [
     "parse_canonical_bytes",
 ]
 
-#: Key of the ConfigRecord that carries the package header in a reply.
-PACKAGE_KEY = "bcsfl.package"
 _MAGIC = b"BCSFLv1\0"
 
 

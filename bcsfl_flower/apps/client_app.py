@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..client.attacks import DATA_ATTACKS, NEEDS_REFERENCE, flip_labels, poison_update
-from ..client.mod import BcsflMod
+from ..mod import BcsflMod
 from ..training.train import evaluate, get_weights, set_weights, torch_threads, train
 from ..models import build_model
 from ..package import arrays_to_numpy, numpy_to_arrays

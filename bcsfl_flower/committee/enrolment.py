@@ -1,4 +1,4 @@
-"""The operator's side of admission (BCS-FL, Sec. IV-A: "its public key is registered on the ledger").
+"""Admission on the ledger (BCS-FL, Sec. IV-A: "its public key is registered on the ledger").
 
 A federation starts with a charter signed by its enrolment authority, and an identity
 exists only once that authority signed its enrolment. In a real federation the
@@ -7,25 +7,41 @@ it); in ``bcsfl simulate`` and the example app the ServerApp creates it as
 ``<key_dir>/enrolment.key`` and the strategy uses it to install the charter, so the
 one-command run stays one command. Whoever holds this key can admit identities: on
 one machine that is everyone, which is what a simulation is.
+
+The operator's and the relay's side: :func:`authority_key`, :func:`install_charter`,
+:func:`enrol_relay`, :func:`enrol_first_use`. A node's side, before it signs its first
+package (``bcsfl_mod``, :mod:`bcsfl_flower.mod`): :func:`enrolment_problem` makes sure
+the ledger knows the node's key, in this order:
+
+1. already enrolled with this key: nothing to do;
+2. a ticket ``<key_dir>/<client_id>.enrolment.json`` (the authority's signed enrolment
+   transaction as JSON, from ``bcsfl ledger enrol --out``): submit it;
+3. the authority's key on this machine (``<key_dir>/enrolment.key``, or the path
+   configured as ``bcsfl-enrolment-key``; a simulation, where the operator's key is on
+   the same machine): sign the enrolment with it and submit it;
+4. else the node is not enrolled and says how to fix it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from logging import ERROR
+from pathlib import Path
 
 from flwr.app import Message
 from flwr.supercore import log
 
 from ..crypto import SigningKey
 from ..federation import Charter, StakePolicy
-from ..ledger import Ledger, LedgerError, build_block
-from ..ledger.replay import make_charter_block, make_enrolment
-from ..package import PACKAGE_KEY, ModelPackage
-from ..keys import ENROLMENT_KEY, RELAY_ID, load_key
+from ..keys import ENROLMENT_KEY, RELAY_ID, enrolment_ticket_path, load_key
+from ..ledger import Ledger, LedgerError, Transaction, build_block
+from ..ledger.replay import enrolment_of, make_charter_block, make_enrolment
+from ..package import ModelPackage
+from ..protocol import PACKAGE_KEY
 
-__all__ = ["authority_key", "enrol_first_use", "enrol_relay", "install_charter"]
+__all__ = ["authority_key", "enrol_first_use", "enrol_relay", "enrolment_problem", "install_charter"]
 
 
 def authority_key(given: str | os.PathLike[str] | SigningKey | None, key_dir: str | os.PathLike[str],
@@ -103,3 +119,28 @@ def enrol_first_use(ledger: Ledger, replies: Iterable[Message], authority: Signi
         log(ERROR, "BCS-FL: first-use enrolment of %s refused: %s", sorted(found), err)
         return []
     return sorted(found)
+
+
+def enrolment_problem(ledger: Ledger, client_id: str, key: SigningKey, key_dir: str | os.PathLike[str],
+                      authority_path: str | os.PathLike[str]) -> str | None:
+    """Enrol ``client_id`` with ``key`` if needed (see the module docstring); why it is not, or None."""
+    try:
+        known = ledger.state().key(client_id)
+        if known == key.public_hex:
+            return None
+        if known is not None:
+            return f"not enrolled: {client_id} is enrolled with another key than {key.public_hex[:16]}..."
+        ticket = enrolment_ticket_path(key_dir, client_id)
+        if ticket.is_file():
+            tx = Transaction.from_json(json.loads(ticket.read_text()))
+            if enrolment_of(tx) != (client_id, key.public_hex, "client"):
+                return f"not enrolled: the ticket {ticket} is for another id, key or role"
+        elif (authority := load_key(Path(authority_path).expanduser())) is not None:
+            tx = make_enrolment(authority, client_id, key.public_hex)
+        else:
+            return (f"not enrolled: ask the operator to run bcsfl ledger enrol --enrolment-key FILE --client-id {client_id} "
+                    f"--public-key {key.public_hex} --out {ticket}")
+        ledger.register_identity(tx)
+    except (LedgerError, ValueError, OSError) as err:
+        return f"not enrolled: {err}"
+    return None

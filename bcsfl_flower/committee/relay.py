@@ -1,14 +1,15 @@
 """The committee on client nodes: the ServerApp relays, the coordinators decide (BCS-FL, Sec. IV-C).
 
-One message round over Flower's Grid (TRAIN messages that ``bcsfl_mod`` answers
-without calling the user's train function): every member of the committee the chain
-draws gets the global model and the round's packages, computes the record and the
-statement itself, and returns its signature over the statement with its copy of the
-record (the first member reachable also returns the candidate's tensors). A statement
-2f+1 members signed is the round certificate; the relay writes a block only from it,
-with any member's copy whose statement is that one, and lists a member whose statement
-differs (outvoted) in the block's informational ``dissent``. When the member that sent
-the candidate was outvoted, the relay asks an agreeing member for its own.
+One message round over Flower's Grid (TRAIN messages that ``bcsfl_mod`` answers with
+:mod:`.coordinator_role`, without calling the user's train function): every member of
+the committee the chain draws gets the global model and the round's packages, computes
+the record and the statement itself, and returns its signature over the statement with
+its copy of the record (the first member reachable also returns the candidate's
+tensors). A statement 2f+1 members signed is the round certificate; the relay writes a
+block only from it, with any member's copy whose statement is that one, and lists a
+member whose statement differs (outvoted) in the block's informational ``dissent``. When
+the member that sent the candidate was outvoted, the relay asks an agreeing member for
+its own.
 
 The relay can drop or delay messages (then no certificate forms and the round keeps
 the old model); it cannot forge a signature, nor make the certificate cover a model,
@@ -26,10 +27,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from ..client.coordinator_role import CANDIDATE_KEY, ROLE_KEY, VOTE_KEY, pack_packages
 from ..federation import Certificate, CertificateError, FederationState, RoundStatement, Signature, quorum_size
 from ..federation import valid_signers
 from ..package import arrays_to_numpy, model_hash
+from ..protocol import (
+    CANDIDATE_KEY, CHAIN_ROUND_KEY, RETURN_CANDIDATE_KEY, ROLE_CANDIDATE, ROLE_COORDINATE, ROLE_KEY, STATEMENT_KEY,
+    VOTE_KEY,
+)
+from .coordinator_role import pack_packages
 from .outcome import RoundOutcome, RoundRecord
 
 __all__ = ["MemberVote", "RelayCommittee", "record_bytes"]
@@ -106,8 +111,8 @@ class RelayCommittee:
         messages = []
         for i, member in enumerate(reachable):
             content = RecordDict({"arrays": global_arrays, "config": ConfigRecord(
-                {"server-round": server_round, "bcsfl.round": chain_round, ROLE_KEY: "coordinate",
-                 "bcsfl.return-candidate": i == 0})})
+                {"server-round": server_round, CHAIN_ROUND_KEY: chain_round, ROLE_KEY: ROLE_COORDINATE,
+                 RETURN_CANDIDATE_KEY: i == 0})})
             pack_packages(packages, content)
             out.bytes_moved += record_bytes(content)
             messages.append(Message(content=content, dst_node_id=node_of[member], message_type=MessageType.TRAIN))
@@ -176,7 +181,7 @@ class RelayCommittee:
                 return got
         for m in agreeing:
             ask = Message(content=RecordDict({"config": ConfigRecord(
-                {"server-round": server_round, ROLE_KEY: "candidate", "bcsfl.statement": statement.digest})}),
+                {"server-round": server_round, ROLE_KEY: ROLE_CANDIDATE, STATEMENT_KEY: statement.digest})}),
                 dst_node_id=node_of[m], message_type=MessageType.TRAIN)
             for reply in grid.send_and_receive([ask], timeout=self.timeout):
                 if reply.has_error() or CANDIDATE_KEY not in reply.content.array_records:

@@ -15,15 +15,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from bcsfl_flower import BCSFL
 from bcsfl_flower.apps.client_app import make_client_app
 from bcsfl_flower.apps.task import make_root_set
-from bcsfl_flower.client.coordinator_role import CANDIDATE_KEY, ROLE_KEY, VOTE_KEY
-from bcsfl_flower.keys import key_path
 from bcsfl_flower.committee.outcome import RoundRecord
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.federation import RoundStatement
 from bcsfl_flower.inprocess import LocalGrid
+from bcsfl_flower.keys import key_path
 from bcsfl_flower.ledger import open_ledger, verify_chain
 from bcsfl_flower.models import build_model
 from bcsfl_flower.package import arrays_to_numpy, model_hash, numpy_to_arrays
+from bcsfl_flower.protocol import CANDIDATE_KEY, RETURN_CANDIDATE_KEY, ROLE_COORDINATE, ROLE_KEY, VOTE_KEY
 from bcsfl_flower.settings import RunSettings
 
 N = 5
@@ -38,7 +38,7 @@ class LyingFirstMember:
     def __call__(self, msg: Message, context: Context) -> Message:
         reply = self.app(msg, context)
         config = msg.content.config_records.get("config", ConfigRecord())
-        if config.get(ROLE_KEY) != "coordinate" or not config.get("bcsfl.return-candidate") or reply.has_error():
+        if config.get(ROLE_KEY) != ROLE_COORDINATE or not config.get(RETURN_CANDIDATE_KEY) or reply.has_error():
             return reply
         vote = dict(reply.content.config_records[VOTE_KEY])
         honest = arrays_to_numpy(reply.content.array_records[CANDIDATE_KEY])

@@ -13,10 +13,11 @@ import sqlite3
 
 from flwr.app import RecordDict
 
-from bcsfl_flower.client.acceptance import acceptance_problem
+from bcsfl_flower.committee.acceptance import acceptance_problem
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.ledger import build_block, verify_chain
 from bcsfl_flower.package import arrays_to_numpy, canonical_bytes
+from bcsfl_flower.protocol import PACKAGE_KEY
 
 from core.helpers import chartered_strategy, global_model, reply, signed_content
 from core.test_strategy import honest_replies, run_round
@@ -43,10 +44,10 @@ def test_forged_header_cannot_slash_the_victim(tmp_path):
         # Mallory signs a poisoned update under the victim's id, with her key and then with the victim's.
         reply(signed_content(mallory, poison, client_id=victim, server_round=2), node_id=90),
         # The relay replays the victim's package of round 1.
-        next(m for m in first if m.content["bcsfl.package"]["client-id"] == victim),
+        next(m for m in first if m.content[PACKAGE_KEY]["client-id"] == victim),
     ]
     forged_header = signed_content(mallory, poison, client_id=victim, server_round=2)
-    forged_header["bcsfl.package"]["public-key"] = keys[victim].public_hex
+    forged_header[PACKAGE_KEY]["public-key"] = keys[victim].public_hex
     forged.append(reply(forged_header, node_id=91))
     before = _stake(strategy, victim)
     arrays, _ = run_round(strategy, g2, 2, forged + honest_replies(keys, g2, 2))

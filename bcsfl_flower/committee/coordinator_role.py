@@ -1,7 +1,10 @@
 """The coordinator role a client node plays when the PoS draw picks it (BCS-FL, Sec. IV-B/C).
 
-With ``committee="nodes"`` the ServerApp only relays. A drawn node receives the round's
-packages and the global model in a TRAIN message marked ``bcsfl.role``:
+The committee's node side: :mod:`.relay` is its ServerApp side, and ``bcsfl_mod``
+(:mod:`bcsfl_flower.mod`) hands a node its role messages. With ``committee="nodes"``
+the ServerApp only relays. A drawn node receives the round's packages and the global
+model in a TRAIN message marked ``bcsfl.role`` (:data:`~bcsfl_flower.protocol.ROLE_KEY`;
+the record names are :mod:`bcsfl_flower.protocol`'s):
 
 * ``coordinate``: read the certified state off its own ledger, recompute the committee
   (and refuse if this node is not in it, or it has fewer than 4 members), verify every
@@ -26,23 +29,22 @@ from collections.abc import Callable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from ..committee.coordinator import coordinate
-from ..committee.filter import FilterConfig
-from ..committee.outcome import client_key, round_record
-from ..committee.rootset import RootSet
-from ..committee.verify import PackageVerifier, verify_round
 from ..crypto import SigningKey
 from ..federation import MIN_COMMITTEE
 from ..ledger import Ledger
 from ..package import arrays_to_numpy, numpy_to_arrays
+from ..protocol import (
+    CANDIDATE_KEY, CHAIN_ROUND_KEY, RETURN_CANDIDATE_KEY, ROLE_CANDIDATE, ROLE_COORDINATE, ROLE_KEY, STATEMENT_KEY,
+    VOTE_KEY,
+)
+from .coordinator import coordinate
+from .filter import FilterConfig
+from .outcome import client_key, round_record
+from .rootset import RootSet
+from .verify import PackageVerifier, verify_round
 
-__all__ = [
-    "CANDIDATE_KEY", "ROLE_KEY", "VOTE_KEY", "is_role_message", "pack_packages", "play_role", "unpack_packages",
-]
+__all__ = ["is_role_message", "pack_packages", "play_role", "unpack_packages"]
 
-ROLE_KEY = "bcsfl.role"
-VOTE_KEY = "bcsfl.vote"
-CANDIDATE_KEY = "bcsfl.candidate"
 _STATE_KEY = "bcsfl.coordinator"
 _IDS_KEY = "bcsfl.package-ids"
 _PKG_PREFIX = "bcsfl.pkg-"
@@ -110,13 +112,13 @@ def play_role(
     role = str(config[ROLE_KEY])
     server_round = int(config["server-round"])
     base = {"member": client_id, "public-key": key.public_hex, "server-round": server_round}
-    if role == "candidate":
+    if role == ROLE_CANDIDATE:
         kept = context.state.config_records.get(_STATE_KEY)
-        if kept is None or int(kept["round"]) != server_round or kept["statement"] != config.get("bcsfl.statement"):
+        if kept is None or int(kept["round"]) != server_round or kept["statement"] != config.get(STATEMENT_KEY):
             return _reply(msg, {**base, "error": "no candidate of mine for that statement"})
         return _reply(msg, {**base, "statement-digest": str(kept["statement"])},
                       {CANDIDATE_KEY: context.state.array_records[CANDIDATE_KEY]})
-    if role != "coordinate":
+    if role != ROLE_COORDINATE:
         return _reply(msg, {**base, "error": f"unknown role {role!r}"})
     state = ledger.state()
     committee = state.committee()
@@ -124,7 +126,7 @@ def play_role(
         return _reply(msg, {**base, "error": f"{client_id} is not in round {server_round}'s committee"})
     if len(committee) < MIN_COMMITTEE:
         return _reply(msg, {**base, "error": f"committee of {len(committee)} is below {MIN_COMMITTEE}"})
-    chain_round = int(config.get("bcsfl.round", server_round))  # the relay's count; the rules need it to grow
+    chain_round = int(config.get(CHAIN_ROUND_KEY, server_round))  # the relay's count; the rules need it to grow
     if chain_round <= state.round:
         return _reply(msg, {**base, "error": f"round {chain_round} does not follow certified round {state.round}"})
     if committee[client_id] != key.public_hex:
@@ -144,7 +146,7 @@ def play_role(
     signature = statement.sign(client_id, key)
     vote = {**base, "statement": json.dumps(statement.to_json()), "signature": signature.sign,
             "beacon": signature.beacon, "record": json.dumps(record.to_json())}
-    return _reply(msg, vote, {CANDIDATE_KEY: candidate} if config.get("bcsfl.return-candidate") else None)
+    return _reply(msg, vote, {CANDIDATE_KEY: candidate} if config.get(RETURN_CANDIDATE_KEY) else None)
 
 
 def is_role_message(msg: Message) -> bool:

@@ -11,7 +11,12 @@ accepts a global model only when
   ledger's genesis is; and
 * the head it accepted last is still in the chain at the same height: a ledger that was
   truncated or rewritten under it is refused. The head is kept in the node's
-  ``context.state``.
+  ``context.state`` under :data:`~bcsfl_flower.protocol.ACCEPTED_KEY`.
+
+It is the committee's check on the node side, beside :mod:`.coordinator_role`: the
+client layer imports nothing of the ledger, and ``bcsfl_mod`` (:mod:`bcsfl_flower.mod`)
+runs this check before the user's train function when ``bcsfl-require-certificate`` is
+set.
 """
 
 from __future__ import annotations
@@ -23,11 +28,9 @@ from flwr.app import ConfigRecord, RecordDict
 
 from ..ledger import Ledger, LedgerError
 from ..package import model_hash
+from ..protocol import ACCEPTED_KEY
 
-__all__ = ["ACCEPTED_KEY", "acceptance_problem"]
-
-#: ConfigRecord in the node's state: ``seq`` and ``hash`` of the head it accepted last.
-ACCEPTED_KEY = "bcsfl.accepted-head"
+__all__ = ["acceptance_problem"]
 
 
 def acceptance_problem(tensors: Mapping[str, np.ndarray], ledger: Ledger, node_state: RecordDict) -> str | None:
