@@ -1,7 +1,8 @@
 """Shared by every test folder: the repository and the test kits are importable.
 
 The package may not be installed in the environment that runs the tests, and kits that
-several folders share (``ledger_kit``) sit here at the top of ``tests/``.
+several folders share (``ledger_kit``: federations on a ledger; ``message_kit``: hand-made
+Flower messages and signed packages) sit here at the top of ``tests/``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from bcsfl_flower.ledger import open_ledger
 from bcsfl_flower.package import arrays_to_numpy
 from bcsfl_flower.protocol import ACCEPTED_KEY
 
-from core.helpers import chartered_strategy, global_model as model
+from message_kit import chartered_strategy, global_model as model
 from core.test_strategy import CLIENTS, honest_replies, run_round
 
 

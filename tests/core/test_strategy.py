@@ -13,7 +13,7 @@ from bcsfl_flower.federation import Certificate, verify
 from bcsfl_flower.ledger import open_ledger, verify_chain
 from bcsfl_flower.package import arrays_to_numpy, canonical_bytes, model_hash
 
-from .helpers import chartered_strategy, global_model, reply, signed_content
+from message_kit import chartered_strategy, global_model, reply, signed_content
 
 CLIENTS = [f"client-{i}" for i in range(8)]
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from bcsfl_flower.baselines.fltrust import FLTrust, fltrust_aggregate
+from bcsfl_flower.committee.rootset import RootSet
+from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.inprocess import LocalGrid
+from bcsfl_flower.package import arrays_to_numpy, numpy_to_arrays
 
-from bcsfl_flower.baselines.fltrust import FLTrust, fltrust_aggregate  # noqa: E402
-from bcsfl_flower.committee.rootset import RootSet  # noqa: E402
-from bcsfl_flower.crypto import SigningKey  # noqa: E402
-from bcsfl_flower.package import arrays_to_numpy  # noqa: E402
-from tests.core.helpers import global_model, reply, signed_content  # noqa: E402
+from message_kit import global_model, reply, signed_content
 
 
 class FixedRoot:
@@ -40,7 +39,8 @@ def _replies(g, steps, server_round=1):
 
 
 def _run(strategy, g, server_round, replies):
-    strategy._global = g  # what configure_train records from the global ArrayRecord
+    grid = LocalGrid(app=None, num_nodes=max(2, len(replies)))  # no message is sent: only nodes to sample
+    strategy.configure_train(server_round, numpy_to_arrays(g), ConfigRecord(), grid)  # records the global model
     return strategy.aggregate_train(server_round, replies)
 
 

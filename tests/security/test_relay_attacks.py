@@ -19,7 +19,7 @@ from bcsfl_flower.ledger import build_block, verify_chain
 from bcsfl_flower.package import arrays_to_numpy, canonical_bytes
 from bcsfl_flower.protocol import PACKAGE_KEY
 
-from core.helpers import chartered_strategy, global_model, reply, signed_content
+from message_kit import chartered_strategy, global_model, reply, signed_content
 from core.test_strategy import honest_replies, run_round
 
 CLIENTS = [f"client-{i}" for i in range(6)]

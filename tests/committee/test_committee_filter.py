@@ -9,7 +9,7 @@ from bcsfl_flower.committee.filter import FilterConfig, filter_and_aggregate
 from bcsfl_flower.committee.verify import PackageVerifier, VerifiedUpdate
 from bcsfl_flower.crypto import SigningKey
 
-from .helpers import global_model, signed_content
+from message_kit import global_model, signed_content
 
 
 def make_updates(num_honest=7, num_flipped=3, seed=0, flip_scale=4.0, sizes=(6, 4)):

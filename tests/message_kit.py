@@ -1,4 +1,4 @@
-"""Builders for hand-made Flower messages and signed packages (no Ray needed)."""
+"""Builders for hand-made Flower messages and signed packages, shared by the test folders (no Ray needed)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from bcsfl_flower.committee.verify import PackageVerifier, Rejection, VerifiedUp
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.package import PACKAGE_KEY
 
-from .helpers import global_model, signed_content
+from message_kit import global_model, signed_content
 
 KEY = SigningKey.from_seed(b"alice")
 

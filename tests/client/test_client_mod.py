@@ -15,7 +15,7 @@ from bcsfl_flower.ledger import open_ledger
 from bcsfl_flower.ledger.replay import make_enrolment
 from bcsfl_flower.package import PACKAGE_KEY, numpy_to_arrays
 
-from .helpers import global_model
+from message_kit import global_model
 
 
 def user_train(msg: Message, context: Context) -> Message:
