@@ -15,7 +15,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from bcsfl_flower import BCSFL
 from bcsfl_flower.apps.client_app import make_client_app
 from bcsfl_flower.apps.task import make_root_set
-from bcsfl_flower.committee.outcome import RoundRecord
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.federation import RoundStatement
 from bcsfl_flower.inprocess import LocalGrid
