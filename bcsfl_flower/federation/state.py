@@ -294,6 +294,10 @@ class FederationState:
         server_round = _int(data["round"], "data.round", 1)
         if server_round <= self.round:
             raise RuleViolation(f"round {server_round} does not follow the last certified round {self.round}")
+        try:  # authority first: a round block without a well-formed certificate says so
+            certificate = Certificate.from_json(data.get("certificate"))
+        except CertificateError as err:
+            raise RuleViolation(f"round {server_round}: no valid certificate: {err}") from None
         if data.get("transactions"):  # its authority is the certificate, which covers no transactions
             raise RuleViolation("a round block carries no transactions")
         model = data.get("model-params")
@@ -314,7 +318,7 @@ class FederationState:
                                 f"{list(committee)}")
         expected = self.statement(server_round, block.last_hash, model, inputs, decisions, refused, stakes)
         try:
-            seed = verify(Certificate.from_json(data.get("certificate")), expected, committee)
+            seed = verify(certificate, expected, committee)
         except CertificateError as err:
             raise RuleViolation(f"round {server_round}: {err}") from None
         identities = dict(self.identities)
