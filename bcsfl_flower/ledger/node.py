@@ -149,7 +149,7 @@ class LedgerNode:
         self._waiters: dict[tuple[str, int], asyncio.Future[dict[str, Any]]] = {}
         self._held: list[Request] = []
         self._parsed: collections.OrderedDict[str, Op | None] = collections.OrderedDict()
-        self.watch = RecoveryWatch(index, self.keys, self.f, self.cfg.recovery_grace)
+        self.watch = RecoveryWatch(index, self.keys, self.f, self.cfg.recovery_grace, time.monotonic())
         self.fence = Fence(Path(db_path).with_suffix(".pbft.json"), self.n - 1)
         self._ping: asyncio.Future[dict[str, Any]] | None = None
         self.stats = {"executed_ops": 0, "rejected_ops": 0, "executed_txs": 0,
@@ -270,7 +270,7 @@ class LedgerNode:
         return self.watch.recovering
 
     def _check_recovered(self) -> None:
-        why = self.watch.done(self.replica.last_executed)
+        why = self.watch.done(self.replica.last_executed, time.monotonic())
         if why is None:
             return
         log.info("node %d: recovered (%s); chain height %d", self.index, why, self.ledger.height())

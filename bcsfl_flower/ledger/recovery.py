@@ -16,13 +16,16 @@ their own votes, so the driver enforces what the replica can no longer know:
 * until it has executed what 2f peers report (or heard nothing from them for a grace
   period, e.g. when the whole cluster restarts), it is *recovering*: it proposes
   nothing and holds back its own requests.
+
+Both classes are cores without timers: :class:`RecoveryWatch` is told the time
+(``now``, any monotonic clock in seconds) by the node that drives it, and only
+:class:`Fence` touches a file (its one number must survive the crash).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 from bcsfl_flower.consensus.messages import (
@@ -123,14 +126,18 @@ class RecoveryWatch:
         Faults tolerated: the node waits for status from ``2f`` peers.
     grace : float
         Seconds after which a node that heard from fewer peers stops waiting.
+    started : float (default: 0.0)
+        When the node started, on the clock later given to :meth:`done` (the node sets
+        :attr:`started` again when it starts listening).
     """
 
-    def __init__(self, index: int, keys: tuple[str, ...], f: int, grace: float) -> None:
+    def __init__(self, index: int, keys: tuple[str, ...], f: int, grace: float,
+                 started: float = 0.0) -> None:
         self.index, self.keys, self.f, self.grace = index, keys, f, grace
         self.recovering = len(keys) > 1
         self.peer_exec: dict[int, int] = {}
         self.target: int | None = None
-        self.started = time.monotonic()
+        self.started = started
 
     def observe(self, msg: object) -> None:
         """Note how far a peer has executed, from its signed status heartbeat."""
@@ -140,13 +147,16 @@ class RecoveryWatch:
             self.peer_exec[msg.sender] = max(self.peer_exec.get(msg.sender, 0),
                                              msg.last_executed)
 
-    def done(self, last_executed: int) -> str | None:
-        """Why recovery is over (a log line), or ``None`` while it is not."""
+    def done(self, last_executed: int, now: float) -> str | None:
+        """Why recovery is over (a log line), or ``None`` while it is not.
+
+        ``last_executed`` is the replica's, ``now`` the time on :attr:`started`'s clock.
+        """
         if not self.recovering:
             return None
         if self.target is None and len(self.peer_exec) >= 2 * self.f:
             self.target = max(self.peer_exec.values(), default=0)
-        waited = time.monotonic() - self.started
+        waited = now - self.started
         if self.target is not None and last_executed >= self.target:
             why = f"caught up to {self.target}"
         elif self.target is None and waited >= self.grace:
