@@ -1,10 +1,14 @@
-"""Transaction batching: many signed transactions per block, one PBFT instance per block.
+"""Transaction batching (sans-IO): many signed transactions per block, one PBFT instance per block.
 
-Every node accepts signed transactions from clients (after checking each one, see
-:mod:`~.service`) and forwards them to the primary of its current view. The primary
-pools them and, while fewer than ``max_inflight`` of its blocks are in flight, builds
-the next block of up to ``batch_size`` transactions on top of its newest in-flight
-block (or the chain head), signs it with its node key and submits it as one request.
+The paper's ledger nodes (Sec. IV-C) record every client's update as a signed
+transaction in a block that the nodes agree on with PBFT. Ordering each transaction on
+its own would cost one PBFT instance per transaction, so the primary of the current
+view batches them: every node accepts signed transactions from clients (after checking
+each one, see :mod:`~.service`) and forwards them to the primary of its current view.
+The primary pools them and, while fewer than ``max_inflight`` of its blocks are in
+flight, builds the next block of up to ``batch_size`` transactions on top of its newest
+in-flight block (or the chain head), signs it with its node key and proposes it as one
+request.
 
 Every node then executes that block with ``Ledger.append``: each transaction's hash and
 Ed25519 signature is verified by every node before the block is written, and the
@@ -17,46 +21,38 @@ transactions one by one, drops the bad ones and proposes the rest again.
 Two blocks holding the same transaction can both commit only if one was built on top
 of the other; the primary skips transactions that are committed or already in its
 in-flight blocks, so a correct primary never duplicates one.
+
+Like the PBFT :class:`~bcsfl_flower.consensus.replica.Replica`, :class:`Batcher` does
+no I/O and reads no clock: each event method takes what the node knows at that moment
+(:class:`NodeFacts`) and, where time matters, ``now``, and returns the actions
+(:data:`Action`) for its driver to carry out: forward transactions to a peer, propose a
+block, order a ping, arm or disarm a timer, answer a waiting client. The node's asyncio
+driver is :class:`~.batch_driver.BatchDriver`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bcsfl_flower.crypto import SigningKey
+
+from .batch_actions import (
+    Action, BatchConfig, BatchTimer, CancelTimer, ForwardTxs, NodeFacts, Ping, ProposeBlock,
+    Resolve, SetTimer, TxWait,
+)
 from .block import Block, LedgerError, Transaction, build_block
-from .ops import Op, encode_block_op
 from .replay import admissible
 from .rules import check_transaction
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .node import LedgerNode
+__all__ = [
+    "Action", "BatchConfig", "BatchTimer", "Batcher", "CancelTimer", "ForwardTxs",
+    "NodeFacts", "Ping", "ProposeBlock", "Resolve", "SetTimer", "TxWait",
+]
 
-__all__ = ["Batcher", "TxWait"]
-
-_MAX_HOPS = 3
-_REMEMBER = 1_000_000  # committed transaction ids kept for de-duplication
-_OUTSTANDING_TTL = 120.0
-
-
-class TxWait:
-    """Clients waiting for a set of transaction ids to commit."""
-
-    def __init__(self, ids: Sequence[str]) -> None:
-        self.remaining = set(ids)
-        self.where: dict[str, int] = {}
-        self.future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
-
-    def done(self, tx_id: str, seq: int) -> None:
-        """``tx_id`` committed in block ``seq``."""
-        if tx_id in self.remaining:
-            self.remaining.discard(tx_id)
-            self.where[tx_id] = seq
-            if not self.remaining and not self.future.done():
-                self.future.set_result(self.where)
+MAX_HOPS = 3  # forwarded transactions are dropped after this many hops (stops loops)
+REMEMBER = 1_000_000  # committed transaction ids kept for de-duplication
+OUTSTANDING_TTL = 120.0  # seconds a client's transaction is watched before it is given up
 
 
 class Batcher:
@@ -64,68 +60,80 @@ class Batcher:
 
     Parameters
     ----------
-    node : LedgerNode
-        The node whose replica, key and ledger the batcher uses.
+    index : int
+        This node's replica index.
+    key : SigningKey
+        This node's key: it signs the blocks it builds as primary.
+    config : BatchConfig | None (default: None)
+        Tuning; ``None``: :class:`BatchConfig`'s defaults.
     """
 
-    def __init__(self, node: LedgerNode) -> None:
-        self.node = node
+    def __init__(self, index: int, key: SigningKey, config: BatchConfig | None = None) -> None:
+        self.index = index
+        self.key = key
+        self.cfg = config or BatchConfig()
         self.pool: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self.proposed: dict[str, list[dict[str, Any]]] = {}
+        self.proposed: dict[str, list[dict[str, Any]]] = {}  # in-flight block hash -> its txs
         self.inflight_ids: set[str] = set()
-        self.head: Block | None = None
+        self.head: Block | None = None  # this node's newest in-flight block
         self.committed: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> block
-        self.outstanding: dict[str, tuple[dict[str, Any], float]] = {}
+        self.outstanding: dict[str, tuple[dict[str, Any], float]] = {}  # the clients' -> since
         self.waits: dict[str, list[TxWait]] = {}
-        self._build_handle: asyncio.TimerHandle | None = None
-        self._retry_handle: asyncio.TimerHandle | None = None
+        self.armed: set[BatchTimer] = set()
 
     # ------------------------------------------------------------------ intake
-    def add(self, txs: list[Any], hops: int = 0, from_client: bool = False) -> None:
+    def add(self, txs: list[Any], *, facts: NodeFacts, now: float, hops: int = 0,
+            from_client: bool = False) -> list[Action]:
         """Take transactions (JSON objects) from a client or a forwarding peer.
 
         Parameters
         ----------
         txs : list[Any]
             Transactions in their JSON form; a client's were already checked.
+        facts : NodeFacts
+            The node as it is now.
+        now : float
+            The time in seconds (any monotonic clock; the same for every call).
         hops : int (default: 0)
             How often they were forwarded (dropped after a few, to stop loops).
         from_client : bool (default: False)
             Whether this node is their entry point (it re-forwards them until they
             commit, so a primary that fails cannot lose them).
         """
-        now = time.monotonic()
+        out: list[Action] = []
         fresh = [tx for tx in txs if isinstance(tx, dict) and isinstance(tx.get("id"), str)
                  and tx["id"] not in self.committed]
         if from_client:
             for tx in fresh:
                 self.outstanding[tx["id"]] = (tx, now)
-            self._arm_retry()
-        self._route(fresh, hops)
+            self._arm_retry(out)
+        self._route(fresh, hops, facts, out)
+        return out
 
-    def _route(self, txs: list[dict[str, Any]], hops: int) -> None:
-        node = self.node
-        target = node.replica.primary
-        if node.is_primary or target == node.index:
+    def _route(self, txs: list[dict[str, Any]], hops: int, facts: NodeFacts,
+               out: list[Action]) -> None:
+        target = facts.primary
+        if facts.leads or target == self.index:
             for tx in txs:
                 if tx["id"] not in self.inflight_ids:
                     self.pool.setdefault(tx["id"], tx)
-            self._schedule()
-        elif txs and hops < _MAX_HOPS:
-            node.send_app(target, {"type": "txs", "txs": txs, "hops": hops + 1})
+            self._schedule(self.cfg.batch_delay, out)
+        elif txs and hops < MAX_HOPS:
+            out.append(ForwardTxs(target, txs, hops + 1))
 
-    def wait(self, ids: Sequence[str]) -> TxWait:
-        """Register interest in transaction ids; ``.future`` resolves when all commit."""
-        wait = TxWait(ids)
-        for tx_id in ids:
+    def register(self, wait: TxWait) -> list[Action]:
+        """Watch the ids of ``wait`` (a :class:`Resolve` comes when all have committed)."""
+        out: list[Action] = []
+        for tx_id in list(wait.remaining):
             if tx_id in self.committed:  # a client re-sending what already committed
-                wait.done(tx_id, self.committed[tx_id])
+                if wait.done(tx_id, self.committed[tx_id]):
+                    out.append(Resolve(wait))
             else:
                 self.waits.setdefault(tx_id, []).append(wait)
-        return wait
+        return out
 
     def forget(self, wait: TxWait) -> None:
-        """Drop a wait registered with :meth:`wait` (answered or timed out)."""
+        """Drop a wait registered with :meth:`register` (answered or timed out)."""
         for tx_id in wait.remaining:
             waits = self.waits.get(tx_id)
             if waits is not None and wait in waits:
@@ -134,14 +142,18 @@ class Batcher:
                     del self.waits[tx_id]
 
     # ------------------------------------------------------------------ events
-    def on_view(self) -> None:
+    def on_view(self, *, facts: NodeFacts) -> list[Action]:
         """The view changed or recovery ended: lead, or hand the pool to the leader."""
-        node = self.node
+        out: list[Action] = []
+        self._on_view(facts, out)
+        return out
+
+    def _on_view(self, facts: NodeFacts, out: list[Action]) -> None:
         waiting = [tx for tx, _ in self.outstanding.values()
                    if tx["id"] not in self.committed and tx["id"] not in self.pool]
         if waiting:
-            self._route(waiting, 0)  # the clients' transactions go to the new primary
-        if node.is_primary:
+            self._route(waiting, 0, facts, out)  # the clients' transactions go to the new primary
+        if facts.leads:
             self.head = None
             for txs in self.proposed.values():
                 for tx in txs:
@@ -149,23 +161,29 @@ class Batcher:
                         self.pool.setdefault(tx["id"], tx)
             self.proposed.clear()
             self.inflight_ids.clear()
-            self._schedule(0.0)
-        elif self.pool and node.replica.primary != node.index:
+            self._schedule(0.0, out)
+        elif self.pool and facts.primary != self.index:
             txs = list(self.pool.values())
             self.pool.clear()
-            self._route(txs, 0)
+            self._route(txs, 0, facts, out)
 
-    def on_executed(self, block: Block, ok: bool, ids: list[Any]) -> None:
-        """A block was executed on this node (``ok``: appended or already held)."""
+    def on_executed(self, block: Block, ok: bool, *, facts: NodeFacts) -> list[Action]:
+        """A block was executed on this node (``ok``: appended or already held).
+
+        ``facts`` is the node after the block.
+        """
+        out: list[Action] = []
         if ok:
-            for tx_id in ids:
+            for tx in block.transactions:
+                tx_id = tx.get("id") if isinstance(tx, dict) else None
                 if isinstance(tx_id, str):
                     for wait in self.waits.pop(tx_id, ()):
-                        wait.done(tx_id, block.sequence_no)
+                        if wait.done(tx_id, block.sequence_no):
+                            out.append(Resolve(wait))
                     self.committed[tx_id] = block.sequence_no
                     self.outstanding.pop(tx_id, None)
                     self.pool.pop(tx_id, None)
-            while len(self.committed) > _REMEMBER:
+            while len(self.committed) > REMEMBER:
                 self.committed.popitem(last=False)
         txs = self.proposed.pop(block.hash, None)
         if txs is not None:
@@ -174,17 +192,17 @@ class Batcher:
                 self.head = None
             if not ok:
                 self.head = None  # blocks built on this one are doomed too
-                self._requeue(txs)
+                self._requeue(txs, facts)
         if self.pool:
-            self._schedule(0.0)
+            self._schedule(0.0, out)
+        return out
 
-    def _requeue(self, txs: list[dict[str, Any]]) -> None:
+    def _requeue(self, txs: list[dict[str, Any]], facts: NodeFacts) -> None:
         """Put back a rejected block's transactions, dropping those that are invalid.
 
         Only a faulty forwarder's transactions (or conflicting enrolments) fail here:
         this node checked its clients' transactions on arrival.
         """
-        ledger = self.node.ledger
         back: list[tuple[str, dict[str, Any]]] = []
         for tx in txs:
             if tx["id"] in self.committed:
@@ -195,30 +213,55 @@ class Batcher:
             except LedgerError:
                 continue
             model = parsed.data.get("model-params")
-            if model is not None and not ledger.has_model(model):
+            if model is not None and not facts.has_model(model):
                 continue
             back.append((tx["id"], tx))
-        kept = admissible(self.node.chain.state, (tx for _, tx in back))  # the rules, in order
+        kept = admissible(facts.state, (tx for _, tx in back))  # the rules, in order
         back = [(tx["id"], tx) for tx in kept]
         ids = {k for k, _ in back}
         self.pool = collections.OrderedDict(back + [kv for kv in self.pool.items() if kv[0] not in ids])
 
-    # ------------------------------------------------------------------ building
-    def _schedule(self, delay: float | None = None) -> None:
-        if self._build_handle is not None:
-            return
-        wait = self.node.cfg.batch_delay if delay is None else delay
-        loop = asyncio.get_running_loop()
-        self._build_handle = loop.call_later(wait, self._build)
+    def on_timer(self, kind: BatchTimer, *, facts: NodeFacts, now: float,
+                 wall: float) -> list[Action]:
+        """The timer of ``kind`` fired.
 
-    def _build(self) -> None:
-        self._build_handle = None
-        node = self.node
-        if not node.is_primary:
-            if self.pool and node.replica.primary != node.index:
-                self.on_view()
+        Parameters
+        ----------
+        kind : BatchTimer
+            Which timer (armed by an earlier :class:`SetTimer`).
+        facts : NodeFacts
+            The node as it is now.
+        now : float
+            The time on the clock :meth:`add` was given.
+        wall : float
+            Unix seconds, the timestamp of blocks built now (raised to their parent's).
+        """
+        out: list[Action] = []
+        self.armed.discard(kind)
+        if kind is BatchTimer.BUILD:
+            self._build(facts, wall, out)
+        elif kind is BatchTimer.RETRY:
+            self._retry(facts, now, out)
+        return out
+
+    def close(self) -> list[Action]:
+        """Disarm every timer (the node is stopping)."""
+        out: list[Action] = [CancelTimer(kind) for kind in BatchTimer if kind in self.armed]
+        self.armed.clear()
+        return out
+
+    # ------------------------------------------------------------------ building
+    def _schedule(self, delay: float, out: list[Action]) -> None:
+        if BatchTimer.BUILD not in self.armed:  # an armed build is not hurried
+            self.armed.add(BatchTimer.BUILD)
+            out.append(SetTimer(BatchTimer.BUILD, delay))
+
+    def _build(self, facts: NodeFacts, wall: float, out: list[Action]) -> None:
+        if not facts.leads:
+            if self.pool and facts.primary != self.index:
+                self._on_view(facts, out)
             return
-        cfg = node.cfg
+        cfg = self.cfg
         while self.pool and len(self.proposed) < cfg.max_inflight:
             batch: list[dict[str, Any]] = []
             while self.pool and len(batch) < cfg.batch_size:
@@ -227,54 +270,42 @@ class Batcher:
                     batch.append(tx)
             if not batch:
                 break
-            prev = self.head if self.head is not None else node.chain.head
+            prev = self.head if self.head is not None else facts.head
             try:
-                block = build_block(prev, {"transactions": batch}, node.key, copy=False)
+                block = build_block(prev, {"transactions": batch}, self.key,
+                                    max(wall, float(prev.timestamp)), copy=False)
             except LedgerError:
                 continue  # not JSON-serialisable: a faulty forwarder's garbage
             self.proposed[block.hash] = batch
             self.inflight_ids.update(tx["id"] for tx in batch)
             self.head = block
-            node.stats["blocks_built"] += 1
-            value = encode_block_op(block)
-            node.remember(value, Op("block", block=block))  # no need to parse our own block
-            node.submit(value, track=False)
+            out.append(ProposeBlock(block))
 
     # ------------------------------------------------------------------ retries
-    def _arm_retry(self) -> None:
-        if self._retry_handle is None:
-            cfg = self.node.cfg
-            loop = asyncio.get_running_loop()
-            self._retry_handle = loop.call_later(min(cfg.request_timeout, cfg.tx_retry) / 2,
-                                                 self._retry)
+    def _arm_retry(self, out: list[Action]) -> None:
+        if BatchTimer.RETRY not in self.armed:
+            self.armed.add(BatchTimer.RETRY)
+            out.append(SetTimer(BatchTimer.RETRY, min(self.cfg.request_timeout, self.cfg.tx_retry) / 2))
 
-    def _retry(self) -> None:
+    def _retry(self, facts: NodeFacts, now: float, out: list[Action]) -> None:
         """Watch client transactions that have not committed yet.
 
         After ``request_timeout`` the node pings the primary through PBFT (a view change
         replaces a primary that does not order it); after ``tx_retry`` it forwards them
         again (a primary may have dropped them).
         """
-        self._retry_handle = None
-        node, now = self.node, time.monotonic()
-        stale = [k for k, (_, t) in self.outstanding.items() if now - t > _OUTSTANDING_TTL]
+        stale = [k for k, (_, t) in self.outstanding.items() if now - t > OUTSTANDING_TTL]
         for key in stale:
             del self.outstanding[key]
         oldest = min((t for _, t in self.outstanding.values()), default=now)
-        if now - oldest > node.cfg.request_timeout:
-            node.ping()
+        if now - oldest > self.cfg.request_timeout:
+            out.append(Ping())
         due = [tx for tx, t in self.outstanding.values()
-               if now - t > node.cfg.tx_retry and tx["id"] not in self.committed
+               if now - t > self.cfg.tx_retry and tx["id"] not in self.committed
                and tx["id"] not in self.inflight_ids and tx["id"] not in self.pool]
         if due:
             for tx in due:
                 self.outstanding[tx["id"]] = (tx, now)
-            self._route(due, 0)
+            self._route(due, 0, facts, out)
         if self.outstanding:
-            self._arm_retry()
-
-    def close(self) -> None:
-        """Cancel pending timers."""
-        for handle in (self._build_handle, self._retry_handle):
-            if handle is not None:
-                handle.cancel()
+            self._arm_retry(out)

@@ -6,9 +6,9 @@ replica (requests, peer messages, timers on the asyncio clock, in seconds) and a
 its outputs: sends frames, arms timers, and executes ``Committed`` entries with
 :func:`~.ops.apply_op`, in order, on every node.
 
-Transactions are batched (:mod:`~.batcher`): one block, one PBFT request. The node
-starts from the federation's charter and keeps its view of the chain (head, federation
-state, enrolled keys) in a :class:`~.chain_view.ChainView`.
+Transactions are batched by the sans-IO :class:`~.batcher.Batcher` (one block, one PBFT
+request), whose actions :class:`~.batch_driver.BatchDriver` carries out. The node starts
+from the charter and keeps its view of the chain in a :class:`~.chain_view.ChainView`.
 
 Crash recovery: only the SQLite file (and one number, see :mod:`~.recovery`)
 survives a crash. A restarted node's replica starts empty; the peers' status
@@ -48,10 +48,11 @@ from bcsfl_flower.consensus.quorum import max_faulty
 from bcsfl_flower.consensus.replica import NORMAL, PBFTConfig, Replica
 from bcsfl_flower.crypto import SigningKey, verify_cache_stats
 
-from .batcher import Batcher
+from .batch_driver import BatchDriver
+from .batcher import BatchConfig, Batcher, NodeFacts
 from .block import Block, LedgerError
 from .chain_view import ChainView
-from .ops import Op, apply_op, encode_ping_op, parse_op
+from .ops import Op, apply_op, parse_op
 from .recovery import Fence, RecoveryWatch
 from .sqlite import SqliteLedger
 from .transport import PeerTransport
@@ -142,7 +143,7 @@ class LedgerNode:
                                config=self.cfg.pbft_config())
         self.transport = PeerTransport(index, pbft_addrs, self._on_frame,
                                        on_connect=self._hello)
-        self.batcher = Batcher(self)
+        self.batcher = BatchDriver(Batcher(index, key, BatchConfig.of(self.cfg)), self)
         self.client_id = f"node{index}-{uuid.uuid4().hex[:12]}"  # fresh per boot: rids restart
         self._rid = 0
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
@@ -151,7 +152,6 @@ class LedgerNode:
         self._parsed: collections.OrderedDict[str, Op | None] = collections.OrderedDict()
         self.watch = RecoveryWatch(index, self.keys, self.f, self.cfg.recovery_grace, time.monotonic())
         self.fence = Fence(Path(db_path).with_suffix(".pbft.json"), self.n - 1)
-        self._ping: asyncio.Future[dict[str, Any]] | None = None
         self.stats = {"executed_ops": 0, "rejected_ops": 0, "executed_txs": 0,
                       "ingress_verified_txs": 0, "blocks_built": 0}
 
@@ -352,11 +352,10 @@ class LedgerNode:
         else:
             self._call(self.replica.submit, req)
 
-    def ping(self) -> None:
-        """Order a no-op through every node (at most one at a time): a primary that
-        does not order it within ``request_timeout`` is replaced by a view change."""
-        if self._ping is None or self._ping.done():
-            self._ping = self.submit(encode_ping_op(self.index), broadcast=True)
+    def batch_facts(self) -> NodeFacts:
+        """What the batcher reads of this node at an event (see :class:`~.batcher.NodeFacts`)."""
+        return NodeFacts(self.replica.primary, self.is_primary, self.chain.head, self.chain.state,
+                         self.ledger.has_model)
 
     # ------------------------------------------------------------------ execution
     def _execute(self, entry: Committed) -> None:
@@ -387,12 +386,10 @@ class LedgerNode:
             self._check_recovered()
 
     def _after_block(self, block: Block, result: dict[str, Any]) -> None:
-        txs = block.transactions
         if result.get("ok") and not result.get("duplicate"):
-            self.stats["executed_txs"] += len(txs)  # append verified each signature
+            self.stats["executed_txs"] += len(block.transactions)  # append verified each signature
         self.chain.executed(block, result)
-        ids = [tx.get("id") for tx in txs if isinstance(tx, dict)]
-        self.batcher.on_executed(block, bool(result.get("ok")), ids)
+        self.batcher.on_executed(block, bool(result.get("ok")))
 
     # ------------------------------------------------------------------ introspection
     def health(self) -> dict[str, Any]:
