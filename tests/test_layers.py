@@ -13,6 +13,9 @@ only the modules listed for it in :data:`MAY_IMPORT`, and none of the outside mo
 * ``federation/`` (the rules every party re-runs): the standard library and ``crypto``.
 * ``ledger/``: nothing of the strategy, clients, committee, apps or training, and
   neither torch nor Flower (ledger nodes start without them).
+* the sans-IO cores inside the ledger (:data:`PURE_CORES`: the batcher, its actions,
+  the recovery watch) import no event loop, no clock and not the node that drives them:
+  time comes in as an argument, actions go out as values.
 
 The compositions (``mod.py`` on a client node, ``strategy.py`` on the server, ``apps/``,
 ``simulate``, ``inprocess``, ``cli``) may import any layer; no layer imports them.
@@ -54,6 +57,11 @@ MUST_NOT_IMPORT: dict[str, set[str]] = {
 }
 #: Layers that may import nothing outside the package but the standard library.
 STDLIB_ONLY = {"federation", "protocol"}
+#: Sans-IO cores (paths under the package) and what they must not import: their driver does I/O.
+PURE_CORES: dict[str, set[str]] = {
+    core: {"asyncio", "time", "socket", "threading", f"{ROOT}.ledger.node", f"{ROOT}.ledger.batch_driver"}
+    for core in ("ledger/batcher.py", "ledger/batch_actions.py", "ledger/recovery.py")
+}
 
 
 def module_name(path: Path) -> str:
@@ -114,6 +122,12 @@ def crossings(layer: str) -> list[str]:
 @pytest.mark.parametrize("layer", sorted(MAY_IMPORT))
 def test_layer_imports_stay_within_its_walls(layer):
     assert crossings(layer) == []
+
+
+@pytest.mark.parametrize("core", sorted(PURE_CORES))
+def test_sans_io_cores_import_no_event_loop_clock_or_driver(core):
+    bad = [m for m in imports_of(PACKAGE / core) if any(within(m, w) for w in PURE_CORES[core])]
+    assert bad == []
 
 
 def test_the_walk_sees_relative_absolute_and_function_level_imports():

@@ -8,9 +8,7 @@ answers to waiting clients).
 
 from __future__ import annotations
 
-import ast
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +22,6 @@ from bcsfl_flower.ledger.batcher import (
 from bcsfl_flower.ledger.recovery import RecoveryWatch
 from ledger_kit import Federation, seeded
 
-PACKAGE = Path(__file__).resolve().parents[2] / "bcsfl_flower" / "ledger"
 CFG = BatchConfig(batch_size=2, batch_delay=0.01, max_inflight=2, request_timeout=2.0, tx_retry=5.0)
 KEY = seeded("node-0")
 
@@ -260,12 +257,3 @@ def test_the_recovery_watch_stops_waiting_after_the_grace_when_no_quorum_speaks(
     assert watch.done(0, now=103.0) == "no quorum of peers heard in 3.0s"
     alone = RecoveryWatch(0, keys[:1], f=0, grace=3.0)
     assert not alone.recovering and alone.done(0, now=0.0) is None
-
-
-# ---------------------------------------------------------------------- purity
-@pytest.mark.parametrize("module", ["batcher.py", "batch_actions.py", "recovery.py"])
-def test_the_cores_import_no_event_loop_clock_or_node(module):
-    tree = ast.parse((PACKAGE / module).read_text())
-    names = {alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
-    names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert not names & {"asyncio", "time", "node", "batch_driver", "socket", "threading"}
