@@ -39,6 +39,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prune", type=float, default=d.prune, help="fraction of weights pruned by magnitude")
     p.add_argument("--root-size", type=int, default=d.root_size,
                    help="examples the coordinators hold as root set (0: none)")
+    p.add_argument("--example-cap", type=float, default=d.example_cap,
+                   help="a client's declared examples count at most this x the round's median claim (0: no cap)")
     p.add_argument("--committee-size", type=int, default=d.committee_size)
     p.add_argument("--byzantine-coordinators", type=int, default=d.byzantine_coordinators,
                    help="experiment: the first N coordinators drawn each round propose a poisoned model")
@@ -80,7 +82,9 @@ def _simulate(args: argparse.Namespace) -> int:
         learning_rate=args.lr, batch_size=args.batch_size, dirichlet_alpha=args.dirichlet_alpha,
         seed=args.seed, malicious_fraction=args.malicious_fraction, attack=args.attack,
         attack_scale=args.attack_scale, dp_noise=args.dp_noise, dp_max_grad_norm=args.dp_max_grad_norm,
-        prune=args.prune, root_size=args.root_size, committee_size=args.committee_size, committee=args.committee, byzantine_coordinators=args.byzantine_coordinators,
+        prune=args.prune, root_size=args.root_size, example_cap=args.example_cap,
+        committee_size=args.committee_size, committee=args.committee,
+        byzantine_coordinators=args.byzantine_coordinators,
         bcsfl_ledger=args.ledger or f"sqlite:///{out / 'ledger.db'}",
         bcsfl_key_dir=str(out / "keys"), device=args.device, out=str(out),
         bcsfl_enrolment_key=str(Path(args.enrolment_key).resolve()) if args.enrolment_key else "",

@@ -43,6 +43,7 @@ from .client.identity import client_identity, config_value, key_folder, node_key
 from .client.signing import sign_reply
 from .committee.acceptance import acceptance_problem
 from .committee.coordinator_role import is_role_message, play_role
+from .committee.filter import FilterConfig
 from .committee.enrolment import enrolment_problem
 from .committee.rootset import RootSet
 from .crypto import SigningKey
@@ -104,6 +105,9 @@ class BcsflMod:
     enrol : bool (default: True)
         Make sure the key is enrolled before signing. False: sign only (baseline runs,
         where the package header just names the client and no ledger is kept).
+    filter_config : FilterConfig | None (default: None, i.e. ``FilterConfig()``)
+        The filter this node runs when it coordinates; it must be the relay's, or this
+        node's statement differs from the others'.
     """
 
     ledger: str | None = None
@@ -114,6 +118,7 @@ class BcsflMod:
     root_set: Callable[[Context], RootSet | None] | None = None
     enrolment_key: str | None = None
     enrol: bool = True
+    filter_config: FilterConfig | None = None
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Play the coordinator role, or check, enrol, train and sign (see the module docstring)."""
@@ -125,7 +130,8 @@ class BcsflMod:
         ledger_url = config_value(context, "bcsfl-ledger", self.ledger or os.environ.get("BCSFL_LEDGER", DEFAULT_LEDGER))
         if is_role_message(msg):
             with _open(ledger_url) as ledger:
-                return play_role(msg, context, client_id=client_id, key=key, ledger=ledger, root_set=self.root_set)
+                return play_role(msg, context, client_id=client_id, key=key, ledger=ledger, root_set=self.root_set,
+                                 filter_config=self.filter_config)
         required = config_value(context, "bcsfl-require-certificate", str(self.require_certificate))
         if required.lower() in ("1", "true", "yes") and not _private(ledger_url):
             incoming = next(iter(msg.content.array_records.values()))

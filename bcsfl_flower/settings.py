@@ -39,6 +39,7 @@ class RunSettings:
     dp_max_grad_norm: float = 1.0
     prune: float = 0.0
     root_size: int = 100
+    example_cap: float = 3.0  # a client's declared examples count at most this x the round's median (0: no cap)
     committee_size: int = 4
     byzantine_coordinators: int = 0  # experiment: the first N drawn coordinators propose poison
     committee: str = "server"  # "server": in-process committee; "nodes": coordinators on client nodes

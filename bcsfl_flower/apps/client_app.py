@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..client.attacks import DATA_ATTACKS, NEEDS_REFERENCE, flip_labels, poison_update
+from ..committee.filter import FilterConfig
 from ..mod import BcsflMod
 from ..training.train import evaluate, get_weights, set_weights, torch_threads, train
 from ..models import build_model
@@ -108,6 +109,7 @@ def _settings_mod(overrides: Mapping[str, Any] | None):
             ledger=s.bcsfl_ledger, key_dir=s.bcsfl_key_dir, committee_size=s.committee_size,
             require_certificate=s.committee == "nodes",
             root_set=lambda ctx: _cached_root_set(s, num_clients), enrolment_key=s.enrolment_key_path(),
+            filter_config=FilterConfig(example_cap=s.example_cap),
             enrol=s.strategy == "bcsfl",  # baselines keep no ledger: the header only names the client
         )(msg, context, call_next)
 

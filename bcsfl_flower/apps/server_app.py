@@ -23,6 +23,7 @@ from ..data import load_dataset
 from ..models import build_model
 from ..package import PACKAGE_KEY, arrays_to_numpy
 from ..settings import STRATEGIES, RunSettings
+from ..committee.filter import FilterConfig
 from ..strategy import BCSFL
 from .task import client_ids, make_root_set, malicious_ids
 
@@ -39,7 +40,8 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
         return BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
                      enrollment=enrollment, committee=s.committee, byzantine_first=s.byzantine_coordinators,
-                     key_dir=s.bcsfl_key_dir, enrolment_key=s.enrolment_key_path())
+                     key_dir=s.bcsfl_key_dir, enrolment_key=s.enrolment_key_path(),
+                     filter_config=FilterConfig(example_cap=s.example_cap))
     if s.strategy == "fltrust":
         from ..baselines.fltrust import FLTrust
 
