@@ -19,12 +19,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from bcsfl_flower.federation.state import DEFAULT_MAX_MODEL_BYTES
-
 from . import open_ledger
 from .block import Block, LedgerError
 from .charter_file import load_public_key
-from .cli_admin import add_admin_commands
+from .cli_admin import add_admin_commands, add_charter_options
 from .cluster import add_serve_args
 from .verify import verify_chain
 
@@ -264,9 +262,7 @@ def add_commands(subparsers: Any) -> None:
                     help="seconds before backups suspect the primary")
     up.add_argument("--enrolment-key", default=None, metavar="FILE",
                     help="the enrolment authority's key (default: DIR/enrolment.key, created if missing)")
-    up.add_argument("--committee-size", type=int, default=4, help="coordinators per round, for a new charter")
-    up.add_argument("--max-model-bytes", type=int, default=DEFAULT_MAX_MODEL_BYTES,
-                    help="largest model stored, for a new charter (DIR/charter.json is kept if it exists)")
+    add_charter_options(up, ", for a new charter (DIR/charter.json is kept if it exists)")
     up.set_defaults(func=cmd_up)
 
 

@@ -136,6 +136,13 @@ def cmd_enrol(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_charter_options(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """``--committee-size`` and ``--max-model-bytes``: the charter's rules (``init`` and ``up``)."""
+    parser.add_argument("--committee-size", type=int, default=4, help=f"coordinators per round (>= 4){when}")
+    parser.add_argument("--max-model-bytes", type=int, default=DEFAULT_MAX_MODEL_BYTES,
+                        help=f"largest model the ledger stores{when}")
+
+
 def add_admin_commands(subparsers: Any) -> None:
     """Add ``init`` and ``enrol`` to ``subparsers``."""
     init = subparsers.add_parser("init", help="found a federation: enrolment key and charter (block 1)")
@@ -145,9 +152,7 @@ def add_admin_commands(subparsers: Any) -> None:
                       help="also write the signed charter block here (for ledger serve --charter)")
     init.add_argument("--enrolment-key", required=True, metavar="FILE",
                       help="the enrolment authority's key file (created if missing, mode 0600)")
-    init.add_argument("--committee-size", type=int, default=4, help="coordinators per round (>= 4)")
-    init.add_argument("--max-model-bytes", type=int, default=DEFAULT_MAX_MODEL_BYTES,
-                      help="largest model the ledger stores")
+    add_charter_options(init)
     init.set_defaults(func=cmd_init)
     enrol = subparsers.add_parser("enrol", help="admit an identity (signed by the enrolment key)")
     enrol.add_argument("--enrolment-key", default=None, metavar="FILE", help="the enrolment authority's key")
