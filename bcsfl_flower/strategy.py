@@ -260,7 +260,8 @@ class BCSFL(FedAvg):
             return None, None
         log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d", server_round,
             len(record["accepted"]), len(record["rejected"]), record["rejected"], record["committee"], record["block"])
-        kept = {u.package.packet_id for u in updates if u.client_id in set(record["accepted"])}
+        accepted = set(record["accepted"])
+        kept = {u.package.packet_id for u in updates if u.client_id in accepted}
         contents = _kept_contents(replies, kept)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
         return numpy_to_arrays(outcome.candidate), metrics  # the certified tensors, from memory

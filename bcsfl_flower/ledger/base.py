@@ -143,9 +143,9 @@ class Ledger(abc.ABC):
             try:
                 self.append(block)
                 return
-            except LedgerError as err:
-                if "does not follow" not in str(err) and "lastHash" not in str(err):
-                    raise
+            except LedgerError:
+                if self.latest().hash == block.last_hash:
+                    raise  # refused on its merits, not because the head moved
         raise LedgerError(f"could not enrol {client_id!r}: the chain kept moving")
 
     @functools.cached_property
