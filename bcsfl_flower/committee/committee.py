@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..crypto import SigningKey
-from ..federation import Certificate, FederationState, RoundStatement
+from ..federation import Certificate, FederationState
 from .agreement import Agreement
 from .coordinator import Behaviour, Coordinator, CoordinatorOutput, coordinate, poisoned_candidate
 from .filter import FilterConfig, finite_or_none
@@ -81,13 +81,12 @@ class Committee:
         twist.update({m: b for m, b in self.byzantine.items() if m in members})
         outputs = {m: Coordinator(m, keys.get(m), twist.get(m)).propose(honest, global_tensors) for m in members}
         decisions = [d.to_json() for d in honest.result.decisions]
-        records: dict[str, RoundRecord] = {}
-        statements: dict[str, RoundStatement] = {}
-        for m, out in outputs.items():
-            # Members with the same candidate build the same record: compute it once per candidate.
-            same = next((records[o] for o in records if outputs[o].candidate_hash == out.candidate_hash), None)
-            records[m] = same or round_record(state, out.candidate_hash, updates, refused, decisions)
-            statements[m] = records[m].statement(state, chain_round or server_round)
+        by_candidate: dict[str, RoundRecord] = {}  # members with the same candidate build the same record
+        for out in outputs.values():
+            if out.candidate_hash not in by_candidate:
+                by_candidate[out.candidate_hash] = round_record(state, out.candidate_hash, updates, refused, decisions)
+        records = {m: by_candidate[out.candidate_hash] for m, out in outputs.items()}
+        statements = {m: r.statement(state, chain_round or server_round) for m, r in records.items()}
         outcome = self.agreement.decide(server_round, members, keys, {m: s.digest for m, s in statements.items()})
         timings = {"filter_aggregate": t1 - t0, "agreement": clock() - t1}
         result = RoundOutcome(members, consensus=outcome.details, timings=timings, log=list(outcome.log),
