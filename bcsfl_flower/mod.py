@@ -26,6 +26,10 @@ Configuration (node-config first, then run-config, then the mod's defaults):
   it (default ``<key-dir>/enrolment.key``; see :mod:`bcsfl_flower.committee.enrolment`).
 * ``bcsfl-require-certificate``: refuse global models the chain does not certify
   (default false; :mod:`bcsfl_flower.committee.acceptance`).
+* ``bcsfl-pool-packages``: also pool the signed package on the ledger itself (its
+  parameters into the model store, its header into the round pool,
+  :mod:`bcsfl_flower.federation.pool`), so a relay that withholds it cannot keep it
+  from the committee (default false; the apps turn it on with ``committee="nodes"``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from flwr.app import Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from .client.identity import client_identity, config_value, key_folder, node_key
-from .client.signing import sign_reply
+from .client.signing import reply_tensors, sign_reply
 from .committee.acceptance import acceptance_problem
 from .committee.coordinator_role import is_role_message, play_role
 from .committee.filter import FilterConfig
@@ -48,7 +52,7 @@ from .committee.enrolment import enrolment_problem
 from .committee.rootset import RootSet
 from .crypto import SigningKey
 from .keys import ENROLMENT_KEY
-from .package import arrays_to_numpy
+from .package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, canonical_bytes
 from .protocol import NOT_ENROLLED, REFUSED
 
 __all__ = ["BcsflMod", "bcsfl_mod", "make_bcsfl_mod"]
@@ -82,6 +86,17 @@ def _enrolment(ledger_url: str, client_id: str, key: SigningKey, folder: Path, a
         return problem
 
 
+def _pool_own_package(ledger_url: str, msg: Message, reply: Message, client_id: str, key: SigningKey) -> None:
+    """Put the reply's parameters in the ledger's store and its package in the round pool."""
+    from .ledger import open_ledger
+
+    package = ModelPackage.from_record(reply.content.config_records[PACKAGE_KEY])
+    metrics = {name: dict(rec) for name, rec in reply.content.metric_records.items()}
+    with open_ledger(ledger_url, uploader=(client_id, key)) as ledger:
+        ledger.put_model(canonical_bytes(reply_tensors(msg, reply)))
+        ledger.post_pool([package.pooled(metrics)], key)
+
+
 @dataclass
 class BcsflMod:
     """A configurable ``bcsfl_mod`` (Flower calls it as ``mod(msg, context, call_next)``).
@@ -108,6 +123,8 @@ class BcsflMod:
     filter_config : FilterConfig | None (default: None, i.e. ``FilterConfig()``)
         The filter this node runs when it coordinates; it must be the relay's, or this
         node's statement differs from the others'.
+    pool_packages : bool (default: False)
+        Default for ``bcsfl-pool-packages``.
     """
 
     ledger: str | None = None
@@ -119,6 +136,7 @@ class BcsflMod:
     enrolment_key: str | None = None
     enrol: bool = True
     filter_config: FilterConfig | None = None
+    pool_packages: bool = False
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Play the coordinator role, or check, enrol, train and sign (see the module docstring)."""
@@ -146,7 +164,11 @@ class BcsflMod:
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        return sign_reply(msg, reply, key, client_id)
+        signed = sign_reply(msg, reply, key, client_id)
+        pool = config_value(context, "bcsfl-pool-packages", str(self.pool_packages))
+        if pool.lower() in ("1", "true", "yes") and not _private(ledger_url):
+            _pool_own_package(ledger_url, msg, signed, client_id, key)
+        return signed
 
 
 def make_bcsfl_mod(

@@ -11,7 +11,6 @@ fails verification just like a forged one. :data:`PACKAGE_KEY` is the protocol's
 
 from __future__ import annotations
 
-import json
 import struct
 import time
 import uuid
@@ -22,6 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from .crypto import SigningKey, sha256_hex, verify_signature
+from .federation import PooledPackage, metrics_digest, package_digest
 from .protocol import PACKAGE_KEY
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "arrays_to_numpy",
     "metrics_hash",
     "canonical_bytes",
+    "canonical_size",
     "model_hash",
     "numpy_to_arrays",
     "parse_canonical_bytes",
@@ -70,6 +71,16 @@ def canonical_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
+def canonical_size(tensors: Mapping[str, np.ndarray]) -> int:
+    """Length of :func:`canonical_bytes` of ``tensors``, computed without encoding them."""
+    size = len(_MAGIC) + 4
+    for name, tensor in tensors.items():
+        dtype = np.dtype(tensor.dtype).newbyteorder("<")
+        ndim = max(tensor.ndim, 1)  # as np.ascontiguousarray in canonical_bytes makes scalars 1-d
+        size += 4 + len(name.encode()) + 4 + len(dtype.str.encode()) + 4 + 8 * ndim + 8 + tensor.nbytes
+    return size
+
+
 def parse_canonical_bytes(blob: bytes) -> dict[str, np.ndarray]:
     """Inverse of :func:`canonical_bytes`; raises ``ValueError`` on malformed input."""
     view = memoryview(blob)
@@ -103,10 +114,7 @@ def parse_canonical_bytes(blob: bytes) -> dict[str, np.ndarray]:
 
 def metrics_hash(metrics: Mapping[str, object]) -> str:
     """SHA-256 (hex) of metrics as canonical JSON (sorted keys, floats via repr)."""
-    canonical = json.dumps(
-        {k: v for k, v in metrics.items()}, sort_keys=True, separators=(",", ":"), allow_nan=True
-    )
-    return sha256_hex(canonical.encode())
+    return metrics_digest(metrics)
 
 
 def model_hash(tensors: Mapping[str, np.ndarray]) -> str:
@@ -153,17 +161,7 @@ class ModelPackage:
 
     def digest(self) -> bytes:
         """Bytes that the signature covers: every header field but the signature."""
-        header = {
-            "packet_id": self.packet_id,
-            "model_hash": self.model_hash,
-            "timestamp": repr(float(self.timestamp)),
-            "client_id": self.client_id,
-            "public_key": self.public_key,
-            "server_round": int(self.server_round),
-            "num_examples": int(self.num_examples),
-            "metrics_hash": self.metrics_hash,
-        }
-        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        return package_digest(self.__dict__)
 
     @classmethod
     def create(
@@ -197,6 +195,17 @@ class ModelPackage:
     def signature_valid(self, public_key: str) -> bool:
         """True when the signature verifies under ``public_key``."""
         return verify_signature(public_key, self.signature, self.digest())
+
+    def pooled(self, metrics: Mapping[str, Mapping[str, object]]) -> PooledPackage:
+        """This package as the chain pools it, with the metrics it signed (see :mod:`bcsfl_flower.federation.pool`)."""
+        header = {k: v for k, v in self.__dict__.items() if k != "signature"}
+        header["timestamp"] = float(header["timestamp"])
+        return PooledPackage(header, self.signature.hex(), {n: dict(r) for n, r in metrics.items()})
+
+    @classmethod
+    def from_pooled(cls, pooled: PooledPackage) -> ModelPackage:
+        """The package a pooled header describes (its signature was checked when it was pooled)."""
+        return cls(**pooled.header, signature=bytes.fromhex(pooled.signature))
 
     def to_record(self) -> ConfigRecord:
         """Encode as the ConfigRecord stored under :data:`PACKAGE_KEY`."""

@@ -23,7 +23,7 @@ from .committee.outcome import RoundOutcome, block_data, client_key
 from .committee.pbft_agreement import PbftAgreement
 from .committee.relay import RelayCommittee
 from .committee.rootset import RootSet
-from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, verify_round
+from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, store_reader, verify_pool, verify_round
 from .crypto import SigningKey
 from .federation import MIN_COMMITTEE, CertificateError, FederationState, StakePolicy, verify
 from .ledger import Ledger, LedgerError, build_block, open_ledger
@@ -175,6 +175,7 @@ class BCSFL(FedAvg):
         self._grid: Grid | None = None
         self._global: dict[str, np.ndarray] = {}
         self._epsilon: dict[str, float] = {}
+        self._node_of: dict[str, int] = {}  # client id -> Flower node id, from the replies' headers
         self._bootstrapped = False
         self._round_base = 0  # certified rounds on the ledger before this run (Flower counts from 1 each run)
 
@@ -231,23 +232,27 @@ class BCSFL(FedAvg):
         self._grid = grid
         return super().configure_train(server_round, arrays, config, grid)
 
-    # -- one round -----------------------------------------------------------------------
+    # -- one round: admit -> pool -> verify -> draw -> decide -> commit -> report ------------
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Verify, let the chain's committee decide, commit the certified block; return its model."""
+        """Pool the verified packages, let the chain's committee decide on the pool, commit; return the model."""
         started = time.perf_counter()
         replies = list(replies)
         if self.enrollment == "first-use":
             enrol_first_use(self.ledger, replies, authority_key(self.enrolment_key, self.key_dir))
-        state = self.ledger.state()  # the one read of certified state this round
-        updates, refused, errors = self._verify(server_round, replies, state)
-        record = self._record(server_round, state, updates, refused + errors, started)
+        admitted, turned_away = self._admit(server_round, replies)
+        state = self.ledger.state()  # the one read of certified state: the round decides on its pool
+        known = {u.package.model_hash: u.tensors for u in admitted}
+        updates, refused = verify_pool(state.pool, store_reader(self.ledger.get_model, self._global, known),
+                                       server_round=server_round, reference=self._global, now=time.time(),
+                                       max_age=self.verifier.max_age, max_skew=self.verifier.max_skew)
+        record = self._record(server_round, state, updates, turned_away + refused, started)
         record["chain_round"] = chain_round = self._round_base + server_round
         problem = state.committee_problem()
         if problem is None:
             decide = self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process
-            outcome = decide(server_round, chain_round, state, updates, refused, replies)
+            outcome = decide(server_round, chain_round, state, updates, refused)
             record.update(committee=outcome.committee, bytes_moved=outcome.bytes_moved, consensus=outcome.consensus,
                           dissenters=[d["member"] for d in outcome.dissent])
             record["stages"].update(outcome.timings)
@@ -260,25 +265,45 @@ class BCSFL(FedAvg):
             return None, None
         log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d", server_round,
             len(record["accepted"]), len(record["rejected"]), record["rejected"], record["committee"], record["block"])
-        accepted = set(record["accepted"])
-        kept = {u.package.packet_id for u in updates if u.client_id in accepted}
-        contents = _kept_contents(replies, kept)
+        kept = set(record["accepted"])
+        contents = [RecordDict({n: MetricRecord(dict(m)) for n, m in state.pool[c].metrics.items()})
+                    for c in sorted(kept)]
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
         return numpy_to_arrays(outcome.candidate), metrics  # the certified tensors, from memory
 
-    def _verify(self, server_round: int, replies: list[Message], state: FederationState
-                ) -> tuple[list[VerifiedUpdate], list[Rejection], list[Rejection]]:
-        """Verified packages, refused packages, and error replies (no package: not recorded on chain)."""
+    def _admit(self, server_round: int, replies: list[Message]) -> tuple[list[VerifiedUpdate], list[Rejection]]:
+        """Verify the replies and pool what passes on the chain; the rest is refused here, with why.
+
+        A client on the committee's side may have pooled its package itself: the pool
+        keeps the first package of each client, whoever carried it.
+        """
+        state = self.ledger.state()
         self.verifier.registry = lambda cid: client_key(state, cid)
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
-        errors = [Rejection(f"node-{m.metadata.src_node_id}", f"error reply: {m.error.reason}") for m in failed]
-        updates, refused = verify_round(self.verifier, _packages(valid), server_round=server_round,
-                                        reference=self._global, now=time.time())
-        for r in refused + errors:
+        for msg in valid:  # where each identity answers, for the coordinator messages (committee="nodes")
+            header = msg.content.config_records.get(PACKAGE_KEY)
+            if header is not None and isinstance(header.get("client-id"), str):
+                self._node_of.setdefault(header["client-id"], msg.metadata.src_node_id)
+        turned_away = [Rejection(f"node-{m.metadata.src_node_id}", f"error reply: {m.error.reason}") for m in failed]
+        admitted, refused = verify_round(self.verifier, _packages(valid), server_round=server_round,
+                                         reference=self._global, now=time.time())
+        pooled = []
+        for u in admitted:
+            try:
+                self.ledger.put_model(u.blob)
+                pooled.append(u)
+            except LedgerError as err:
+                refused.append(Rejection(u.client_id, f"the ledger did not store the parameters: {err}",
+                                         u.package.packet_id))
+        try:
+            self.ledger.post_pool([u.pooled for u in pooled if u.pooled is not None], self._relay_key)
+        except LedgerError as err:
+            log(ERROR, "BCS-FL round %d: could not pool the packages: %s", server_round, err)
+        for r in refused + turned_away:
             log(WARNING, "BCS-FL refused %s: %s", r.client_id, r.reason)
-        return updates, refused, errors
+        return pooled, refused + turned_away
 
-    def _decide_in_process(self, server_round, chain_round, state, updates, refused, replies) -> RoundOutcome:
+    def _decide_in_process(self, server_round, chain_round, state, updates, refused) -> RoundOutcome:
         committee = state.committee()
         keys = member_keys(self.key_dir, committee)
         if len(keys) < len(committee):
@@ -288,18 +313,14 @@ class BCSFL(FedAvg):
                                      global_tensors=self._global, updates=updates, refused=refused,
                                      root=self.root_set, config=self.filter_config)
 
-    def _decide_on_nodes(self, server_round, chain_round, state, updates, refused, replies) -> RoundOutcome:
+    def _decide_on_nodes(self, server_round, chain_round, state, updates, refused) -> RoundOutcome:
         if self._grid is None:
             raise RuntimeError("committee='nodes' needs the Grid from configure_train")
-        valid = [m for m in replies if not m.has_error()]
-        node_of: dict[str, int] = {}
-        for msg in valid:
-            header = msg.content.config_records.get(PACKAGE_KEY)
-            if header is not None and isinstance(header.get("client-id"), str):
-                node_of.setdefault(header["client-id"], msg.metadata.src_node_id)
+        node_of = {m: self._node_of[m] for m in state.committee() if m in self._node_of}
+        # Members read the pool and, once the chain certifies one, the global model off their ledgers.
+        initial = numpy_to_arrays(self._global) if state.model is None else None
         return self.relay.decide(self._grid, state=state, server_round=server_round, chain_round=chain_round,
-                                 node_of=node_of,
-                                 global_arrays=numpy_to_arrays(self._global), packages=_packages(valid))
+                                 node_of=node_of, global_arrays=initial)
 
     def _commit(self, chain_round: int, state: FederationState, outcome: RoundOutcome,
                 updates: list[VerifiedUpdate], record: dict[str, Any]) -> str | None:
@@ -349,7 +370,8 @@ class BCSFL(FedAvg):
             "round": server_round,
             "stages": stages,
             "committee": committee,
-            "rejections": {r.client_id: r.reason for r in rejections},
+            "rejections": {r.client_id: r.reason for r in rejections},  # the last reason per id
+            "refusals": [{"client_id": r.client_id, "packet_id": r.packet_id, "reason": r.reason} for r in rejections],
             "accepted": [],
             "rejected": sorted({r.client_id for r in rejections} | {u.client_id for u in updates}),
             "bytes_moved": 0,
@@ -359,15 +381,3 @@ class BCSFL(FedAvg):
 def _packages(replies: Iterable[Message]) -> list[tuple[str, RecordDict]]:
     """``(fallback id, content)`` for each reply: ``node-<id>`` names a package without a header."""
     return [(f"node-{m.metadata.src_node_id}", m.content) for m in replies]
-
-
-def _kept_contents(replies: Iterable[Message], packets: set[str]) -> list[RecordDict]:
-    """The replies that carried the kept packages (first copy of each packet id)."""
-    found: dict[str, RecordDict] = {}
-    for msg in replies:
-        if not msg.has_error() and PACKAGE_KEY in msg.content.config_records:
-            pid = msg.content.config_records[PACKAGE_KEY].get("packet-id")
-            if pid in packets:
-                found.setdefault(pid, msg.content)
-    return list(found.values())
-

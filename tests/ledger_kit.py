@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bcsfl_flower.crypto import SigningKey, sha256_hex
-from bcsfl_flower.federation import Certificate, Charter, next_stakes
+from bcsfl_flower.federation import Certificate, Charter, PooledPackage, metrics_digest, next_stakes, package_digest
 from bcsfl_flower.ledger import (
     Block,
     Ledger,
@@ -96,22 +96,42 @@ class Federation:
         """A transaction block on ``head`` (default: the ledger's head)."""
         return build_block(head or self.ledger.latest(), {"transactions": txs}, self.producer)
 
+    def package(self, cid: str, server_round: int) -> PooledPackage:
+        """``cid``'s signed package for ``server_round`` as the chain pools it (its bytes stored)."""
+        digest = self.ledger.put_model(f"{cid} update {server_round}".encode())
+        header = {"packet_id": f"{cid}-r{server_round}", "model_hash": digest, "timestamp": 1.7e9 + server_round,
+                  "client_id": cid, "public_key": self.keys[cid].public_hex, "server_round": server_round,
+                  "num_examples": 10, "metrics_hash": metrics_digest({})}
+        return PooledPackage(header, self.keys[cid].sign(package_digest(header)).hex(), {})
+
+    def pool_block(self, server_round: int, clients: Iterable[str] | None = None, head: Block | None = None) -> Block:
+        """A block pooling ``clients``' packages (default: every enrolled client's), carried by the producer."""
+        chosen = sorted(self.ledger.state().stakes()) if clients is None else list(clients)
+        txs = [make_transaction(self.producer, {"pool": self.package(c, server_round).to_json()},
+                                tx_id=f"pool:{c}-r{server_round}") for c in chosen]
+        return self.tx_block(txs, head)
+
     def round_block(self, server_round: int, *, rejected: Iterable[str] = (), model: bytes | None = None,
                     signers: int | None = None, head: Block | None = None, timestamp: float | None = None,
                     producer: SigningKey | None = None, **overrides: Any) -> Block:
-        """An honest round block on ``head``: every client's package in, ``rejected`` ones rejected.
+        """An honest round block on ``head``: the pool decided on, ``rejected`` ones rejected.
 
-        ``signers`` limits how many committee members (in draw order) sign;
+        On the ledger's head with an empty pool, first appends :meth:`pool_block` (every
+        client's package), as the relay pools what it received before the committee
+        decides. ``signers`` limits how many committee members (in draw order) sign;
         ``overrides`` replace block data fields after signing (a dishonest producer).
         """
-        state = self.ledger.state()
-        head = head or self.ledger.latest()
+        if head is None or head.hash == self.ledger.latest().hash:
+            if not self.ledger.state().pool:
+                self.ledger.append(self.pool_block(server_round))
+            head = self.ledger.latest()
+        state = self.ledger.state_at(head.sequence_no)
         model = model if model is not None else f"global model of round {server_round}".encode()
         digest = self.ledger.put_model(model)
-        clients = sorted(state.stakes())
         rejected = set(rejected)
-        inputs = [{"client_id": c, "packet_id": f"{c}-r{server_round}",
-                   "model_hash": sha256_hex(f"{c} update {server_round}".encode())} for c in clients]
+        inputs = [{"client_id": c, "packet_id": p.packet_id, "model_hash": p.model_hash}
+                  for c, p in sorted(state.pool.items())]
+        clients = [i["client_id"] for i in inputs]
         decisions = [{"client_id": c, "kept": c not in rejected, "reason": "cosine below floor" if c in rejected
                       else ""} for c in clients]
         assert state.charter is not None

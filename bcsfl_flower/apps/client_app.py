@@ -111,6 +111,7 @@ def _settings_mod(overrides: Mapping[str, Any] | None):
             root_set=lambda ctx: _cached_root_set(s, num_clients), enrolment_key=s.enrolment_key_path(),
             filter_config=FilterConfig(example_cap=s.example_cap),
             enrol=s.strategy == "bcsfl",  # baselines keep no ledger: the header only names the client
+            pool_packages=s.committee == "nodes" and s.strategy == "bcsfl",
         )(msg, context, call_next)
 
     return mod

@@ -8,13 +8,29 @@ to the reply as a ConfigRecord under :data:`~bcsfl_flower.protocol.PACKAGE_KEY`.
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from ..crypto import SigningKey
 from ..package import ModelPackage, arrays_to_numpy
 from ..protocol import PACKAGE_KEY
 
-__all__ = ["sign_reply"]
+__all__ = ["reply_tensors", "sign_reply"]
+
+
+def reply_tensors(msg: Message, reply: Message) -> dict[str, np.ndarray]:
+    """The reply's parameters in the order the package hashes them (the global model's).
+
+    The reply must carry exactly one ArrayRecord; ``ValueError`` otherwise.
+    """
+    if len(reply.content.array_records) != 1:
+        raise ValueError("bcsfl_mod: the train reply must carry exactly one ArrayRecord")
+    arrays: ArrayRecord = next(iter(reply.content.array_records.values()))
+    tensors = arrays_to_numpy(arrays)
+    incoming = next(iter(msg.content.array_records.values()), None)
+    if incoming is not None and set(incoming) == set(tensors):
+        tensors = {name: tensors[name] for name in incoming}  # hash in the global order
+    return tensors
 
 
 def sign_reply(msg: Message, reply: Message, key: SigningKey, client_id: str) -> Message:
@@ -24,13 +40,7 @@ def sign_reply(msg: Message, reply: Message, key: SigningKey, client_id: str) ->
     ``reply`` itself, its content extended.
     """
     content = reply.content
-    if len(content.array_records) != 1:
-        raise ValueError("bcsfl_mod: the train reply must carry exactly one ArrayRecord")
-    arrays: ArrayRecord = next(iter(content.array_records.values()))
-    tensors = arrays_to_numpy(arrays)
-    incoming = next(iter(msg.content.array_records.values()), None)
-    if incoming is not None and set(incoming) == set(tensors):
-        tensors = {name: tensors[name] for name in incoming}  # hash in the global order
+    tensors = reply_tensors(msg, reply)
     metrics = {name: dict(rec) for name, rec in content.metric_records.items()}
     num_examples = next(
         (int(rec["num-examples"]) for rec in content.metric_records.values() if "num-examples" in rec), 0

@@ -7,8 +7,10 @@ model in a TRAIN message marked ``bcsfl.role`` (:data:`~bcsfl_flower.protocol.RO
 the record names are :mod:`bcsfl_flower.protocol`'s):
 
 * ``coordinate``: read the certified state off its own ledger, recompute the committee
-  (and refuse if this node is not in it, or it has fewer than 4 members), verify every
-  package against the enrolled keys, run the same pure
+  (and refuse if this node is not in it, or it has fewer than 4 members), take the
+  global model the chain certifies (the message's only before the chain certifies
+  one), verify the round's pool with each package's parameters read from the ledger's
+  store by hash (:func:`~.verify.verify_pool`), run the same pure
   :func:`~bcsfl_flower.committee.coordinator.coordinate` the in-process committee runs,
   build the round record and statement, and reply with its signature over the
   statement plus its copy of the record (and, when asked, the candidate's tensors).
@@ -32,45 +34,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from ..crypto import SigningKey
 from ..federation import MIN_COMMITTEE
 from ..ledger import Ledger
-from ..package import arrays_to_numpy, numpy_to_arrays
+from ..package import arrays_to_numpy, numpy_to_arrays, parse_canonical_bytes
 from ..protocol import (
     CANDIDATE_KEY, CHAIN_ROUND_KEY, RETURN_CANDIDATE_KEY, ROLE_CANDIDATE, ROLE_COORDINATE, ROLE_KEY, STATEMENT_KEY,
     VOTE_KEY,
 )
 from .coordinator import coordinate
 from .filter import FilterConfig
-from .outcome import client_key, round_record
+from .outcome import round_record
 from .rootset import RootSet
-from .verify import PackageVerifier, verify_round
+from .verify import store_reader, verify_pool
 
-__all__ = ["is_role_message", "pack_packages", "play_role", "unpack_packages"]
+__all__ = ["is_role_message", "play_role"]
 
 _STATE_KEY = "bcsfl.coordinator"
-_IDS_KEY = "bcsfl.package-ids"
-_PKG_PREFIX = "bcsfl.pkg-"
-
-
-def pack_packages(packages: list[tuple[str, RecordDict]], target: RecordDict) -> None:
-    """Copy each ``(fallback id, reply content)`` into ``target`` under ``bcsfl.pkg-<i>/<name>``.
-
-    The fallback ids (``node-<id>``) name packages without a readable header in the
-    refused list, so every member records the same words.
-    """
-    for i, (_, content) in enumerate(packages):
-        for name, record in content.items():
-            target[f"{_PKG_PREFIX}{i}/{name}"] = record
-    target[_IDS_KEY] = ConfigRecord({"ids": [fallback for fallback, _ in packages]})
-
-
-def unpack_packages(content: RecordDict) -> list[tuple[str, RecordDict]]:
-    """Inverse of :func:`pack_packages`."""
-    groups: dict[int, RecordDict] = {}
-    for key, record in content.items():
-        if key.startswith(_PKG_PREFIX):
-            index, name = key[len(_PKG_PREFIX) :].split("/", 1)
-            groups.setdefault(int(index), RecordDict())[name] = record
-    ids = list(content.config_records.get(_IDS_KEY, ConfigRecord({"ids": []})).get("ids", []))
-    return [(str(ids[i]) if i < len(ids) else "?", groups[i]) for i in sorted(groups)]
 
 
 def _reply(msg: Message, vote: dict, extra: Mapping[str, ArrayRecord] | None = None) -> Message:
@@ -131,10 +108,15 @@ def play_role(
         return _reply(msg, {**base, "error": f"round {chain_round} does not follow certified round {state.round}"})
     if committee[client_id] != key.public_hex:
         return _reply(msg, {**base, "error": "my key is not the one enrolled for me"})
-    global_tensors = arrays_to_numpy(msg.content["arrays"])
-    verifier = PackageVerifier(registry=lambda cid: client_key(state, cid), max_age=max_package_age)
-    updates, refused = verify_round(verifier, unpack_packages(msg.content), server_round=server_round,
-                                    reference=global_tensors, now=time.time())
+    if state.model is not None:  # the certified model, whatever the relay sent
+        global_tensors = parse_canonical_bytes(ledger.get_model(state.model))
+    elif "arrays" in msg.content.array_records:
+        global_tensors = arrays_to_numpy(msg.content.array_records["arrays"])
+    else:
+        return _reply(msg, {**base, "error": "no certified model on the chain and no initial model sent"})
+    updates, refused = verify_pool(state.pool, store_reader(ledger.get_model, global_tensors),
+                                   server_round=server_round, reference=global_tensors, now=time.time(),
+                                   max_age=max_package_age)
     output = coordinate(global_tensors, updates, server_round=server_round,
                         root=root_set(context) if root_set else None, config=filter_config or FilterConfig())
     record = round_record(state, output.candidate_hash, updates, refused,

@@ -77,8 +77,8 @@ def round_record(state: FederationState, model: str, updates: Sequence[VerifiedU
                  refused: Sequence[Rejection], decisions: Sequence[Mapping[str, Any]]) -> RoundRecord:
     """The record of a round: ``updates`` aggregated under ``decisions`` into ``model``.
 
-    ``refused`` packages failed verification: they are recorded and never move a stake
-    (a forged header names a victim's id, not the sender's). Stakes follow
+    ``updates`` and ``refused`` are the round's pool, verified (:func:`~.verify.verify_pool`):
+    refused packages are recorded with their packet ids and never move a stake. Stakes follow
     :func:`~bcsfl_flower.federation.next_stakes` from ``state``'s book and the decisions.
     """
     assert state.charter is not None, "a round needs a chartered federation"
@@ -88,8 +88,8 @@ def round_record(state: FederationState, model: str, updates: Sequence[VerifiedU
     kept = [d["client_id"] for d in decided if d["kept"]]
     rejected = [d["client_id"] for d in decided if not d["kept"]]
     stakes = next_stakes(state.stakes(), kept, rejected, state.charter.policy)
-    gone = sorted(({"client_id": r.client_id, "reason": r.reason} for r in refused),
-                  key=lambda r: (r["client_id"], r["reason"]))
+    gone = sorted(({"client_id": r.client_id, "packet_id": r.packet_id, "reason": r.reason} for r in refused),
+                  key=lambda r: (r["client_id"], r["packet_id"]))
     return RoundRecord(model, inputs, decided, gone, stakes)
 
 

@@ -2,18 +2,21 @@
 
 One message round over Flower's Grid (TRAIN messages that ``bcsfl_mod`` answers with
 :mod:`.coordinator_role`, without calling the user's train function): every member of
-the committee the chain draws gets the global model and the round's packages, computes
-the record and the statement itself, and returns its signature over the statement with
-its copy of the record (the first member reachable also returns the candidate's
-tensors). A statement 2f+1 members signed is the round certificate; the relay writes a
+the committee the chain draws is told the round; it reads the round's pool and the
+certified global model off its own ledger (the relay sends the initial model only
+before the chain certifies one), fetches each pooled package's parameters from the
+ledger's store by hash, computes the record and the statement itself, and returns its
+signature over the statement with its copy of the record (the first member reachable
+also returns the candidate's tensors). The relay forwards no packages: what the
+members decide on is what the chain pooled. A statement 2f+1 members signed is the round certificate; the relay writes a
 block only from it, with any member's copy whose statement is that one, and lists a
 member whose statement differs (outvoted) in the block's informational ``dissent``. When
 the member that sent the candidate was outvoted, the relay asks an agreeing member for
 its own.
 
 The relay can drop or delay messages (then no certificate forms and the round keeps
-the old model); it cannot forge a signature, nor make the certificate cover a model,
-inputs, decisions or stakes that 2f+1 members did not compute.
+the old model); it cannot forge a signature, withhold a pooled package, nor make the
+certificate cover a model, inputs, decisions or stakes that 2f+1 members did not compute.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from ..protocol import (
     CANDIDATE_KEY, CHAIN_ROUND_KEY, RETURN_CANDIDATE_KEY, ROLE_CANDIDATE, ROLE_COORDINATE, ROLE_KEY, STATEMENT_KEY,
     VOTE_KEY,
 )
-from .coordinator_role import pack_packages
 from .outcome import RoundOutcome, RoundRecord
 
 __all__ = ["MemberVote", "RelayCommittee", "record_bytes"]
@@ -94,13 +96,14 @@ class RelayCommittee:
         server_round: int,
         chain_round: int | None = None,
         node_of: Mapping[str, int],
-        global_arrays: ArrayRecord,
-        packages: list[tuple[str, RecordDict]],
+        global_arrays: ArrayRecord | None = None,
     ) -> RoundOutcome:
         """Collect the members' signed statements; certify the one 2f+1 of them signed.
 
         ``server_round`` is Flower's (the packages carry it), ``chain_round`` the round the
-        statement certifies (default: ``server_round``).
+        statement certifies (default: ``server_round``). ``node_of`` maps members to
+        Flower node ids; ``global_arrays`` is the initial model, sent only while the chain
+        certifies none.
         """
         chain_round = chain_round or server_round
         t0 = time.perf_counter()
@@ -110,10 +113,11 @@ class RelayCommittee:
         reachable = [m for m in members if m in node_of]
         messages = []
         for i, member in enumerate(reachable):
-            content = RecordDict({"arrays": global_arrays, "config": ConfigRecord(
+            content = RecordDict({"config": ConfigRecord(
                 {"server-round": server_round, CHAIN_ROUND_KEY: chain_round, ROLE_KEY: ROLE_COORDINATE,
                  RETURN_CANDIDATE_KEY: i == 0})})
-            pack_packages(packages, content)
+            if global_arrays is not None:
+                content["arrays"] = global_arrays
             out.bytes_moved += record_bytes(content)
             messages.append(Message(content=content, dst_node_id=node_of[member], message_type=MessageType.TRAIN))
         votes = self._collect(grid, messages, committee, out)

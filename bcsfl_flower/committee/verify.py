@@ -1,9 +1,18 @@
 """Verification of model packages before they count (BCS-FL, Sec. IV-B: the coordinators' checks).
 
-Every check a coordinator runs on a reply, in the order that makes the cheap ones
-first: structure, registration, round, timestamp window, replay, signature, shapes,
-finiteness, and finally the hash of the canonical parameter bytes. A failing package
-becomes a :class:`Rejection` with a reason string that goes onto the ledger.
+Two places check packages, cheap checks first in both:
+
+* :class:`PackageVerifier` checks a reply as the relay receives it (structure,
+  registration, round, timestamp window, replay, signature, metrics, sizes and shapes
+  from the arrays' metadata, finiteness, and the hash of the canonical bytes, computed
+  once and carried on). What passes is pooled on the chain; what fails is refused
+  there and then, with its reason in the round's record (an unauthenticated reply
+  never reaches the chain).
+* :func:`verify_pool` is the committee's check of the round's pool as the chain holds
+  it (signatures were checked when each package was pooled): round, timestamp,
+  examples, then the parameters from the model store (size before decoding, shapes,
+  finiteness). A failing pooled package becomes a :class:`Rejection` that goes onto
+  the ledger with its packet id.
 """
 
 from __future__ import annotations
@@ -14,18 +23,28 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
-from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, metrics_hash, model_hash
+from ..crypto import sha256_hex
+from ..federation import PooledPackage
+from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, canonical_bytes, canonical_size, metrics_hash
+from ..package import parse_canonical_bytes
 
-__all__ = ["PackageVerifier", "Rejection", "VerifiedUpdate", "verify_round"]
+__all__ = ["PackageVerifier", "Rejection", "VerifiedUpdate", "store_reader", "verify_pool", "verify_round"]
 
 
 @dataclass(frozen=True)
 class VerifiedUpdate:
-    """A package that passed every check, with its parameters."""
+    """A package that passed every check, with its parameters.
+
+    ``blob`` is the parameters' canonical bytes (hashing to ``package.model_hash``) and
+    ``pooled`` the package as the chain pools it, when the relay verified a reply;
+    both are left empty by the committee's check of the pool.
+    """
 
     package: ModelPackage
     tensors: dict[str, np.ndarray]
     metrics: dict[str, float]
+    blob: bytes = b""
+    pooled: PooledPackage | None = None
 
     @property
     def client_id(self) -> str:  # noqa: D102
@@ -115,18 +134,20 @@ class PackageVerifier:
             return Rejection(cid, problem, pid)
         if not all(np.isfinite(t).all() for t in tensors.values()):
             return Rejection(cid, "non-finite values (NaN/Inf)", pid)
-        # Hash in the reference's order: the canonical order is the global model's.
+        # Encode and hash once, in the reference's order (the canonical order is the global model's).
         ordered = {name: tensors[name] for name in reference}
-        if model_hash(ordered) != package.model_hash:
+        blob = canonical_bytes(ordered)
+        if sha256_hex(blob) != package.model_hash:
             return Rejection(cid, "hash does not match parameters", pid)
         self.seen_packets.add(pid)
-        metrics = {
-            k: float(v)
-            for record in content.metric_records.values()
-            for k, v in record.items()
-            if isinstance(v, (int, float))
-        }
-        return VerifiedUpdate(package=package, tensors=ordered, metrics=metrics)
+        nested = {n: dict(r) for n, r in content.metric_records.items()}
+        return VerifiedUpdate(package=package, tensors=ordered, metrics=_flat(nested), blob=blob,
+                              pooled=package.pooled(nested))
+
+
+def _flat(metrics: Mapping[str, Mapping[str, object]]) -> dict[str, float]:
+    return {k: float(v) for record in metrics.values() for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 #: Room for the .npy header Flower's numpy Array carries before the raw bytes.
@@ -181,3 +202,86 @@ def verify_round(
             out = Rejection(out.client_id, "second package from the same client this round", out.package.packet_id)
         (updates if isinstance(out, VerifiedUpdate) else rejections).append(out)
     return updates, rejections
+
+
+def store_reader(get_bytes: Callable[[str], bytes], reference: Mapping[str, np.ndarray],
+                 known: Mapping[str, Mapping[str, np.ndarray]] | None = None
+                 ) -> Callable[[str], dict[str, np.ndarray]]:
+    """Read parameters by model hash from a content-addressed store.
+
+    ``get_bytes`` is the store's read (``Ledger.get_model``: it checks the bytes hash to
+    the key). Bytes of another size than the reference's canonical encoding are refused
+    unread (``ValueError``); ``known`` holds tensors already verified under their hash
+    (the relay's own admissions), which need no second read.
+    """
+    size = canonical_size(reference)
+
+    def read(digest: str) -> dict[str, np.ndarray]:
+        if known is not None and digest in known:
+            return dict(known[digest])
+        blob = get_bytes(digest)
+        if len(blob) != size:
+            raise ValueError(f"{len(blob)} bytes where the model's encoding has {size} (refused unread)")
+        return parse_canonical_bytes(blob)
+
+    return read
+
+
+def verify_pool(
+    pool: Mapping[str, PooledPackage],
+    read: Callable[[str], dict[str, np.ndarray]],
+    *,
+    server_round: int,
+    reference: Mapping[str, np.ndarray],
+    now: float,
+    max_age: float = 600.0,
+    max_skew: float = 30.0,
+) -> tuple[list[VerifiedUpdate], list[Rejection]]:
+    """The committee's check of the round's pool, by client id; what fails is refused on the chain.
+
+    Parameters
+    ----------
+    pool : Mapping[str, PooledPackage]
+        The pool of the chain state the round follows (:attr:`FederationState.pool`).
+    read : Callable[[str], dict[str, np.ndarray]]
+        Parameters by model hash (:func:`store_reader`); ``KeyError`` if absent,
+        ``ValueError`` (or ``LedgerError``) if unusable.
+    server_round, reference, now
+        Flower's round, the global model, the current time.
+    max_age, max_skew : float (default: 600.0, 30.0)
+        Timestamp window, as :class:`PackageVerifier`'s.
+    """
+    updates: list[VerifiedUpdate] = []
+    refused: list[Rejection] = []
+    for cid in sorted(pool):
+        package = ModelPackage.from_pooled(pool[cid])
+        pid = package.packet_id
+        problem = ""
+        if package.server_round != server_round:
+            problem = f"package for round {package.server_round}, expected {server_round}"
+        elif package.timestamp < now - max_age:
+            problem = f"stale timestamp (older than {max_age:g}s)"
+        elif package.timestamp > now + max_skew:
+            problem = "timestamp in the future"
+        elif package.num_examples <= 0:
+            problem = "non-positive num-examples"
+        if problem:
+            refused.append(Rejection(cid, problem, pid))
+            continue
+        try:
+            tensors = read(package.model_hash)
+        except KeyError:
+            refused.append(Rejection(cid, "parameters not in the model store", pid))
+            continue
+        except Exception as err:  # noqa: BLE001 - unreadable parameters are a refusal, whatever the cause
+            refused.append(Rejection(cid, f"unreadable parameters: {err}", pid))
+            continue
+        problem = _shape_problem(tensors, reference)
+        if not problem and not all(np.isfinite(t).all() for t in tensors.values()):
+            problem = "non-finite values (NaN/Inf)"
+        if problem:
+            refused.append(Rejection(cid, problem, pid))
+            continue
+        ordered = {name: tensors[name] for name in reference}
+        updates.append(VerifiedUpdate(package=package, tensors=ordered, metrics=_flat(pool[cid].metrics)))
+    return updates, refused

@@ -17,6 +17,7 @@ from .certificate import (
     valid_signers,
     verify,
 )
+from .pool import PooledPackage, metrics_digest, package_digest
 from .stake import StakePolicy, draw_committee, next_stakes, seed_uniform
 from .state import (
     Charter,
@@ -30,8 +31,8 @@ from .state import (
 )
 
 __all__ = [
-    "MIN_COMMITTEE", "Certificate", "CertificateError", "Charter", "FederationState", "Identity", "RoundStatement",
+    "MIN_COMMITTEE", "Certificate", "CertificateError", "Charter", "FederationState", "Identity", "PooledPackage", "RoundStatement",
     "RuleViolation", "Signature", "StakePolicy", "decisions_digest", "digest_json", "draw_committee",
-    "enrolment_data", "inputs_digest", "next_seed", "next_stakes", "quorum_size", "round_statement",
+    "enrolment_data", "inputs_digest", "metrics_digest", "package_digest", "next_seed", "next_stakes", "quorum_size", "round_statement",
     "seed_uniform", "valid_signers", "verify",
 ]

@@ -12,15 +12,19 @@ Blocks, after the fixed genesis block:
   key, signed by that key. Nothing else may be appended before it.
 * **transactions**: signed transactions. One signed by the enrolment authority with
   ``data.enrol = {client_id, public_key, role}`` enrols an identity (a newcomer starts
-  with ``policy.initial`` stake and cannot take a seat before it has taken part); any
+  with ``policy.initial`` stake and cannot take a seat before it has taken part); one
+  with ``data.pool`` pools a client's signed package for the next round (its authority
+  is the client's signature inside, so any carrier may post it: :mod:`.pool`); any
   other must be signed by an enrolled identity's key.
 * **round**: a committed global model with its certificate (see
   :mod:`.certificate`): 2f+1 signatures of the committee drawn from the state before
   the block, over a statement binding the inputs, decisions and resulting stakes.
   The committee always has the charter's size: with fewer eligible clients the round
   is invalid (it fails loudly; it never shrinks).
+  Its inputs and refused packages are exactly the pool: every package pooled since
+  the last round block is decided on or refused, and nothing else is.
   Stakes move only by the certified decisions; packages that failed verification
-  (``refused``) never move anyone's stake, since their claimed id is unauthenticated.
+  (``refused``) never move anyone's stake.
 
 """
 
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .certificate import MIN_COMMITTEE, Certificate, CertificateError, RoundStatement, digest_json, verify
+from .pool import PooledPackage
 from .stake import StakePolicy, draw_committee, next_stakes
 
 __all__ = [
@@ -173,6 +178,7 @@ class FederationState:
     round: int = 0
     seed: str = ""
     model: str | None = None
+    pool: Mapping[str, PooledPackage] = field(default_factory=dict)  # client id -> package, for the next round
 
     # -- what anyone can read off the state ---------------------------------------------
     def key(self, client_id: str) -> str | None:
@@ -256,10 +262,14 @@ class FederationState:
             raise RuleViolation("data.transactions must be a list")
         assert self.charter is not None
         identities: dict[str, Identity] | None = None
+        pool: dict[str, PooledPackage] | None = None
         keys = {i.public_key for i in self.identities.values()}
         for tx in txs:
             public, data = tx.get("public"), tx.get("data")
-            if isinstance(data, dict) and "enrol" in data:
+            if isinstance(data, dict) and "pool" in data:
+                pool = dict(self.pool) if pool is None else pool
+                self._pool(pool, self.identities if identities is None else identities, data, tx.get("id"))
+            elif isinstance(data, dict) and "enrol" in data:
                 if public != self.charter.enrolment_key:
                     raise RuleViolation(f"transaction {tx.get('id')}: enrolment not signed by the enrolment authority")
                 identities = dict(self.identities) if identities is None else identities
@@ -267,7 +277,26 @@ class FederationState:
                 keys.add(data["enrol"]["public_key"])
             elif public not in keys:
                 raise RuleViolation(f"transaction {tx.get('id')}: signed by a key no enrolled identity holds")
-        return {} if identities is None else {"identities": identities}
+        changed: dict[str, Any] = {} if identities is None else {"identities": identities}
+        return changed if pool is None else {**changed, "pool": pool}
+
+    @staticmethod
+    def _pool(pool: dict[str, PooledPackage], identities: Mapping[str, Identity], data: dict, tx_id: Any) -> None:
+        if set(data) != {"pool"}:
+            raise RuleViolation(f"transaction {tx_id}: a pool transaction holds only data.pool")
+        try:
+            package = PooledPackage.from_json(data["pool"])
+        except ValueError as err:
+            raise RuleViolation(f"transaction {tx_id}: {err}") from None
+        ident = identities.get(package.client_id)
+        problem = package.problem(ident.public_key if ident is not None and ident.role == "client" else None)
+        if problem:
+            raise RuleViolation(f"transaction {tx_id}: {problem}")
+        known = pool.get(package.client_id)
+        # A client's newest package counts: a failed round's leftovers give way to the next round's,
+        # and an older package replayed by a carrier changes nothing.
+        if known is None or package.header["timestamp"] > known.header["timestamp"]:
+            pool[package.client_id] = package
 
     def _enrol(self, identities: dict[str, Identity], enrol: Any, seq: int) -> None:
         assert self.charter is not None
@@ -309,6 +338,7 @@ class FederationState:
         stakes = next_stakes(self.stakes(), kept, rejected, self.charter.policy)
         if data.get("stakes") != stakes:
             raise RuleViolation("data.stakes do not follow from the previous stakes and the certified decisions")
+        self._covers_pool(inputs, refused)
         problem = self.committee_problem()
         if problem:
             raise RuleViolation(f"round {server_round}: {problem}")
@@ -325,7 +355,7 @@ class FederationState:
         for cid, stake in stakes.items():
             identities[cid] = dataclasses.replace(identities[cid], stake=stake,
                                                   taken_part=identities[cid].taken_part or cid in kept)
-        return {"identities": identities, "round": server_round, "seed": seed, "model": model}
+        return {"identities": identities, "round": server_round, "seed": seed, "model": model, "pool": {}}
 
     def _round_inputs(self, data: Mapping[str, Any]) -> tuple[list, list, list]:
         inputs, decisions, refused = data.get("inputs"), data.get("decisions"), data.get("refused")
@@ -355,7 +385,20 @@ class FederationState:
         if sorted(decided) != ids:
             raise RuleViolation("decisions must cover exactly the inputs, once each")
         for r in refused:
-            if not isinstance(r, dict) or set(r) != {"client_id", "reason"} \
+            if not isinstance(r, dict) or set(r) != {"client_id", "packet_id", "reason"} \
                     or not all(isinstance(v, str) for v in r.values()):
-                raise RuleViolation("each refused package must be {client_id, reason}")
+                raise RuleViolation("each refused package must be {client_id, packet_id, reason}")
         return inputs, decisions, refused
+
+    def _covers_pool(self, inputs: list[dict], refused: list[dict]) -> None:
+        """The round decides on exactly the pool: each pooled package an input or refused, nothing else."""
+        pooled = {(c, p.packet_id, p.model_hash) for c, p in self.pool.items()}
+        used = [(i["client_id"], i["packet_id"], i["model_hash"]) for i in inputs]
+        for r in refused:
+            entry = self.pool.get(r["client_id"])
+            used.append((r["client_id"], r["packet_id"], entry.model_hash if entry else ""))
+        if len(set(used)) != len(used) or set(used) != pooled:
+            missing = sorted(c for c, _, _ in pooled - set(used))
+            extra = sorted(c for c, _, _ in set(used) - pooled)
+            raise RuleViolation(f"inputs and refused must be exactly the round's pool (missing {missing[:5]}, "
+                                f"not pooled {extra[:5]})")

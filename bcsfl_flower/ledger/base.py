@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from bcsfl_flower.crypto import SigningKey, sha256_hex
-from bcsfl_flower.federation import FederationState
+from bcsfl_flower.federation import FederationState, PooledPackage
 
-from .block import Block, BlockRow, LedgerError, Transaction, build_block
+from .block import Block, BlockRow, LedgerError, Transaction, build_block, make_transaction
 from .replay import enrolment_of, replay
 from .rules import referenced_models
 
 __all__ = ["Ledger", "identity_records"]
+
+
+def superseded(package: PooledPackage, pool: Mapping[str, PooledPackage]) -> bool:
+    """Whether pooling ``package`` would change nothing: it, or a newer one of its client, is pooled."""
+    known = pool.get(package.client_id)
+    return known is not None and known.header["timestamp"] >= package.header["timestamp"]
 
 
 def identity_records(state: FederationState) -> dict[str, dict[str, Any]]:
@@ -136,17 +142,37 @@ class Ledger(abc.ABC):
         the authority is the transaction's signature); the remote backend submits it.
         """
         client_id, public_key, _ = enrolment_of(enrolment)
+        self._append_transactions([enrolment], lambda: self.identity(client_id) == public_key,
+                                  f"could not enrol {client_id!r}")
+
+    def post_pool(self, packages: list[PooledPackage], carrier: SigningKey) -> None:
+        """Pool signed packages for the next round (:mod:`bcsfl_flower.federation.pool`).
+
+        ``carrier`` signs the transactions (the client itself, or the relay that got
+        the packages); their authority is each client's own signature. A package already
+        pooled, or older than its client's pooled one, is left out (the newest counts).
+        The parameters must already be in the model store (:meth:`put_model`).
+        """
+        def pending() -> list[PooledPackage]:
+            return [p for p in packages if not superseded(p, self.state().pool)]
+
+        todo = pending()
+        if todo:
+            txs: list[Transaction] = [make_transaction(carrier, {"pool": p.to_json()}, tx_id=f"pool:{p.packet_id}:{carrier.public_hex[:8]}") for p in todo]
+            self._append_transactions(txs, lambda: not pending(), "could not pool the packages")
+
+    def _append_transactions(self, txs: list[Transaction], done: Callable[[], bool], what: str) -> None:
         for _ in range(20):  # another process may append between reading the head and writing
-            if self.identity(client_id) == public_key:
+            if done():
                 return
-            block = build_block(self.latest(), {"transactions": [enrolment]}, self._producer)
+            block = build_block(self.latest(), {"transactions": txs}, self._producer)
             try:
                 self.append(block)
                 return
             except LedgerError:
                 if self.latest().hash == block.last_hash:
                     raise  # refused on its merits, not because the head moved
-        raise LedgerError(f"could not enrol {client_id!r}: the chain kept moving")
+        raise LedgerError(f"{what}: the chain kept moving")
 
     @functools.cached_property
     def _producer(self) -> SigningKey:

@@ -26,10 +26,10 @@ from urllib.parse import quote
 import httpx
 
 from bcsfl_flower.crypto import SigningKey, sha256_hex
-from bcsfl_flower.federation import FederationState
+from bcsfl_flower.federation import FederationState, PooledPackage
 
-from .base import Ledger
-from .block import Block, BlockRow, LedgerError, Transaction, canonical_json
+from .base import Ledger, superseded
+from .block import Block, BlockRow, LedgerError, Transaction, canonical_json, make_transaction
 from .replay import Replay, advance, enrolment_of, genesis_replay
 from .upload import CLIENT_HEADER, SIGN_HEADER, upload_signature
 
@@ -225,6 +225,21 @@ class RemoteLedger(Ledger):
             return
         if resp.status_code >= 400:
             raise LedgerError(self._detail(resp))
+
+    def post_pool(self, packages: list[PooledPackage], carrier: SigningKey) -> None:
+        """Submit the pool transactions (``POST /postModelUpdate``); answered once committed."""
+        pool = self.state().pool
+        todo = [p for p in packages if not superseded(p, pool)]
+        if not todo:
+            return
+        txs = [make_transaction(carrier, {"pool": p.to_json()}, tx_id=f"pool:{p.packet_id}:{carrier.public_hex[:8]}")
+               for p in todo]
+        resp = self._request("POST", "/postModelUpdate", json={"transactions": [t.to_json() for t in txs]},
+                             params={"wait": _WRITE_WAIT})
+        if resp.status_code >= 400:
+            raise LedgerError(self._detail(resp))
+        if resp.status_code == 202:
+            self._poll(lambda: all(superseded(p, self.state().pool) for p in todo), "pooling the packages")
 
     # -- raw access ----------------------------------------------------------------
     def block_rows(self) -> Iterator[BlockRow]:

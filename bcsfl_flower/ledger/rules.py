@@ -88,8 +88,9 @@ def _checked_transaction_id(obj: Any) -> str:
 def referenced_models(block: Block) -> list[str]:
     """Model digests a block references, in order, without duplicates.
 
-    These are ``data["model-params"]`` (the round's global model, if any) and each
-    transaction's ``data["model-params"]``.
+    These are ``data["model-params"]`` (the round's global model, if any), each
+    transaction's ``data["model-params"]`` and each pooled package's parameters
+    (``data["pool"]["model_hash"]``): the store must hold them all.
     """
     found: list[str] = []
     own = block.data.get("model-params")
@@ -100,6 +101,9 @@ def referenced_models(block: Block) -> list[str]:
         data = tx.get("data") if isinstance(tx, dict) else None
         if isinstance(data, dict) and data.get("model-params") is not None:
             found.append(data["model-params"])
+        pooled = data.get("pool") if isinstance(data, dict) else None
+        if isinstance(pooled, dict) and pooled.get("model_hash") is not None:
+            found.append(pooled["model_hash"])
     return list(dict.fromkeys(x for x in found if isinstance(x, str)))
 
 

@@ -31,7 +31,7 @@ def test_simulate_digits_with_an_attacker_then_verify_the_ledger(tmp_path):
 
     ledger = out / "ledger.db"
     ok = bcsfl("ledger", "verify", str(ledger))
-    # genesis, the charter, five enrolments, three rounds
-    assert ok.returncode == 0 and "OK: 10 blocks" in ok.stdout, ok.stdout + ok.stderr
+    # genesis, the charter, five enrolments, and per round its pool and its certified block
+    assert ok.returncode == 0 and "OK: 13 blocks" in ok.stdout, ok.stdout + ok.stderr
     shown = bcsfl("ledger", "show", str(ledger))
     assert shown.returncode == 0 and "genesis-hash" in shown.stdout

@@ -79,7 +79,9 @@ def test_round_commits_certified_block_with_reasons_and_returns_committed_model(
     data = block.data
     assert data["model-params"] == model_hash(arrays_to_numpy(new_arrays))
     assert [i["client_id"] for i in data["inputs"]] == CLIENTS
-    assert data["refused"] == [{"client_id": "client-0", "reason": "public key differs from the registered one"}]
+    # The forgery never reached the chain's pool: refused by the relay, with its reason in the round's record.
+    assert data["refused"] == []
+    assert record["rejections"]["client-0"] == "public key differs from the registered one"
     assert {d["client_id"]: d["kept"] for d in data["decisions"]}["client-6"] is False
     assert "cosine" in next(d["reason"] for d in data["decisions"] if d["client_id"] == "client-6")
     before = certified(strategy.ledger, block)
@@ -136,7 +138,8 @@ def test_no_quorum_leaves_model_unchanged_and_commits_nothing(tmp_path):
     height = strategy.ledger.height()
     new_arrays, _ = run_round(strategy, g, 1, honest_replies(keys, g, 1))
     assert new_arrays is None
-    assert strategy.ledger.height() == height
+    # Only the round's pool was written (the packages are on the chain); no round block.
+    assert strategy.ledger.height() == height + 1 and "round" not in strategy.ledger.latest().data
     assert not strategy.rounds[-1]["committed"] and "no quorum" in strategy.rounds[-1]["reason"]
 
 
@@ -146,7 +149,8 @@ def test_a_committee_below_four_fails_the_round_loudly(tmp_path, caplog):
     height = strategy.ledger.height()
     with caplog.at_level(logging.ERROR):
         new_arrays, _ = run_round(strategy, g, 1, honest_replies(keys, g, 1))
-    assert new_arrays is None and strategy.ledger.height() == height
+    assert new_arrays is None and strategy.ledger.height() == height + 1  # the pool, no round block
+    assert "round" not in strategy.ledger.latest().data
     reason = strategy.rounds[-1]["reason"]
     assert "only 3 of 3 enrolled clients can take a seat" in reason and "needs 4" in reason
     assert any("not committed" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
@@ -203,7 +207,8 @@ def test_tampering_with_the_sqlite_file_is_detected(tmp_path):
     con.close()
     with open_ledger(url) as tampered:
         report = verify_chain(tampered)
-    assert not report.ok and report.first_bad_block == seq
+    # Every stored model was overwritten: the first block naming one is the round's pool (the clients' updates).
+    assert not report.ok and report.first_bad_block == seq - 1 and "does not hash to its key" in report.reason
 
 
 def test_unsigned_and_error_replies_are_recorded_and_the_round_goes_on(tmp_path):
@@ -221,9 +226,8 @@ def test_unsigned_and_error_replies_are_recorded_and_the_round_goes_on(tmp_path)
     assert record["rejections"]["node-50"].startswith("unsigned")
     assert "client crashed" in record["rejections"]["node-51"]
     assert sorted(record["accepted"]) == CLIENTS
-    # Only packages are certified: the unsigned one is refused on chain, the error reply is not a package.
-    assert strategy.ledger.latest().data["refused"] == [{"client_id": "node-50",
-                                                        "reason": "unsigned: no model package in reply"}]
+    # Neither is a signed package: neither enters the chain's pool, so the block refuses nothing.
+    assert strategy.ledger.latest().data["refused"] == []
 
 
 def test_every_round_is_certified_by_the_committee_the_chain_draws(tmp_path):

@@ -56,8 +56,11 @@ def fed(ledger: Ledger) -> Federation:
 
 @pytest.fixture
 def chain_file(tmp_path: Path) -> Path:
-    """A closed SQLite ledger: charter, five enrolments, three certified rounds and a
-    transaction block (blocks 0..10), plus one unreferenced model."""
+    """A closed SQLite ledger: charter (1), five enrolments (2-6), rounds 1 and 2 each on
+    the pool block of the five clients' packages (pool 7, round 8; pool 9, round 10), a
+    transaction block (11) and round 3 on its pool (pool 12, round 13): blocks 0..13.
+    The store holds 20 models: three global models, the 15 pooled client updates, the
+    transaction's update and one model no block names."""
     path = tmp_path / "chain.db"
     with SqliteLedger(path) as led:
         f = Federation.start(led)

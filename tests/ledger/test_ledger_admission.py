@@ -67,6 +67,7 @@ def test_transaction_admission(fed: Federation) -> None:
 
 
 def test_block_admission_is_a_dry_run_of_the_rules(fed: Federation) -> None:
+    fed.ledger.append(fed.pool_block(1))  # the round's pool, on which its block decides
     led, head, state = fed.ledger, fed.ledger.latest(), fed.ledger.state()
     admit_block(fed.round_block(1), head, state)
     assert _status(admit_block, fed.round_block(1, signers=1), head, state) == 403

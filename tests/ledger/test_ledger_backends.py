@@ -54,16 +54,20 @@ def test_nothing_before_the_charter(ledger: Ledger, producer: SigningKey) -> Non
 def test_append_and_read(fed: Federation) -> None:
     led = fed.ledger
     start = led.height()
-    appended = [fed.commit_round(rnd) for rnd in (1, 2, 3)]
-    assert led.height() == start + 3
+    appended = [fed.commit_round(rnd) for rnd in (1, 2, 3)]  # each on the pool block of its round
+    assert led.height() == start + 6
     assert led.latest() == appended[-1]
-    assert led.block(start + 1) == appended[1]
-    assert led.blocks(start) == appended
-    assert led.blocks(start, start + 2) == appended[:2]
+    assert led.block(start + 3) == appended[1]
+    stored = led.blocks(start)
+    assert stored[1::2] == appended
+    assert all(len(b.data["transactions"]) == 5 and all("pool" in t["data"] for t in b.data["transactions"])
+               for b in stored[0::2])  # every client's package pooled before its round
+    assert led.blocks(start, start + 4) == stored[:4]
+    assert led.blocks(start, start + 4)[1::2] == appended[:2]
     assert led.blocks(99) == []
     report = verify_chain(led, authority=fed.authority.public_hex)
-    assert report.ok and report.blocks_checked == start + 3
-    assert report.models_checked == 3  # the three global models
+    assert report.ok and report.blocks_checked == start + 6
+    assert report.models_checked == 3 + 15  # the three global models and the five clients' updates of each round
     assert report.head == appended[-1].hash and appended[-1].hash in report.summary()
     assert fed.authority.public_hex[:16] in report.summary()
 
@@ -180,11 +184,13 @@ BAD = ["wrong lastHash", "wrong seq", "bad signature", "uppercase signature", "h
 
 @pytest.mark.parametrize("case", BAD)
 def test_bad_appends_are_rejected(fed: Federation, case: str) -> None:
-    first = fed.commit_round(1)
+    fed.commit_round(1)
+    pooled = fed.pool_block(2)  # round 2's pool, on which the bad blocks are built
+    fed.ledger.append(pooled)
     block, reason = _bad_blocks(fed, fed.producer)[case]
     with pytest.raises(LedgerError, match=reason):
         fed.ledger.append(block)
-    assert fed.ledger.latest() == first
+    assert fed.ledger.latest() == pooled
     assert verify_chain(fed.ledger).ok
     fed.commit_round(2)  # an honest round still commits
 

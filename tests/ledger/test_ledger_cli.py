@@ -1,7 +1,8 @@
 """``python -m bcsfl_flower.ledger.cli`` and ``register()``: exit codes and output.
 
-``chain_file`` (conftest): 11 blocks (charter, five enrolments, three rounds, one
-transaction block) and five stored models.
+``chain_file`` (conftest): 14 blocks (charter, five enrolments, three rounds each on
+its pool block, one transaction block) and 20 stored models (three global models, 15
+pooled client updates, the transaction's update, an unreferenced one).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def test_verify_ok_names_its_anchors_and_writes_nothing(chain_file: Path, child_
     for target in (str(chain_file), f"sqlite:///{chain_file}"):
         result = _cli(child_env, "verify", target)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == (f"OK: 11 blocks, 5 models verified; head {head}; "
+        assert result.stdout.strip() == (f"OK: 14 blocks, 20 models verified; head {head}; "
                                          f"enrolment authority {AUTHORITY.public_hex[:16]}")
     assert (chain_file.read_bytes(), chain_file.stat().st_mtime_ns) == before
 
@@ -65,17 +66,17 @@ def test_verify_anchor_flags(chain_file: Path, tmp_path: Path, capsys: pytest.Ca
     pub_file = tmp_path / "enrolment.pub"
     pub_file.write_text(AUTHORITY.public_hex + "\n")
     for ok_args in (["--authority", AUTHORITY.public_hex], ["--authority-key", str(key_file)],
-                    ["--authority-key", str(pub_file)], ["--head", head], ["--height", "11"],
-                    ["--authority", AUTHORITY.public_hex, "--head", head, "--height", "11"]):
+                    ["--authority-key", str(pub_file)], ["--head", head], ["--height", "14"],
+                    ["--authority", AUTHORITY.public_hex, "--head", head, "--height", "14"]):
         code, out, _ = _run(capsys, "verify", path, *ok_args)
-        assert code == 0 and out.startswith("OK: 11 blocks"), (ok_args, out)
+        assert code == 0 and out.startswith("OK: 14 blocks"), (ok_args, out)
     other = seeded("someone else").public_hex
     code, out, _ = _run(capsys, "verify", path, "--authority", other)
     assert code == 1 and out.startswith("FAILED at block 1: the charter's enrolment key")
     code, out, _ = _run(capsys, "verify", path, "--head", "ab" * 32)
     assert code == 1 and out.strip() == f"FAILED: truncated or rewritten: head {'ab' * 32} not found"
-    code, out, _ = _run(capsys, "verify", path, "--height", "12")
-    assert code == 1 and out.strip() == "FAILED: truncated: height 11 < 12"
+    code, out, _ = _run(capsys, "verify", path, "--height", "15")
+    assert code == 1 and out.strip() == "FAILED: truncated: height 14 < 15"
     code, _, err = _run(capsys, "verify", path, "--authority-key", str(tmp_path / "absent.key"))
     assert code == 2 and "--authority-key" in err
     with pytest.raises(SystemExit):  # one authority flag at a time
@@ -84,15 +85,15 @@ def test_verify_anchor_flags(chain_file: Path, tmp_path: Path, capsys: pytest.Ca
 
 def test_verify_tampered_names_the_block(chain_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conn = sqlite3.connect(chain_file, isolation_level=None)
-    (sign,) = conn.execute("SELECT sign FROM blocks WHERE sequence_no = 8").fetchone()
+    (sign,) = conn.execute("SELECT sign FROM blocks WHERE sequence_no = 10").fetchone()
     conn.execute(
-        "UPDATE blocks SET sign = ? WHERE sequence_no = 8",
+        "UPDATE blocks SET sign = ? WHERE sequence_no = 10",
         (sign[:10] + ("0" if sign[10] != "0" else "1") + sign[11:],),
     )
     conn.close()
     code, out, _ = _run(capsys, "verify", str(chain_file))
     assert code == 1
-    assert out.startswith("FAILED at block 8: ")
+    assert out.startswith("FAILED at block 10: ")
     assert "signature" in out
 
 
@@ -128,18 +129,19 @@ def test_show_table(chain_file: Path, child_env: dict[str, str]) -> None:
         "accepted", "rejected", "model",
     ]
     rows = [line.split() for line in lines[2:-1]]
-    assert [r[0] for r in rows] == [str(i) for i in range(11)]
+    assert [r[0] for r in rows] == [str(i) for i in range(14)]
     assert rows[0][1].startswith("1970-01-01T00:00:00")
     assert rows[8][3] == rows[7][2]  # lastHash prefix == previous hash prefix
     assert rows[2][5:10] == ["1", "-", "-", "-", "-"]  # an enrolment: one transaction
-    assert rows[8][5:9] == ["0", "2", "4", "1"]  # round 2: four kept, client-3 rejected
-    assert len(rows[8][9]) == 12
-    assert lines[-1] == "(11 of 11 blocks shown)"
+    assert rows[9][5:10] == ["5", "-", "-", "-", "-"]  # round 2's pool: the five clients' packages
+    assert rows[10][5:9] == ["0", "2", "4", "1"]  # round 2: four kept, client-3 rejected
+    assert len(rows[10][9]) == 12
+    assert lines[-1] == "(14 of 14 blocks shown)"
 
     limited = _cli(child_env, "show", str(chain_file), "--limit", "1")
     assert limited.returncode == 0
     body = limited.stdout.splitlines()
-    assert len(body) == 4 and body[2].split()[0] == "10"
+    assert len(body) == 4 and body[2].split()[0] == "13"
 
 
 def test_register_into_a_top_level_parser(chain_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,10 +150,10 @@ def test_register_into_a_top_level_parser(chain_file: Path, capsys: pytest.Captu
     ledger_cli.register(sub)
     args = parser.parse_args(["ledger", "verify", str(chain_file), "--height", "3"])
     assert args.func(args) == 0
-    assert capsys.readouterr().out.startswith("OK: 11 blocks, 5 models verified; head ")
+    assert capsys.readouterr().out.startswith("OK: 14 blocks, 20 models verified; head ")
     args = parser.parse_args(["ledger", "show", str(chain_file), "--limit", "2"])
     assert args.func(args) == 0
-    assert "(2 of 11 blocks shown)" in capsys.readouterr().out
+    assert "(2 of 14 blocks shown)" in capsys.readouterr().out
 
 
 def test_init_enrol_and_verify_a_new_federation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

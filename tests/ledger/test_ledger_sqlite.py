@@ -53,12 +53,12 @@ def test_survives_close_and_reopen(tmp_path: Path) -> None:
     with SqliteLedger(path) as led:
         fed = Federation.start(led)
         fed.enrol(["relay"], role="relay")
-        blocks = [fed.commit_round(rnd, rejected=["client-1"]) for rnd in (1, 2)]
+        blocks = [fed.commit_round(rnd, rejected=["client-1"]) for rnd in (1, 2)]  # each on its pool block
         models = led.model_digests()
         state = led.state()
     with open_ledger(f"sqlite:///{path}") as led:
-        assert led.height() == 10
-        assert led.blocks(8) == blocks
+        assert led.height() == 12
+        assert led.blocks(8)[1::2] == blocks
         assert led.model_digests() == models
         assert led.state() == state  # replayed from the blocks alone
         assert led.identities()["relay"]["role"] == "relay"
@@ -67,7 +67,7 @@ def test_survives_close_and_reopen(tmp_path: Path) -> None:
         fed.ledger = led
         fed.commit_round(3)  # and it keeps growing
     with SqliteLedger(path, create=False) as led:
-        assert led.height() == 11
+        assert led.height() == 14
 
 
 def _run(env: dict[str, str], code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -111,15 +111,15 @@ def test_second_process_reads_and_appends(tmp_path: Path, child_env: dict[str, s
     path = tmp_path / "l.db"
     with SqliteLedger(path) as led:
         fed = Federation.start(led)
-        fed.commit_round(1)
+        fed.commit_round(1)  # its pool block, then the round block
         head = led.latest().hash
         seen = _run(child_env, _READER, str(path))  # while this process holds it open
         assert seen.returncode == 0, seen.stderr
-        assert seen.stdout.split() == ["8", head, "True"]
+        assert seen.stdout.split() == ["9", head, "True"]
         wrote = _run(child_env, _WRITER, str(path), "client-2", "2")
         assert wrote.returncode == 0, wrote.stderr
-        assert led.height() == 10  # this connection sees the other process's blocks
-        assert led.block(8).last_hash == head
+        assert led.height() == 11  # this connection sees the other process's blocks
+        assert led.block(9).last_hash == head
         fed.commit_round(2)  # and its state replays them before the next append
         assert verify_chain(led).ok
 

@@ -147,9 +147,11 @@ def _snapshot(cluster: LocalCluster) -> tuple[dict, dict, list[str]]:
 
 def test_unauthorised_writes_are_refused_and_change_nothing(cluster: LocalCluster, fed: Federation) -> None:
     url, mallory = cluster.urls[0], SigningKey.from_seed(b"mallory")
-    # Blocks to try later, all on the current head (building the honest one stores its model).
-    head = Block.from_json(httpx.get(f"{url}/blocks/latest", timeout=10).json())
+    # Blocks to try later, all on the current head: the round's pool block (building the honest
+    # round stores its model).
     rnd = fed.ledger.state().round + 1
+    fed.ledger.append(fed.pool_block(rnd))
+    head = Block.from_json(httpx.get(f"{url}/blocks/latest", timeout=10).json())
     honest = fed.round_block(rnd, head=head)
     cert = Certificate.from_json(honest.data["certificate"])
     sybils = Certificate(cert.statement, tuple(cert.statement.sign(f"s{i}", mallory) for i in range(4)))

@@ -60,6 +60,7 @@ def test_grinding_block_data_gives_the_producer_no_choice_of_seed(federation: Fe
         snapshot(federation.ledger.path, path)
         with SqliteLedger(path) as copy:
             fork = Federation(copy, federation.authority, federation.keys)
+            copy.append(fork.pool_block(1))
             fork.commit_round(1 + i % 5, timestamp=copy.latest().timestamp + i, producer=SigningKey.generate())
             committees.add(tuple(copy.state().committee()))
             seeds.add(copy.state().seed)
