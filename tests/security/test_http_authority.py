@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from bcsfl_flower.crypto import SigningKey
-from bcsfl_flower.ledger import Block, build_block, open_ledger
+from bcsfl_flower.federation import PooledPackage
+from bcsfl_flower.ledger import Block, LedgerError, build_block, make_transaction, open_ledger
 from bcsfl_flower.ledger.replay import make_enrolment
 
 from ledger_cluster.cluster_helpers import converge, start_cluster
@@ -76,3 +77,28 @@ def test_forged_block_over_http_is_refused_and_honest_rounds_still_commit(cluste
     found = converge(cluster.urls)
     assert {h["head"] for h in found} == {block.hash}
     assert http.get(f"{b}/stakes").json()["stakes"]["client-4"] < http.get(f"{b}/stakes").json()["stakes"]["client-0"]
+
+
+def test_packages_pool_over_http_only_as_their_clients_signed_them(cluster):
+    """``POST /postModelUpdate`` pools a client's package as it signed it; altered or outsiders' posts are refused."""
+    a = cluster.urls[0]
+    authority = SigningKey.load_or_create(cluster.folder / "enrolment.key")
+    with open_ledger(a) as remote:
+        fed = Federation(remote, authority)
+        fed.enrol(["pool-0", "pool-1"])
+    key = fed.keys["pool-0"]
+    with open_ledger(a, uploader=("pool-0", key)) as remote:
+        fed.ledger = remote
+        package = fed.package("pool-0", 7)  # its parameters uploaded under the client's identity
+        inflated = PooledPackage({**package.header, "num_examples": 10**9}, package.signature, {})
+        with pytest.raises(LedgerError, match="signature does not verify under its enrolled key"):
+            remote.post_pool([inflated], key)
+        remote.post_pool([package], key)
+        assert remote.state().pool["pool-0"].packet_id == package.packet_id
+        genuine = fed.package("pool-1", 7)
+    # Even a genuine package needs an enrolled carrier at the node's edge.
+    tx = make_transaction(SigningKey.generate(), {"pool": genuine.to_json()})
+    r = httpx.post(f"{a}/postModelUpdate", json=tx.to_json(), timeout=60)
+    assert r.status_code == 403, r.text
+    with open_ledger(a) as remote:
+        assert "pool-1" not in remote.state().pool
