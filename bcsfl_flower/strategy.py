@@ -23,7 +23,7 @@ from .committee.outcome import RoundOutcome, block_data, client_key
 from .committee.pbft_agreement import PbftAgreement
 from .committee.relay import RelayCommittee
 from .committee.rootset import RootSet
-from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, store_reader, verify_pool, verify_round
+from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, StoreReader, verify_pool, verify_round
 from .crypto import SigningKey
 from .federation import MIN_COMMITTEE, CertificateError, FederationState, StakePolicy, verify
 from .ledger import Ledger, LedgerError, build_block, open_ledger
@@ -244,7 +244,7 @@ class BCSFL(FedAvg):
         admitted, turned_away = self._admit(server_round, replies)
         state = self.ledger.state()  # the one read of certified state: the round decides on its pool
         known = {u.package.model_hash: u.tensors for u in admitted}
-        updates, refused = verify_pool(state.pool, store_reader(self.ledger.get_model, self._global, known),
+        updates, refused = verify_pool(state.pool, StoreReader(self.ledger.get_model, self._global, known),
                                        server_round=server_round, reference=self._global, now=time.time(),
                                        max_age=self.verifier.max_age, max_skew=self.verifier.max_skew)
         record = self._record(server_round, state, updates, turned_away + refused, started)
@@ -253,7 +253,8 @@ class BCSFL(FedAvg):
         if problem is None:
             decide = self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process
             outcome = decide(server_round, chain_round, state, updates, refused)
-            record.update(committee=outcome.committee, bytes_moved=outcome.bytes_moved, consensus=outcome.consensus,
+            record.update(committee=outcome.committee, bytes_moved=outcome.bytes_moved,
+                          bytes_fetched=outcome.bytes_fetched, consensus=outcome.consensus,
                           dissenters=[d["member"] for d in outcome.dissent])
             record["stages"].update(outcome.timings)
             problem = self._commit(chain_round, state, outcome, updates, record)

@@ -4,8 +4,13 @@
 
 Runs ``bcsfl simulate`` with ``--committee server``, ``--committee nodes`` and FedAvg on the
 same seed, checks that both committees commit the same global-model hash every round, and
-prints per-round bytes on the wire (train download + upload for every client, plus the
-coordination messages with the committee on nodes) and seconds per round.
+prints per-round bytes on the wire and seconds per round. Bytes: the train download and
+upload of every client (as FedAvg), plus with the committee on nodes the relay's messages to
+and from the members (``bytes_moved``), each client's upload of its package to the ledger
+(it pools its own; one model's bytes each) and what the members read from their ledgers'
+model stores (the pooled updates and the certified model, ``bytes_fetched``). In this
+simulation every node reads one shared SQLite file, so the reads cost no network; on a
+cluster each member reads from a ledger node.
 """
 
 from __future__ import annotations
@@ -58,14 +63,23 @@ def main() -> None:
     print(f"model {model_bytes} bytes; {args.num_clients} clients; same global-model hash every round: {same}")
     print(f"{'mode':8s} {'final_acc':>9s} {'bytes/round':>12s} {'x fedavg':>8s} {'s/round':>8s} {'x fedavg':>8s}")
     fedavg_s = float(np.mean([r["seconds"] for r in runs["fedavg"]["rounds"]]))
+    parts_of = {}
     for name, m in runs.items():
-        extra = float(np.mean([r.get("bytes_moved") or 0 for r in m["rounds"]]))
-        per_round = train_bytes + extra
+        relay = float(np.mean([r.get("bytes_moved") or 0 for r in m["rounds"]]))
+        reads = float(np.mean([r.get("bytes_fetched") or 0 for r in m["rounds"]]))
+        uploads = args.num_clients * model_bytes if name == "nodes" else 0.0  # each client pools its own package
+        per_round = train_bytes + relay + uploads + reads
         secs = float(np.mean([r["seconds"] for r in m["rounds"]]))
+        parts_of[name] = (relay, uploads, reads)
         summary[name] = {"final_accuracy": m["final_accuracy"], "bytes_per_round": per_round,
+                         "relay_member_bytes": relay, "ledger_upload_bytes": uploads, "ledger_read_bytes": reads,
                          "seconds_per_round": secs}
         print(f"{name:8s} {m['final_accuracy']:9.4f} {per_round:12.0f} {per_round / train_bytes:8.2f} "
               f"{secs:8.2f} {secs / fedavg_s:8.2f}")
+    print("bytes per round beyond FedAvg's train traffic: relay<->members, client uploads to the ledger, "
+          "members' reads from the ledger")
+    for name, (relay, uploads, reads) in parts_of.items():
+        print(f"{name:8s} {relay:12.0f} {uploads:12.0f} {reads:12.0f}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 

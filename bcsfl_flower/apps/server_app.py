@@ -136,7 +136,7 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
             "seconds": stamps.get(r, 0.0) - stamps.get(r - 1, 0.0),
             "aggregate_seconds": round_log.seconds.get(r),
             **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds",
-                                                   "stages", "bytes_moved", "dissenters", "consensus", "committed",
+                                                   "stages", "bytes_moved", "bytes_fetched", "dissenters", "consensus", "committed",
                                                    "reason", "chain_round")},
         })
     metrics = {

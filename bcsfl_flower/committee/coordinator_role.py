@@ -43,7 +43,7 @@ from .coordinator import coordinate
 from .filter import FilterConfig
 from .outcome import round_record
 from .rootset import RootSet
-from .verify import store_reader, verify_pool
+from .verify import StoreReader, verify_pool
 
 __all__ = ["is_role_message", "play_role"]
 
@@ -108,13 +108,16 @@ def play_role(
         return _reply(msg, {**base, "error": f"round {chain_round} does not follow certified round {state.round}"})
     if committee[client_id] != key.public_hex:
         return _reply(msg, {**base, "error": "my key is not the one enrolled for me"})
+    fetched = 0
     if state.model is not None:  # the certified model, whatever the relay sent
-        global_tensors = parse_canonical_bytes(ledger.get_model(state.model))
+        blob = ledger.get_model(state.model)
+        fetched, global_tensors = len(blob), parse_canonical_bytes(blob)
     elif "arrays" in msg.content.array_records:
         global_tensors = arrays_to_numpy(msg.content.array_records["arrays"])
     else:
         return _reply(msg, {**base, "error": "no certified model on the chain and no initial model sent"})
-    updates, refused = verify_pool(state.pool, store_reader(ledger.get_model, global_tensors),
+    reader = StoreReader(ledger.get_model, global_tensors)
+    updates, refused = verify_pool(state.pool, reader,
                                    server_round=server_round, reference=global_tensors, now=time.time(),
                                    max_age=max_package_age)
     output = coordinate(global_tensors, updates, server_round=server_round,
@@ -127,7 +130,8 @@ def play_role(
     context.state[CANDIDATE_KEY] = candidate
     signature = statement.sign(client_id, key)
     vote = {**base, "statement": json.dumps(statement.to_json()), "signature": signature.sign,
-            "beacon": signature.beacon, "record": json.dumps(record.to_json())}
+            "beacon": signature.beacon, "record": json.dumps(record.to_json()),
+            "fetched-bytes": fetched + reader.bytes_read}
     return _reply(msg, vote, {CANDIDATE_KEY: candidate} if config.get(RETURN_CANDIDATE_KEY) else None)
 
 

@@ -110,7 +110,8 @@ class RoundOutcome:
     filter_info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
-    bytes_moved: int = 0
+    bytes_moved: int = 0  # array bytes between the relay and the members
+    bytes_fetched: int = 0  # bytes the members read from their ledgers' model stores
 
     @property
     def committed(self) -> bool:  # noqa: D102

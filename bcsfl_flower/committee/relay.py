@@ -171,6 +171,7 @@ class RelayCommittee:
                 continue
             if valid_signers(Certificate(parsed.statement, (parsed.signature,)), committee):
                 votes[member] = parsed
+                out.bytes_fetched += int(vote.get("fetched-bytes", 0))
             else:
                 out.log.append(f"{member}: signature does not verify under its enrolled key")
         return votes

@@ -28,7 +28,7 @@ from ..federation import PooledPackage
 from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, canonical_bytes, canonical_size, metrics_hash
 from ..package import parse_canonical_bytes
 
-__all__ = ["PackageVerifier", "Rejection", "VerifiedUpdate", "store_reader", "verify_pool", "verify_round"]
+__all__ = ["PackageVerifier", "Rejection", "VerifiedUpdate", "StoreReader", "verify_pool", "verify_round"]
 
 
 @dataclass(frozen=True)
@@ -204,27 +204,29 @@ def verify_round(
     return updates, rejections
 
 
-def store_reader(get_bytes: Callable[[str], bytes], reference: Mapping[str, np.ndarray],
-                 known: Mapping[str, Mapping[str, np.ndarray]] | None = None
-                 ) -> Callable[[str], dict[str, np.ndarray]]:
-    """Read parameters by model hash from a content-addressed store.
+class StoreReader:
+    """Reads parameters by model hash from a content-addressed store (call it with a digest).
 
     ``get_bytes`` is the store's read (``Ledger.get_model``: it checks the bytes hash to
     the key). Bytes of another size than the reference's canonical encoding are refused
     unread (``ValueError``); ``known`` holds tensors already verified under their hash
-    (the relay's own admissions), which need no second read.
+    (the relay's own admissions), which need no second read. ``bytes_read`` counts what
+    was read from the store (the committee's share of the round's traffic).
     """
-    size = canonical_size(reference)
 
-    def read(digest: str) -> dict[str, np.ndarray]:
-        if known is not None and digest in known:
-            return dict(known[digest])
-        blob = get_bytes(digest)
-        if len(blob) != size:
-            raise ValueError(f"{len(blob)} bytes where the model's encoding has {size} (refused unread)")
+    def __init__(self, get_bytes: Callable[[str], bytes], reference: Mapping[str, np.ndarray],
+                 known: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
+        self.get_bytes, self.known, self.bytes_read = get_bytes, dict(known or {}), 0
+        self.size = canonical_size(reference)
+
+    def __call__(self, digest: str) -> dict[str, np.ndarray]:
+        if digest in self.known:
+            return dict(self.known[digest])
+        blob = self.get_bytes(digest)
+        self.bytes_read += len(blob)
+        if len(blob) != self.size:
+            raise ValueError(f"{len(blob)} bytes where the model's encoding has {self.size} (refused unread)")
         return parse_canonical_bytes(blob)
-
-    return read
 
 
 def verify_pool(
@@ -244,7 +246,7 @@ def verify_pool(
     pool : Mapping[str, PooledPackage]
         The pool of the chain state the round follows (:attr:`FederationState.pool`).
     read : Callable[[str], dict[str, np.ndarray]]
-        Parameters by model hash (:func:`store_reader`); ``KeyError`` if absent,
+        Parameters by model hash (:class:`StoreReader`); ``KeyError`` if absent,
         ``ValueError`` (or ``LedgerError``) if unusable.
     server_round, reference, now
         Flower's round, the global model, the current time.
