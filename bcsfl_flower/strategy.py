@@ -291,7 +291,7 @@ class BCSFL(FedAvg):
         pooled = []
         for u in admitted:
             try:
-                self.ledger.put_model(u.blob)
+                self.ledger.put_model(u.blob, u.package.model_hash)  # the verifier just hashed it
                 pooled.append(u)
             except LedgerError as err:
                 refused.append(Rejection(u.client_id, f"the ledger did not store the parameters: {err}",
@@ -342,7 +342,9 @@ class BCSFL(FedAvg):
         num = sum(u.package.num_examples for u in updates if u.client_id in kept)
         data = block_data(outcome, server_round=chain_round, epsilon=self._epsilon, num_examples=num)
         try:
-            if self.ledger.put_model(canonical_bytes(outcome.candidate)) != outcome.record.model:
+            if outcome.candidate_bytes:  # encoded and hashed once, by the in-process coordinator
+                self.ledger.put_model(outcome.candidate_bytes, outcome.record.model)
+            elif self.ledger.put_model(canonical_bytes(outcome.candidate)) != outcome.record.model:
                 return "the candidate's bytes do not hash to the certified model"
             block = build_block(self.ledger.block(state.height - 1), data, self._relay_key)
             self.ledger.append(block)

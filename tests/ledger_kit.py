@@ -107,8 +107,8 @@ class Federation:
     def pool_block(self, server_round: int, clients: Iterable[str] | None = None, head: Block | None = None) -> Block:
         """A block pooling ``clients``' packages (default: every enrolled client's), carried by the producer."""
         chosen = sorted(self.ledger.state().stakes()) if clients is None else list(clients)
-        txs = [make_transaction(self.producer, {"pool": self.package(c, server_round).to_json()},
-                                tx_id=f"pool:{c}-r{server_round}") for c in chosen]
+        txs = [make_transaction(self.producer, {"pool": [self.package(c, server_round).to_json() for c in chosen]},
+                                tx_id=f"pool:r{server_round}:{','.join(chosen)[:64]}")]
         return self.tx_block(txs, head)
 
     def round_block(self, server_round: int, *, rejected: Iterable[str] = (), model: bytes | None = None,

@@ -100,6 +100,7 @@ class Committee:
         result.certificate = Certificate(statement, signatures)
         result.record = records[speaker]
         result.candidate = outputs[speaker].result.candidate
+        result.candidate_bytes = outputs[speaker].candidate_bytes
         return result
 
 

@@ -105,6 +105,7 @@ class RoundOutcome:
     certificate: Certificate | None = None
     record: RoundRecord | None = None
     candidate: dict[str, np.ndarray] | None = None
+    candidate_bytes: bytes = b""  # its canonical bytes, when computed here (they hash to ``record.model``)
     dissent: list[dict[str, str]] = field(default_factory=list)
     consensus: dict[str, Any] = field(default_factory=dict)
     filter_info: dict[str, Any] = field(default_factory=dict)

@@ -1,8 +1,8 @@
 """The round pool: the packages a round must decide on (BCS-FL, Sec. IV-A/B: clients submit through the ledger).
 
 A client's signed package header enters the chain in a transaction whose
-``data.pool`` is :meth:`PooledPackage.to_json`'s form: the header fields, the
-client's signature (hex) and the metrics it signed. Anyone may carry it (the client
+``data.pool`` lists packages in :meth:`PooledPackage.to_json`'s form: the header
+fields, the client's signature (hex) and the metrics it signed. Anyone may carry it (the client
 itself, or the relay that received it): its authority is the client's Ed25519
 signature over the package digest, checked against the key the chain enrolled for
 that client, so a carrier can withhold a package from its own posts but can neither
@@ -79,7 +79,7 @@ class PooledPackage:
         return str(self.header["model_hash"])
 
     def to_json(self) -> dict[str, Any]:
-        """A pool transaction's ``data.pool``."""
+        """One entry of a pool transaction's ``data.pool`` list."""
         return {**self.header, "signature": self.signature, "metrics": {k: dict(v) for k, v in self.metrics.items()}}
 
     @classmethod

@@ -13,8 +13,8 @@ Blocks, after the fixed genesis block:
 * **transactions**: signed transactions. One signed by the enrolment authority with
   ``data.enrol = {client_id, public_key, role}`` enrols an identity (a newcomer starts
   with ``policy.initial`` stake and cannot take a seat before it has taken part); one
-  with ``data.pool`` pools a client's signed package for the next round (its authority
-  is the client's signature inside, so any carrier may post it: :mod:`.pool`); any
+  with ``data.pool`` pools clients' signed packages for the next round (their authority
+  is each client's signature inside, so any carrier may post them: :mod:`.pool`); any
   other must be signed by an enrolled identity's key.
 * **round**: a committed global model with its certificate (see
   :mod:`.certificate`): 2f+1 signatures of the committee drawn from the state before
@@ -282,21 +282,22 @@ class FederationState:
 
     @staticmethod
     def _pool(pool: dict[str, PooledPackage], identities: Mapping[str, Identity], data: dict, tx_id: Any) -> None:
-        if set(data) != {"pool"}:
-            raise RuleViolation(f"transaction {tx_id}: a pool transaction holds only data.pool")
-        try:
-            package = PooledPackage.from_json(data["pool"])
-        except ValueError as err:
-            raise RuleViolation(f"transaction {tx_id}: {err}") from None
-        ident = identities.get(package.client_id)
-        problem = package.problem(ident.public_key if ident is not None and ident.role == "client" else None)
-        if problem:
-            raise RuleViolation(f"transaction {tx_id}: {problem}")
-        known = pool.get(package.client_id)
-        # A client's newest package counts: a failed round's leftovers give way to the next round's,
-        # and an older package replayed by a carrier changes nothing.
-        if known is None or package.header["timestamp"] > known.header["timestamp"]:
-            pool[package.client_id] = package
+        if set(data) != {"pool"} or not isinstance(data["pool"], list) or not data["pool"]:
+            raise RuleViolation(f"transaction {tx_id}: a pool transaction holds only data.pool, a list of packages")
+        for item in data["pool"]:
+            try:
+                package = PooledPackage.from_json(item)
+            except ValueError as err:
+                raise RuleViolation(f"transaction {tx_id}: {err}") from None
+            ident = identities.get(package.client_id)
+            problem = package.problem(ident.public_key if ident is not None and ident.role == "client" else None)
+            if problem:
+                raise RuleViolation(f"transaction {tx_id}: {problem}")
+            known = pool.get(package.client_id)
+            # A client's newest package counts: a failed round's leftovers give way to the next round's,
+            # and an older package replayed by a carrier changes nothing.
+            if known is None or package.header["timestamp"] > known.header["timestamp"]:
+                pool[package.client_id] = package
 
     def _enrol(self, identities: dict[str, Identity], enrol: Any, seq: int) -> None:
         assert self.charter is not None

@@ -130,10 +130,11 @@ def admit_transaction(i: int, item: Any, state: FederationState, known_keys: set
         raise Refused(403, f"transaction {tx.id}: unknown client key {tx.public[:16]}...; only enrolled "
                            "identities may submit (enrol with POST /identities first)")
     pooled = tx.data.get("pool")
-    if isinstance(pooled, dict):  # a client's package for the round pool: the rules say if it may enter
-        model = pooled.get("model_hash")
-        if isinstance(model, str) and is_digest(model) and not has_model(model):
-            raise Refused(422, f"transaction {tx.id}: pooled model {model} is not stored; upload it first")
+    if isinstance(pooled, list):  # clients' packages for the round pool: the rules say if they may enter
+        for item in pooled:
+            model = item.get("model_hash") if isinstance(item, dict) else None
+            if isinstance(model, str) and is_digest(model) and not has_model(model):
+                raise Refused(422, f"transaction {tx.id}: pooled model {model} is not stored; upload it first")
         try:
             state.apply(Probe.of(state, [tx.to_json()]))
         except RuleViolation as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -63,8 +64,15 @@ class Ledger(abc.ABC):
 
     # -- model store ---------------------------------------------------------------
     @abc.abstractmethod
-    def put_model(self, data: bytes) -> str:
-        """Store ``data`` under its SHA-256 hex digest (idempotent) and return it."""
+    def put_model(self, data: bytes, digest: str | None = None) -> str:
+        """Store ``data`` under its SHA-256 hex digest (idempotent) and return it.
+
+        ``digest``: the caller's SHA-256 of ``data``, when it has just computed it (the
+        strategy hashes each update once, when it verifies it). A local store then does
+        not hash the bytes again; it does not trust the key either: every read checks the
+        bytes against it (:meth:`get_model`), and so does ``verify_chain``. A remote
+        ledger always hashes what it receives.
+        """
 
     @abc.abstractmethod
     def has_model(self, digest: str) -> bool:
@@ -158,7 +166,7 @@ class Ledger(abc.ABC):
 
         todo = pending()
         if todo:
-            txs: list[Transaction] = [make_transaction(carrier, {"pool": p.to_json()}, tx_id=f"pool:{p.packet_id}:{carrier.public_hex[:8]}") for p in todo]
+            txs = [make_transaction(carrier, {"pool": [p.to_json() for p in todo]}, tx_id=f"pool:{uuid.uuid4()}")]
             self._append_transactions(txs, lambda: not pending(), "could not pool the packages")
 
     def _append_transactions(self, txs: list[Transaction], done: Callable[[], bool], what: str) -> None:

@@ -62,12 +62,12 @@ class MemoryLedger(Ledger):
             return self._replay.state
 
     # -- model store ---------------------------------------------------------------
-    def put_model(self, data: bytes) -> str:
+    def put_model(self, data: bytes, digest: str | None = None) -> str:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("put_model expects bytes")
         data = bytes(data)
         check_model_size(self.state(), len(data))
-        digest = sha256_hex(data)
+        digest = digest or sha256_hex(data)
         with self._lock:
             self._models.setdefault(digest, data)
         return digest

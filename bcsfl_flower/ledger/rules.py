@@ -90,7 +90,7 @@ def referenced_models(block: Block) -> list[str]:
 
     These are ``data["model-params"]`` (the round's global model, if any), each
     transaction's ``data["model-params"]`` and each pooled package's parameters
-    (``data["pool"]["model_hash"]``): the store must hold them all.
+    (each ``model_hash`` in ``data["pool"]``): the store must hold them all.
     """
     found: list[str] = []
     own = block.data.get("model-params")
@@ -102,8 +102,9 @@ def referenced_models(block: Block) -> list[str]:
         if isinstance(data, dict) and data.get("model-params") is not None:
             found.append(data["model-params"])
         pooled = data.get("pool") if isinstance(data, dict) else None
-        if isinstance(pooled, dict) and pooled.get("model_hash") is not None:
-            found.append(pooled["model_hash"])
+        for item in pooled if isinstance(pooled, list) else []:
+            if isinstance(item, dict) and item.get("model_hash") is not None:
+                found.append(item["model_hash"])
     return list(dict.fromkeys(x for x in found if isinstance(x, str)))
 
 

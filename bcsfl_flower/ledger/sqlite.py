@@ -223,12 +223,12 @@ class SqliteLedger(Ledger):
         found = conn.execute("SELECT 1 FROM models WHERE hash = ?", (digest,)).fetchone()
         return found is not None
 
-    def put_model(self, data: bytes) -> str:
+    def put_model(self, data: bytes, digest: str | None = None) -> str:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("put_model expects bytes")
         data = bytes(data)
         check_model_size(self.state(), len(data))
-        digest = sha256_hex(data)
+        digest = digest or sha256_hex(data)
         if self.has_model(digest):
             return digest
         with self._write() as conn:

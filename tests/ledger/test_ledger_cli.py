@@ -133,7 +133,7 @@ def test_show_table(chain_file: Path, child_env: dict[str, str]) -> None:
     assert rows[0][1].startswith("1970-01-01T00:00:00")
     assert rows[8][3] == rows[7][2]  # lastHash prefix == previous hash prefix
     assert rows[2][5:10] == ["1", "-", "-", "-", "-"]  # an enrolment: one transaction
-    assert rows[9][5:10] == ["5", "-", "-", "-", "-"]  # round 2's pool: the five clients' packages
+    assert rows[9][5:10] == ["1", "-", "-", "-", "-"]  # round 2's pool: one transaction, the five packages
     assert rows[10][5:9] == ["0", "2", "4", "1"]  # round 2: four kept, client-3 rejected
     assert len(rows[10][9]) == 12
     assert lines[-1] == "(14 of 14 blocks shown)"

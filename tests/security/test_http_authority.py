@@ -97,7 +97,7 @@ def test_packages_pool_over_http_only_as_their_clients_signed_them(cluster):
         assert remote.state().pool["pool-0"].packet_id == package.packet_id
         genuine = fed.package("pool-1", 7)
     # Even a genuine package needs an enrolled carrier at the node's edge.
-    tx = make_transaction(SigningKey.generate(), {"pool": genuine.to_json()})
+    tx = make_transaction(SigningKey.generate(), {"pool": [genuine.to_json()]})
     r = httpx.post(f"{a}/postModelUpdate", json=tx.to_json(), timeout=60)
     assert r.status_code == 403, r.text
     with open_ledger(a) as remote:

@@ -105,7 +105,7 @@ def test_a_carrier_cannot_inflate_num_examples_on_the_way_into_the_pool(federati
     """The relay raises a pooled package's example count (its weight): the client's signature no longer holds."""
     package = federation.package("client-1", 1)
     inflated = PooledPackage({**package.header, "num_examples": 10**9}, package.signature, package.metrics)
-    tx = make_transaction(SigningKey.generate(), {"pool": inflated.to_json()})
+    tx = make_transaction(SigningKey.generate(), {"pool": [inflated.to_json()]})
     head = federation.ledger.latest().hash
     with pytest.raises(LedgerError, match="signature does not verify under its enrolled key"):
         federation.ledger.append(federation.tx_block([tx]))
@@ -119,13 +119,13 @@ def test_pool_entries_for_unknown_or_mismatched_identities_are_refused(federatio
                              package.signature, {})
     wrong_key = PooledPackage({**package.header, "public_key": mallory.public_hex}, package.signature, {})
     for bad, reason in ((stranger, "not an enrolled client"), (wrong_key, "names a key other than its enrolled one")):
-        tx = make_transaction(mallory, {"pool": bad.to_json()})
+        tx = make_transaction(mallory, {"pool": [bad.to_json()]})
         with pytest.raises(LedgerError, match=reason):
             federation.ledger.append(federation.tx_block([tx]))
     # A client's newest package counts: a replayed older one changes nothing, a newer one replaces it.
     federation.ledger.append(federation.pool_block(2, ["client-2"]))
     older = federation.package("client-2", 1)
-    federation.ledger.append(federation.tx_block([make_transaction(mallory, {"pool": older.to_json()})]))
+    federation.ledger.append(federation.tx_block([make_transaction(mallory, {"pool": [older.to_json()]})]))
     assert federation.ledger.state().pool["client-2"].packet_id == "client-2-r2"
     federation.ledger.append(federation.pool_block(3, ["client-2"]))
     assert federation.ledger.state().pool["client-2"].packet_id == "client-2-r3"
