@@ -15,7 +15,6 @@ from flwr.supercore import log
 
 from .committee.agreement import Agreement
 from .committee.committee import Committee
-from .committee.coordinator import Behaviour
 from .committee.enrolment import authority_key, enrol_first_use, install_charter, enrol_relay
 from .committee.filter import FilterConfig
 from .keys import RELAY_ID, key_path, member_keys
@@ -76,9 +75,6 @@ class BCSFL(FedAvg):
         Packages older than this many seconds are refused as stale.
     agreement : Agreement | None (default: None, i.e. ``PbftAgreement()``)
         How the in-process committee agrees on the round statement.
-    byzantine_first : int (default: 0)
-        Experiment hook (``committee="server"``): the first this-many coordinators drawn
-        each round propose a statement for a poisoned candidate (the view-0 primary first).
     committee : str (default: "server")
         ``"server"``: the committee runs inside this ServerApp with the members' keys
         from ``key_dir`` (simulations on one machine). ``"nodes"``: the drawn
@@ -91,9 +87,6 @@ class BCSFL(FedAvg):
         this strategy enrols, with the enrolment key, every unknown client whose
         package is signed by the key it carries. For ledgers the clients cannot reach
         (``memory``), simulation only: whoever first sends under an id owns it.
-    byzantine_coordinators : Mapping[str, Behaviour] | None (default: None)
-        Test hook (``committee="server"``): coordinators (by client id) that propose
-        a statement for a dishonest candidate.
     key_dir : str (default: ".bcsfl/keys")
         This machine's key folder (:mod:`bcsfl_flower.keys`): the members'
         ``<id>.key`` files (``committee="server"``), ``enrolment.key`` and ``relay.key``.
@@ -127,10 +120,8 @@ class BCSFL(FedAvg):
         stake_policy: StakePolicy | None = None,
         max_package_age: float = 600.0,
         agreement: Agreement | None = None,
-        byzantine_first: int = 0,
         committee: str = "server",
         enrollment: str = "ledger",
-        byzantine_coordinators: Mapping[str, Behaviour] | None = None,
         key_dir: str = ".bcsfl/keys",
         enrolment_key: str | SigningKey | None = None,
     ) -> None:
@@ -160,7 +151,9 @@ class BCSFL(FedAvg):
         self.enrolment_key = enrolment_key
         self.root_set = root_set
         self.filter_config = filter_config or FilterConfig()
-        self.committee = Committee(agreement or PbftAgreement(), dict(byzantine_coordinators or {}), byzantine_first)
+        # The in-process committee (committee="server"). Experiments and tests make members misbehave
+        # through it: ``strategy.committee.byzantine_first = 1`` (see :class:`Committee`).
+        self.committee = Committee(agreement or PbftAgreement())
         self.relay = RelayCommittee()
         self.verifier = PackageVerifier(registry=lambda cid: None, max_age=max_package_age,
                                         arrayrecord_key=arrayrecord_key)
@@ -236,41 +229,17 @@ class BCSFL(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Pool the verified packages, let the chain's committee decide on the pool, commit; return the model."""
+        """Admit and pool the packages, let the chain's committee decide on the pool, commit; the model."""
         started = time.perf_counter()
-        replies = list(replies)
-        if self.enrollment == "first-use":
-            enrol_first_use(self.ledger, replies, authority_key(self.enrolment_key, self.key_dir))
-        admitted, turned_away = self._admit(server_round, replies)
+        admitted, turned_away = self._admit(server_round, list(replies))
         state = self.ledger.state()  # the one read of certified state: the round decides on its pool
-        known = {u.package.model_hash: u.tensors for u in admitted}
-        updates, refused = verify_pool(state.pool, StoreReader(self.ledger.get_model, self._global, known),
-                                       server_round=server_round, reference=self._global, now=time.time(),
-                                       max_age=self.verifier.max_age, max_skew=self.verifier.max_skew)
+        updates, refused = self._verify_pool(server_round, state, admitted)
         record = self._record(server_round, state, updates, turned_away + refused, started)
-        record["chain_round"] = chain_round = self._round_base + server_round
-        problem = state.committee_problem()
+        outcome, problem = None, state.committee_problem()
         if problem is None:
-            decide = self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process
-            outcome = decide(server_round, chain_round, state, updates, refused)
-            record.update(committee=outcome.committee, bytes_moved=outcome.bytes_moved,
-                          bytes_fetched=outcome.bytes_fetched, consensus=outcome.consensus,
-                          dissenters=[d["member"] for d in outcome.dissent])
-            record["stages"].update(outcome.timings)
-            problem = self._commit(chain_round, state, outcome, updates, record)
-        record["server_seconds"] = time.perf_counter() - started
-        self.rounds.append(record)
-        if problem is not None:
-            log(ERROR, "BCS-FL round %d not committed: %s; global model unchanged", server_round, problem)
-            record.update(committed=False, reason=problem)
-            return None, None
-        log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d", server_round,
-            len(record["accepted"]), len(record["rejected"]), record["rejected"], record["committee"], record["block"])
-        kept = set(record["accepted"])
-        contents = [RecordDict({n: MetricRecord(dict(m)) for n, m in state.pool[c].metrics.items()})
-                    for c in sorted(kept)]
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
-        return numpy_to_arrays(outcome.candidate), metrics  # the certified tensors, from memory
+            outcome = self._decide(server_round, record["chain_round"], state, updates, refused, record)
+            problem = self._commit(record["chain_round"], state, outcome, updates, record)
+        return self._report(server_round, state, outcome, problem, record, started)
 
     def _admit(self, server_round: int, replies: list[Message]) -> tuple[list[VerifiedUpdate], list[Rejection]]:
         """Verify the replies and pool what passes on the chain; the rest is refused here, with why.
@@ -278,6 +247,8 @@ class BCSFL(FedAvg):
         A client on the committee's side may have pooled its package itself: the pool
         keeps the first package of each client, whoever carried it.
         """
+        if self.enrollment == "first-use":
+            enrol_first_use(self.ledger, replies, authority_key(self.enrolment_key, self.key_dir))
         state = self.ledger.state()
         self.verifier.registry = lambda cid: client_key(state, cid)
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
@@ -303,6 +274,42 @@ class BCSFL(FedAvg):
         for r in refused + turned_away:
             log(WARNING, "BCS-FL refused %s: %s", r.client_id, r.reason)
         return pooled, refused + turned_away
+
+    def _verify_pool(self, server_round: int, state: FederationState, admitted: list[VerifiedUpdate]
+                     ) -> tuple[list[VerifiedUpdate], list[Rejection]]:
+        """The committee's check of the pool; what this relay admitted is not read back from the store."""
+        known = {u.package.model_hash: u.tensors for u in admitted}
+        return verify_pool(state.pool, StoreReader(self.ledger.get_model, self._global, known),
+                           server_round=server_round, reference=self._global, now=time.time(),
+                           max_age=self.verifier.max_age, max_skew=self.verifier.max_skew)
+
+    def _decide(self, server_round: int, chain_round: int, state: FederationState, updates: list[VerifiedUpdate],
+                refused: list[Rejection], record: dict[str, Any]) -> RoundOutcome:
+        """The committee's outcome: in this process, or relayed to the coordinator nodes."""
+        decide = self._decide_on_nodes if self.committee_mode == "nodes" else self._decide_in_process
+        outcome = decide(server_round, chain_round, state, updates, refused)
+        record.update(committee=outcome.committee, bytes_moved=outcome.bytes_moved,
+                      bytes_fetched=outcome.bytes_fetched, consensus=outcome.consensus,
+                      dissenters=[d["member"] for d in outcome.dissent])
+        record["stages"].update(outcome.timings)
+        return outcome
+
+    def _report(self, server_round: int, state: FederationState, outcome: RoundOutcome | None,
+                problem: str | None, record: dict[str, Any], started: float
+                ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Log and record the round; Flower gets the certified tensors (from memory) and the kept metrics."""
+        record["server_seconds"] = time.perf_counter() - started
+        self.rounds.append(record)
+        if problem is not None or outcome is None or outcome.candidate is None:
+            log(ERROR, "BCS-FL round %d not committed: %s; global model unchanged", server_round, problem)
+            record.update(committed=False, reason=problem)
+            return None, None
+        log(INFO, "BCS-FL round %d: kept %d, rejected %d %s; committee %s; block %d", server_round,
+            len(record["accepted"]), len(record["rejected"]), record["rejected"], record["committee"], record["block"])
+        contents = [RecordDict({n: MetricRecord(dict(m)) for n, m in state.pool[c].metrics.items()})
+                    for c in record["accepted"]]  # each kept update's signed metrics, as pooled
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
+        return numpy_to_arrays(outcome.candidate), metrics
 
     def _decide_in_process(self, server_round, chain_round, state, updates, refused) -> RoundOutcome:
         committee = state.committee()
@@ -363,14 +370,15 @@ class BCSFL(FedAvg):
         )
         return None
 
-    @staticmethod
-    def _record(server_round: int, state: FederationState, updates, rejections, started: float) -> dict[str, Any]:
+    def _record(self, server_round: int, state: FederationState, updates, rejections, started: float
+                ) -> dict[str, Any]:
         """The round's entry in ``self.rounds`` before the committee decides."""
         drawn = time.perf_counter()
         committee = list(state.committee())
         stages = {"verify": drawn - started, "pos_draw": time.perf_counter() - drawn}
         return {
             "round": server_round,
+            "chain_round": self._round_base + server_round,  # Flower counts rounds from 1 in every run
             "stages": stages,
             "committee": committee,
             "rejections": {r.client_id: r.reason for r in rejections},  # the last reason per id

@@ -24,7 +24,6 @@ Outputs ``experiments/results/privacy.csv``, ``pruning.csv``, ``privacy.png``,
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path

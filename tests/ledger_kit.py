@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bcsfl_flower.crypto import SigningKey, sha256_hex
+from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.federation import Certificate, Charter, PooledPackage, metrics_digest, next_stakes, package_digest
 from bcsfl_flower.ledger import (
     Block,

@@ -64,6 +64,8 @@ def chartered_strategy(tmp_path, clients, g, *, ledger="memory", **kwargs):
 
     Returns ``(strategy, keys, authority)``. The strategy signs for the committee with
     the keys it finds in its key dir (``<key_dir>/<client>.key``), as in a simulation.
+    ``byzantine_coordinators`` / ``byzantine_first`` set the in-process committee's
+    misbehaving members (:class:`~bcsfl_flower.committee.committee.Committee`).
     """
     from bcsfl_flower import BCSFL
     from bcsfl_flower.keys import key_path
@@ -71,7 +73,9 @@ def chartered_strategy(tmp_path, clients, g, *, ledger="memory", **kwargs):
 
     key_dir = tmp_path / "keys"
     authority = SigningKey.from_seed(b"enrolment-authority")
+    byzantine, first = kwargs.pop("byzantine_coordinators", {}), kwargs.pop("byzantine_first", 0)
     strategy = BCSFL(ledger=ledger, key_dir=str(key_dir), enrolment_key=authority, **kwargs)
+    strategy.committee.byzantine, strategy.committee.byzantine_first = dict(byzantine), first  # test hooks
     strategy.bootstrap(g)  # installs the charter
     keys = {}
     for c in clients:

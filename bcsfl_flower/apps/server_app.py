@@ -38,10 +38,11 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
         root = make_root_set(s, num_clients)
         # Clients cannot reach a memory ledger: the strategy enrols them on first use.
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
-        return BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
-                     enrollment=enrollment, committee=s.committee, byzantine_first=s.byzantine_coordinators,
-                     key_dir=s.bcsfl_key_dir, enrolment_key=s.enrolment_key_path(),
-                     filter_config=FilterConfig(example_cap=s.example_cap))
+        strategy = BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
+                         enrollment=enrollment, committee=s.committee, key_dir=s.bcsfl_key_dir,
+                         enrolment_key=s.enrolment_key_path(), filter_config=FilterConfig(example_cap=s.example_cap))
+        strategy.committee.byzantine_first = s.byzantine_coordinators  # experiment: poisoned proposers
+        return strategy
     if s.strategy == "fltrust":
         from ..baselines.fltrust import FLTrust
 

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from bcsfl_flower.crypto import sha256_hex
 
 from .base import Ledger
-from .block import GENESIS, Block, BlockRow, LedgerError
+from .block import GENESIS, Block, LedgerError
 from .replay import Replay, advance, genesis_replay
 from .rules import is_digest, referenced_models
 
