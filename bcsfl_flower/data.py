@@ -1,14 +1,30 @@
 """Datasets, non-IID partitions and the coordinators' root set.
 
-Loaders read the standard on-disk formats, so a user points ``data_dir`` at an
-existing copy and nothing is downloaded:
+Loaders read the standard on-disk formats:
 
 * ``digits``: scikit-learn's bundled UCI optical digits (8x8); needs no files at all,
   which makes it the embedded default.
-* ``mnist`` / ``fashion-mnist``: the IDX files (``train-images-idx3-ubyte[.gz]`` ...),
-  either directly in ``data_dir`` or in torchvision's ``MNIST/raw`` layout.
+* ``mnist`` / ``fashion-mnist``: the four IDX files (``train-images-idx3-ubyte[.gz]``,
+  ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]``,
+  ``t10k-labels-idx1-ubyte[.gz]``), flat or in torchvision's ``MNIST/raw`` /
+  ``FashionMNIST/raw`` layout.
 * ``cifar10``: the ``cifar-10-batches-py`` pickles, as torchvision's ``CIFAR10`` reads
   them.
+
+Where the files are looked for (:func:`dataset_dir`):
+
+1. ``data_dir`` (``--data-dir``, run-config ``data-dir``) when given: the folder itself,
+   its torchvision layout, or its ``<name>/`` subfolder (so a folder holding ``mnist/``
+   and ``fashion-mnist/`` works as well). Nothing is downloaded into a folder you name.
+2. Otherwise the data home: ``$BCSFL_DATA_DIR`` when set, else ``~/.cache/bcsfl/datasets``.
+   Each data set lives in its subfolder (``mnist/``, ``fashion-mnist/``, ``cifar10/``),
+   flat or in torchvision's layout. A data set missing there is downloaded into it with
+   torchvision's ``MNIST``/``FashionMNIST``/``CIFAR10`` classes (``download=True``),
+   unless ``BCSFL_DOWNLOAD=0``.
+
+When the files cannot be found or fetched, :class:`DatasetUnavailable` (a
+``FileNotFoundError`` and a ``ValueError``) says in one line where they were looked for
+and how to provide them.
 
 Everything is returned as uint8/float arrays in memory and cached per process, since a
 Flower simulation calls the client function once per round.
@@ -16,9 +32,17 @@ Flower simulation calls the client function once per round.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import os
 import pickle
+import shutil
+import socket
 import struct
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +51,13 @@ import numpy as np
 
 __all__ = [
     "DATASETS",
+    "DATA_DIR_ENV",
+    "DEFAULT_DATA_HOME",
+    "DOWNLOAD_ENV",
     "Dataset",
+    "DatasetUnavailable",
+    "data_home",
+    "dataset_dir",
     "dirichlet_partition",
     "load_dataset",
     "malicious_clients",
@@ -36,12 +66,32 @@ __all__ = [
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
+#: A folder holding ``mnist/``, ``fashion-mnist/`` (and ``cifar10/``): read, and downloaded into.
+DATA_DIR_ENV = "BCSFL_DATA_DIR"
+#: ``BCSFL_DOWNLOAD=0`` turns downloads off (read only what is on disk).
+DOWNLOAD_ENV = "BCSFL_DOWNLOAD"
+#: The data home when ``$BCSFL_DATA_DIR`` is not set.
+DEFAULT_DATA_HOME = Path("~/.cache/bcsfl/datasets")
+#: Seconds a download may wait on the network before it gives up.
+DOWNLOAD_TIMEOUT = 60.0
+
 _NORMALISATION = {  # per-channel mean/std of the training split
     "digits": ((0.5,), (0.5,)),
     "mnist": ((0.1307,), (0.3081,)),
     "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
+_IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+class DatasetUnavailable(FileNotFoundError, ValueError):
+    """A data set's files are not where they were looked for and could not be fetched.
+
+    The message is one line: where it looked, and how to provide the files. It is a
+    ``ValueError`` too, so code that reports bad settings in one line reports this too.
+    """
 
 
 @dataclass(frozen=True)
@@ -84,50 +134,151 @@ def _read_idx(path: Path) -> np.ndarray:
     raise ValueError(f"{path}: not an IDX image/label file (magic {magic})")
 
 
-def _find_idx(data_dir: Path, stem: str, torchvision_folder: str) -> Path:
-    candidates = [data_dir, data_dir / torchvision_folder / "raw"]
-    for folder in candidates:
-        for name in (stem, stem + ".gz"):
-            if (folder / name).is_file():
-                return folder / name
-    raise FileNotFoundError(
-        f"{stem}[.gz] not found in {data_dir} or {candidates[1]}; point --data-dir at "
-        "a folder holding the standard IDX files"
-    )
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
-def _load_idx_dataset(name: str, data_dir: Path) -> Dataset:
-    folder = "MNIST" if name == "mnist" else "FashionMNIST"
-    parts = {
-        stem: _read_idx(_find_idx(data_dir, f"{stem}-idx{3 if 'images' in stem else 1}-ubyte", folder))
-        for stem in ("train-images", "train-labels", "t10k-images", "t10k-labels")
-    }
+def _holds(name: str, folder: Path) -> bool:
+    """Whether ``folder`` itself holds every file of ``name`` (no subfolders searched)."""
+    if name == "cifar10":
+        return all((folder / batch).is_file() for batch in _CIFAR_BATCHES)
+    return all(_idx_file(folder, stem) is not None for stem in _IDX_STEMS)
+
+
+def _candidates(name: str, folder: Path) -> list[Path]:
+    """Where under ``folder`` the files of ``name`` may sit, most specific last."""
+    inner = "cifar-10-batches-py" if name == "cifar10" else f"{_TORCHVISION_FOLDER[name]}/raw"
+    return [folder, folder / inner, folder / name, folder / name / inner]
+
+
+def _find(name: str, folder: Path) -> Path | None:
+    return next((c for c in _candidates(name, folder) if _holds(name, c)), None)
+
+
+def _expected(name: str) -> str:
+    if name == "cifar10":
+        return "cifar-10-batches-py/{data_batch_1..5,test_batch}"
+    return ", ".join(f"{stem}[.gz]" for stem in _IDX_STEMS)
+
+
+def data_home() -> Path:
+    """``$BCSFL_DATA_DIR`` if set, else ``~/.cache/bcsfl/datasets``: the folder of data sets."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_HOME).expanduser()
+
+
+def _downloads_on() -> bool:
+    return os.environ.get(DOWNLOAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def _quiet_network(timeout: float) -> Iterator[None]:
+    """torchvision prints each URL and a progress bar; keep them off the user's terminal."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _download(name: str, target: Path) -> None:
+    """Fetch ``name`` with torchvision into ``target`` (a temporary folder first, then renamed).
+
+    Several processes (a simulation's workers) may race here: each downloads into its own
+    temporary folder beside ``target`` and the first rename wins.
+    """
+    from .torchvision_guard import import_torchvision
+
+    datasets = import_torchvision().datasets
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-download-", dir=target.parent))
+    try:
+        with _quiet_network(DOWNLOAD_TIMEOUT):
+            cls(str(tmp), train=False, download=True)
+        target.mkdir(exist_ok=True)
+        for entry in tmp.iterdir():  # MNIST/ or FashionMNIST/ or cifar-10-batches-py/
+            if entry.is_dir() and not (target / entry.name).exists():
+                with contextlib.suppress(OSError):  # another process renamed its copy first
+                    os.rename(entry, target / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reason(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def dataset_dir(name: str, data_dir: str | os.PathLike | None = None, *, download: bool | None = None) -> Path | None:
+    """The folder holding ``name``'s files; ``None`` for ``digits``, which needs none.
+
+    With ``data_dir``, only there (and its torchvision layout or ``<name>/`` subfolder).
+    Without it, in ``data_home()/<name>``, downloading it there first when it is missing
+    and ``download`` (default: unless ``BCSFL_DOWNLOAD=0``) allows. Call it before a run
+    starts: it raises :class:`DatasetUnavailable` with a one-line message.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+    if name == "digits":
+        return None
+    if data_dir:
+        folder = Path(data_dir).expanduser()
+        found = _find(name, folder)
+        if found is None:
+            where = f"{folder} (no such folder)" if not folder.exists() else f"{folder} (nor its {name}/ or torchvision subfolder)"
+            raise DatasetUnavailable(
+                f"{name}: {_expected(name)} not found in {where}; point --data-dir at the folder holding them, "
+                f"or leave --data-dir out to use ${DATA_DIR_ENV}/{name} or {DEFAULT_DATA_HOME}/{name} (downloaded when online)")
+        return found
+    home = data_home()
+    target = home / name
+    found = _find(name, target)
+    if found is not None:
+        return found
+    how = (f"put {_expected(name)} in {target}, set {DATA_DIR_ENV} to a folder holding "
+           f"mnist/ and fashion-mnist/, or pass --data-dir FOLDER")
+    if not (_downloads_on() if download is None else download):
+        raise DatasetUnavailable(f"{name}: not found in {target} and downloads are off ({DOWNLOAD_ENV}=0); {how}")
+    try:
+        _download(name, target)
+    except Exception as err:  # noqa: BLE001 - any failure to fetch becomes the one-line message
+        raise DatasetUnavailable(f"{name}: not found in {target} and the download failed ({_reason(err)}); {how}") from None
+    found = _find(name, target)
+    if found is None:
+        raise DatasetUnavailable(f"{name}: the download into {target} left no {_expected(name)}; {how}")
+    print(f"bcsfl: downloaded {name} into {target}", file=sys.stderr)
+    return found
+
+
+def _load_idx_dataset(name: str, folder: Path) -> Dataset:
+    parts = {stem: _read_idx(_idx_file(folder, stem)) for stem in _IDX_STEMS}
     return Dataset(
         name=name,
-        train_x=_normalise(parts["train-images"] / 255.0, name),
-        train_y=parts["train-labels"].astype(np.int64),
-        test_x=_normalise(parts["t10k-images"] / 255.0, name),
-        test_y=parts["t10k-labels"].astype(np.int64),
+        train_x=_normalise(parts["train-images-idx3-ubyte"] / 255.0, name),
+        train_y=parts["train-labels-idx1-ubyte"].astype(np.int64),
+        test_x=_normalise(parts["t10k-images-idx3-ubyte"] / 255.0, name),
+        test_y=parts["t10k-labels-idx1-ubyte"].astype(np.int64),
     )
 
 
-def _load_cifar10(data_dir: Path) -> Dataset:
-    root = data_dir / "cifar-10-batches-py" if (data_dir / "cifar-10-batches-py").is_dir() else data_dir
-
+def _load_cifar10(root: Path) -> Dataset:
     def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for batch in names:
-            path = root / batch
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} missing: expected the cifar-10-batches-py pickles")
-            with open(path, "rb") as handle:
+            with open(root / batch, "rb") as handle:
                 entry = pickle.load(handle, encoding="latin1")
             xs.append(np.asarray(entry["data"], np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(entry["labels"], np.int64))
         return np.concatenate(xs), np.concatenate(ys)
 
-    train_x, train_y = read([f"data_batch_{i}" for i in range(1, 6)])
-    test_x, test_y = read(["test_batch"])
+    train_x, train_y = read(list(_CIFAR_BATCHES[:-1]))
+    test_x, test_y = read([_CIFAR_BATCHES[-1]])
     return Dataset(
         name="cifar10",
         train_x=_normalise_chw(train_x),
@@ -160,18 +311,18 @@ def _load_digits() -> Dataset:
 
 
 @lru_cache(maxsize=4)
-def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-    """Load ``name`` (one of :data:`DATASETS`) from ``data_dir`` (cached per process)."""
+def _load_from(name: str, folder: str | None) -> Dataset:
     if name == "digits":
         return _load_digits()
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
-    if not data_dir:
-        raise ValueError(f"dataset {name!r} needs --data-dir (nothing is downloaded)")
-    path = Path(data_dir).expanduser()
     if name == "cifar10":
-        return _load_cifar10(path)
-    return _load_idx_dataset(name, path)
+        return _load_cifar10(Path(folder))
+    return _load_idx_dataset(name, Path(folder))
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Load ``name`` (one of :data:`DATASETS`) from where :func:`dataset_dir` finds it (cached per process)."""
+    folder = dataset_dir(name, data_dir)
+    return _load_from(name, str(folder) if folder is not None else None)
 
 
 def split_root(labels: np.ndarray, root_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,39 +1,79 @@
 """The end-to-end claim in one command: BCS-FL under attack vs FedAvg attacked and clean.
 
-    python -m experiments.end_to_end --data-dir ../shared/datasets/mnist
+    python -m experiments.end_to_end                      # MNIST from $BCSFL_DATA_DIR/mnist or the cache
+    python -m experiments.end_to_end --data-dir /path/to/mnist
 
 runs three ``bcsfl simulate`` jobs in the same setting (MNIST, 20 clients, Dirichlet
 0.5, seed 7, 10 rounds; 30% sign-flipping clients for the attacked runs), verifies
 BCS-FL's ledger, and prints the three figures the README quotes: BCS-FL's final
 accuracy against clean FedAvg, against attacked FedAvg, and the share of malicious
 client-rounds that BCS-FL rejected.
+
+The data is checked before anything runs: without it the script prints one line saying
+how to provide it and exits 2. Each job runs into a temporary folder beside its
+destination and replaces ``--out/<job>`` only when it succeeded, so a failed or
+interrupted run leaves the results already there (the committed ones by default) as
+they were; ``summary.json`` is written last, once all three jobs are in place.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from bcsfl_flower.data import DatasetUnavailable, dataset_dir
+
+JOBS = ("bcsfl_attacked", "fedavg_attacked", "fedavg_clean")
+
+
+def _relocate(metrics: dict, old: Path, new: Path) -> dict:
+    """The run's recorded paths (out, ledger, keys) as they read after the move into place."""
+    settings = metrics.get("settings")
+    if isinstance(settings, dict):
+        for key, value in settings.items():
+            if isinstance(value, str) and str(old) in value:
+                settings[key] = value.replace(str(old), str(new))
+    return metrics
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
 
 def run(name: str, out: Path, common: list[str], extra: list[str], reuse: bool = False) -> dict:
-    if reuse and (out / name / "metrics.json").is_file():
-        metrics = json.loads((out / name / "metrics.json").read_text())
-        print(f"{name:16s} final accuracy {metrics['final_accuracy']:.4f}  (reused {out / name})", flush=True)
+    """Run one job into a temporary folder; move it to ``out/name`` only when it succeeded."""
+    final = out / name
+    if reuse and (final / "metrics.json").is_file():
+        metrics = json.loads((final / "metrics.json").read_text())
+        print(f"{name:16s} final accuracy {metrics['final_accuracy']:.4f}  (reused {final})", flush=True)
         return metrics
     started = time.perf_counter()
-    shutil.rmtree(out / name, ignore_errors=True)  # a fresh ledger: --out reuses an existing one
-    cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *common, *extra, "--out", str(out / name)]
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.running-", dir=out))  # same file system: the move is a rename
+    fresh = work / name  # a fresh ledger: --out would continue an existing one
     log = out / f"{name}.log"
-    with open(log, "w") as handle:
-        code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        sys.exit(f"{name} failed (exit {code}); see {log}")
-    metrics = json.loads((out / name / "metrics.json").read_text())
+    try:
+        cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *common, *extra, "--out", str(fresh)]
+        with open(log, "w") as handle:
+            code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT).returncode
+        if code != 0 or not (fresh / "metrics.json").is_file():
+            sys.exit(f"{name} failed (exit {code}); see {log}; {final} is unchanged")
+        metrics = _relocate(json.loads((fresh / "metrics.json").read_text()), fresh.resolve(), final.resolve())
+        _write_json(fresh / "metrics.json", metrics)
+        old = work / f"{name}.previous"
+        if final.exists():
+            os.rename(final, old)
+        os.rename(fresh, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"{name:16s} final accuracy {metrics['final_accuracy']:.4f}  ({time.perf_counter() - started:.0f}s)", flush=True)
     return metrics
 
@@ -41,7 +81,8 @@ def run(name: str, out: Path, common: list[str], extra: list[str], reuse: bool =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--data-dir", default="../shared/datasets/mnist")
+    parser.add_argument("--data-dir", default="", help="folder with the dataset's IDX files (default: "
+                        "$BCSFL_DATA_DIR/<dataset>, else ~/.cache/bcsfl/datasets/<dataset>, downloaded when online)")
     parser.add_argument("--num-clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--dirichlet-alpha", type=float, default=0.5)
@@ -53,11 +94,20 @@ def main() -> None:
                         "fedavg_clean) whose metrics.json in --out is kept instead of running them again, "
                         "e.g. the FedAvg runs after a change to BCS-FL alone")
     args = parser.parse_args()
+    try:  # before anything else: no data, no runs, nothing touched
+        data = dataset_dir(args.dataset, args.data_dir or None)
+    except (DatasetUnavailable, ValueError) as err:
+        print(f"experiments.end_to_end: {err}", file=sys.stderr)
+        sys.exit(2)
     reuse = {x.strip() for x in args.reuse.split(",") if x.strip()}
+    if reuse - set(JOBS):
+        parser.error(f"--reuse: unknown run(s) {sorted(reuse - set(JOBS))}; choose from {', '.join(JOBS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--dataset", args.dataset, "--data-dir", args.data_dir, "--num-clients", str(args.num_clients),
+    common = ["--dataset", args.dataset, "--num-clients", str(args.num_clients),
               "--rounds", str(args.rounds), "--dirichlet-alpha", str(args.dirichlet_alpha), "--seed", str(args.seed)]
+    if data is not None:
+        common += ["--data-dir", str(data.resolve())]
     attacked = ["--malicious-fraction", str(args.malicious_fraction), "--attack", args.attack]
     b = run("bcsfl_attacked", out, common, ["--strategy", "bcsfl", *attacked], "bcsfl_attacked" in reuse)
     fa = run("fedavg_attacked", out, common, ["--strategy", "fedavg", *attacked], "fedavg_attacked" in reuse)
@@ -76,11 +126,13 @@ def main() -> None:
         "malicious_rejected": caught, "honest_rejected_per_round": honest,
         "ledger_verify": verify.stdout.strip() or verify.stderr.strip(),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _write_json(out / "summary.json", summary)
     print(f"ledger: {summary['ledger_verify']}")
     print(f"bcsfl - fedavg_clean = {summary['bcsfl_minus_clean']:+.4f}; "
           f"bcsfl - fedavg_attacked = {summary['bcsfl_minus_attacked']:+.4f}; "
           f"malicious client-rounds rejected = {caught:.2f} (honest rejected per round {honest:.1f})")
+    if verify.returncode != 0:
+        sys.exit(f"ledger verify failed (exit {verify.returncode})")
 
 
 if __name__ == "__main__":
