@@ -18,20 +18,25 @@ from pathlib import Path
 
 from bcsfl_flower.ledger import open_ledger
 
+from .common import data_dir
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--data-dir", default="",
+                        help="dataset folder (default $BCSFL_DATA_DIR/<dataset>, "
+                             "else ~/.cache/bcsfl/datasets/<dataset>, downloaded when online)")
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", default="experiments/results/byzantine_coordinators")
     args = parser.parse_args()
+    data = data_dir(args.dataset, args.data_dir)  # first: without the data, one line and exit 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--dataset", args.dataset, "--num-clients", str(args.num_clients), "--rounds", str(args.rounds),
-              "--seed", str(args.seed), "--strategy", "bcsfl"] + (["--data-dir", args.data_dir] if args.data_dir else [])
+              "--seed", str(args.seed), "--strategy", "bcsfl"] + (["--data-dir", data] if data else [])
     runs = {}
     for name, extra in (("honest", []), ("byzantine", ["--byzantine-coordinators", "1"])):
         shutil.rmtree(out / name, ignore_errors=True)  # a fresh ledger: --out reuses an existing one

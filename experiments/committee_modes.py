@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import data_dir
+
 
 def run(out: Path, extra: list[str], common: list[str], name: str) -> dict:
     shutil.rmtree(out / name, ignore_errors=True)  # a fresh ledger: --out reuses an existing one
@@ -37,18 +39,21 @@ def run(out: Path, extra: list[str], common: list[str], name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--data-dir", default="",
+                        help="dataset folder (default $BCSFL_DATA_DIR/<dataset>, "
+                             "else ~/.cache/bcsfl/datasets/<dataset>, downloaded when online)")
     parser.add_argument("--num-clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", default="experiments/results/committee_modes")
     args = parser.parse_args()
+    data = data_dir(args.dataset, args.data_dir)  # first: without the data, one line and exit 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--dataset", args.dataset, "--num-clients", str(args.num_clients), "--rounds", str(args.rounds),
               "--seed", str(args.seed), "--malicious-fraction", "0.2", "--attack", "sign-flip"]
-    if args.data_dir:
-        common += ["--data-dir", args.data_dir]
+    if data:
+        common += ["--data-dir", data]
     from bcsfl_flower.models import build_model
 
     model_bytes = sum(p.numel() * 4 for p in build_model(args.dataset).state_dict().values())

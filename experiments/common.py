@@ -21,18 +21,24 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 RUNS = REPO / "runs" / "experiments"
-DATA_DIRS = {
-    "mnist": REPO.parent / "shared" / "datasets" / "mnist",
-    "fashion-mnist": REPO.parent / "shared" / "datasets" / "fashion-mnist",
-}
 
 
 def data_dir(dataset: str, override: str | None = None) -> str:
-    """Folder of ``dataset``'s files ('' for digits, which ships with scikit-learn)."""
-    if override:
-        return override
-    path = DATA_DIRS.get(dataset)
-    return str(path) if path else ""
+    """Folder of ``dataset``'s files ('' for digits, which ships with scikit-learn).
+
+    ``override`` (``--data-dir``) when given, else ``$BCSFL_DATA_DIR/<dataset>`` or
+    ``~/.cache/bcsfl/datasets/<dataset>``, downloaded there when online (see
+    :func:`bcsfl_flower.data.dataset_dir`). Call it before the first run: when the data
+    is not there it prints one line saying how to provide it and exits 2.
+    """
+    from bcsfl_flower.data import DatasetUnavailable, dataset_dir
+
+    try:
+        folder = dataset_dir(dataset, override or None)
+    except (DatasetUnavailable, ValueError) as err:
+        print(f"{Path(sys.argv[0]).stem or 'experiments'}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return str(folder.resolve()) if folder is not None else ""
 
 
 CLIENT_ERROR = "An exception was raised when processing a message"

@@ -1,6 +1,6 @@
 """BCS-FL on Flower's Deployment Engine: a real SuperLink, real SuperNodes, ``flwr run``.
 
-    python -m experiments.deployment_engine --data-dir ../shared/datasets/mnist
+    python -m experiments.deployment_engine    # MNIST: --data-dir, $BCSFL_DATA_DIR/mnist or the cache
 
 Starts ``flower-superlink`` and ``--nodes`` ``flower-supernode`` processes on 127.0.0.1
 (insecure mode, free ports), runs ``examples/quickstart-pytorch`` (the BCS-FL switched app)
@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .common import data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,11 +176,14 @@ def run(data_dir: str, nodes: int = 4, rounds: int = 2, workdir: Path | None = N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/datasets/mnist")
+    parser.add_argument("--data-dir", default="",
+                        help="dataset folder (default $BCSFL_DATA_DIR/mnist, "
+                             "else ~/.cache/bcsfl/datasets/mnist, downloaded when online)")
     parser.add_argument("--nodes", type=int, default=4, help="SuperNodes (at least 4: a committee of 3f+1)")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    summary = run(args.data_dir, args.nodes, args.rounds)
+    data = data_dir("mnist", args.data_dir)  # first: without the data, one line and exit 2
+    summary = run(data, args.nodes, args.rounds)
     for k, v in summary.items():
         print(f"{k}: {v}")
 

@@ -1,6 +1,6 @@
 """What the committee's bound on declared example counts costs (issue: certified inputs, weights).
 
-    python -m experiments.example_cap --data-dir ../shared/datasets/mnist
+    python -m experiments.example_cap    # MNIST: --data-dir, $BCSFL_DATA_DIR/mnist or the cache
 
 A client signs its example count, so the count is authentic, not true; the filter counts
 it at most ``example_cap`` times the round's median claim (``--example-cap``, default 3).
@@ -33,11 +33,14 @@ def _read(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=data_dir("mnist"))
+    p.add_argument("--data-dir", default="",
+                        help="dataset folder (default $BCSFL_DATA_DIR/mnist, "
+                             "else ~/.cache/bcsfl/datasets/mnist, downloaded when online)")
     p.add_argument("--csv", default=str(REPO / "experiments" / "results" / "example_cap.csv"))
     p.add_argument("--work-dir", default=str(REPO / "runs" / "example_cap"))
     p.add_argument("--jobs", type=int, default=2)
     a = p.parse_args(argv)
+    a.data_dir = data_dir("mnist", a.data_dir)  # first: without the data, one line and exit 2
     path, work = Path(a.csv), Path(a.work_dir)
     done = _read(path)
     todo = [c for c in CELLS if (str(c[0]), c[1], str(c[2])) not in done]

@@ -121,7 +121,9 @@ def plot(s: dict, outdir: Path, dataset: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir",
+                        help="dataset folder (default $BCSFL_DATA_DIR/<dataset>, "
+                             "else ~/.cache/bcsfl/datasets/<dataset>, downloaded when online)")
     p.add_argument("--clients", default="20,50", help="client counts")
     p.add_argument("--strategies", default="bcsfl,fedavg")
     p.add_argument("--rounds", type=int, default=4)
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--plot-only", action="store_true")
     a = p.parse_args(argv)
+    if not a.plot_only:  # first: without the data, one line and exit 2
+        a.data_dir = common.data_dir(a.dataset, a.data_dir) or None
     csv_path, outdir = Path(a.csv), Path(a.plots)
     outdir.mkdir(parents=True, exist_ok=True)
     if not a.plot_only:

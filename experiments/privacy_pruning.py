@@ -240,7 +240,9 @@ def plot(a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits")
-    p.add_argument("--data-dir", help="dataset folder (default ../shared/datasets/<dataset>)")
+    p.add_argument("--data-dir",
+                        help="dataset folder (default $BCSFL_DATA_DIR/<dataset>, "
+                             "else ~/.cache/bcsfl/datasets/<dataset>, downloaded when online)")
     p.add_argument("--num-clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--alpha", type=float, default=0.5)
@@ -260,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--plot-only", action="store_true")
     a = p.parse_args(argv)
+    if not a.plot_only:  # first: without the data, one line and exit 2
+        a.data_dir = common.data_dir(a.dataset, a.data_dir) or None
     a.strategy = "bcsfl"
     Path(a.plots).mkdir(parents=True, exist_ok=True)
     if not a.plot_only:

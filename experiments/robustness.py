@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-epochs", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--data-dir", help="dataset folder (default ../shared/datasets/<dataset>)")
+    p.add_argument("--data-dir", help="dataset folder, or a folder holding mnist/ and fashion-mnist/ (default "
+                   "$BCSFL_DATA_DIR/<dataset>, else ~/.cache/bcsfl/datasets/<dataset>, downloaded when online)")
     p.add_argument("--csv", default=str(common.RESULTS / "robustness.csv"))
     p.add_argument("--plots", help="folder for the PNGs (default: the --csv file's folder)")
     p.add_argument("--work-dir", default=str(common.RUNS / "robustness"), help="run folders (metrics, ledgers, logs)")
@@ -308,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     elif not a.plot_only:
         done = {row_key(r) for r in common.read_rows(csv_path)}
         todo = [k for k in plan(a) if k not in done]
+        if not a.dry_run:
+            for dataset in sorted({k[0] for k in todo}):  # first: without the data, one line and exit 2
+                common.data_dir(dataset, a.data_dir)
         print(f"{len(todo)} run(s) to do, {len(plan(a)) - len(todo)} already in {csv_path}; "
               f"{common.run_machine(a.engine, a.device, a.jobs, a.threads)}")
         if a.dry_run:
