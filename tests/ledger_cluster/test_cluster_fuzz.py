@@ -41,6 +41,7 @@ def fuzz_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
 EXAMPLES = 50  # per operation and generation mode
 
 
+@pytest.mark.slow  # about 25 s on two cores
 def test_no_request_gets_a_server_error(fuzz_cluster: LocalCluster) -> None:
     """Every operation of the schema, positive and negative cases, on node 1.
 
