@@ -5,17 +5,22 @@ Four is the fewest BCS-FL runs with (a committee of 3f+1, f >= 1); one round kee
 keys never leave them, each enrols by its own ticket.
 """
 
+import os
 from pathlib import Path
 
 import pytest
 
 from experiments.deployment_engine import run
 
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "mnist"
+ROOT = Path(__file__).resolve().parents[2]
+# Real MNIST for these tests: $BCSFL_DATA_DIR/mnist, else the checkout's ../shared/datasets/mnist.
+MNIST = (Path(os.environ["BCSFL_DATA_DIR"]) if os.environ.get("BCSFL_DATA_DIR")
+         else ROOT.parent / "shared" / "datasets") / "mnist"
+NO_MNIST = f"needs real MNIST (its four IDX files) in {MNIST}: set BCSFL_DATA_DIR to a folder holding mnist/"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MNIST.is_dir(), reason="needs ../shared/datasets/mnist")
+@pytest.mark.skipif(not MNIST.is_dir(), reason=NO_MNIST)
 def test_bcsfl_on_the_deployment_engine_commits_every_round(tmp_path):
     summary = run(str(MNIST), nodes=4, rounds=1, workdir=tmp_path)
     assert summary["blocks"] == 1

@@ -16,7 +16,10 @@ from bcsfl_flower.ledger import open_ledger, verify_chain
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "quickstart-pytorch"
 DIFF = EXAMPLE / "fedavg-to-bcsfl.diff"
-MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
+# Real MNIST for these tests: $BCSFL_DATA_DIR/mnist, else the checkout's ../shared/datasets/mnist.
+MNIST = (Path(os.environ["BCSFL_DATA_DIR"]) if os.environ.get("BCSFL_DATA_DIR")
+         else ROOT.parent / "shared" / "datasets") / "mnist"
+NO_MNIST = f"needs real MNIST (its four IDX files) in {MNIST}: set BCSFL_DATA_DIR to a folder holding mnist/"
 
 
 def git_apply(folder: Path, *args: str) -> None:
@@ -62,7 +65,7 @@ def _stop_local_superlink(flwr_home: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MNIST.is_dir(), reason="needs ../shared/datasets/mnist")
+@pytest.mark.skipif(not MNIST.is_dir(), reason=NO_MNIST)
 def test_switched_app_runs_with_flwr_run_and_commits_blocks(tmp_path):
     app = copy_example(tmp_path)
     git_apply(app, "-R")

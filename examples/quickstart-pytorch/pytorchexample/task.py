@@ -42,16 +42,25 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=8)
 
 
-def _find(data_dir: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz"):
-        if (data_dir / name).exists():
-            return data_dir / name
-    raise FileNotFoundError(f"{stem} not in {data_dir}: set run-config data-dir to an MNIST/Fashion-MNIST folder")
+def _data_root(data_dir: str) -> Path:
+    """run-config data-dir; else $BCSFL_DATA_DIR/mnist; else ~/.cache/bcsfl/datasets/mnist (bcsfl's download)."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    return Path(os.environ.get("BCSFL_DATA_DIR") or "~/.cache/bcsfl/datasets").expanduser() / "mnist"
+
+
+def _find(root: Path, stem: str) -> Path:
+    for folder in (root, root / "MNIST" / "raw"):  # flat, or torchvision's layout
+        for name in (stem, stem + ".gz"):
+            if (folder / name).exists():
+                return folder / name
+    raise FileNotFoundError(f"{stem}[.gz] not in {root} (nor {root / 'MNIST' / 'raw'}): set run-config data-dir "
+                            "to a folder holding MNIST's IDX files, or BCSFL_DATA_DIR to a folder holding mnist/")
 
 
 def load_data(partition_id: int, num_partitions: int, data_dir: str, batch_size: int):
     """IID partition of a local MNIST-format data set; 80/20 train/test split per partition."""
-    root = Path(data_dir or os.environ.get("MNIST_DIR", "")).expanduser()
+    root = _data_root(data_dir)
     images = _read_idx(_find(root, "train-images-idx3-ubyte"))
     labels = _read_idx(_find(root, "train-labels-idx1-ubyte"))
     order = np.random.default_rng(42).permutation(len(labels))
