@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from .committee.agreement import Agreement
@@ -26,10 +26,15 @@ from .committee.verify import PackageVerifier, Rejection, VerifiedUpdate, StoreR
 from .crypto import SigningKey
 from .federation import MIN_COMMITTEE, CertificateError, FederationState, StakePolicy, verify
 from .ledger import Ledger, LedgerError, build_block, open_ledger
-from .package import PACKAGE_KEY, arrays_to_numpy, canonical_bytes, numpy_to_arrays
+from .package import PACKAGE_KEY, arrays_to_numpy, canonical_bytes, numpy_to_arrays, parse_canonical_bytes
 from .package import model_hash as canonical_hash
 
-__all__ = ["BCSFL"]
+__all__ = ["BCSFL", "ResumeError"]
+
+
+class ResumeError(RuntimeError):
+    """A run cannot start on this ledger: it already certified rounds and the run does not
+    continue from its head, or the head's model does not fit the run's model (one line)."""
 
 
 # pylint: disable=too-many-instance-attributes,too-many-arguments
@@ -98,6 +103,19 @@ class BCSFL(FedAvg):
         for a fresh ledger (this machine's operator starts the federation) and read
         if present otherwise. Also used for ``enrollment="first-use"`` and to enrol
         the relay's identity on an HTTP ledger.
+    resume : bool (default: False)
+        What :meth:`start` does on a ledger that already certified rounds when the
+        initial model is not the chain head's model: ``False`` refuses the run with
+        :class:`ResumeError` (a second ``flwr run`` on the same ledger file would
+        otherwise train a fresh model that the chain does not follow); ``True`` starts
+        from the head's certified model instead (same tensor names and shapes, or
+        :class:`ResumeError`), and chain round numbers continue after the head's.
+        An initial model that *is* the head's model always continues.
+
+    A round in which no update is accepted (empty pool, every pooled package refused,
+    or the committee keeps none) commits no block: ``aggregate_train`` returns
+    ``(None, None)``, the global model stays the last certified one, and the round's
+    record says ``committed: False`` with the ``reason``.
     """
 
     def __init__(
@@ -124,6 +142,7 @@ class BCSFL(FedAvg):
         enrollment: str = "ledger",
         key_dir: str = ".bcsfl/keys",
         enrolment_key: str | SigningKey | None = None,
+        resume: bool = False,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -150,6 +169,7 @@ class BCSFL(FedAvg):
         self.key_dir = key_dir
         self.enrolment_key = enrolment_key
         self.root_set = root_set
+        self.resume = resume
         self.filter_config = filter_config or FilterConfig()
         # The in-process committee (committee="server"). Experiments and tests make members misbehave
         # through it: ``strategy.committee.byzantine_first = 1`` (see :class:`Committee`).
@@ -210,12 +230,80 @@ class BCSFL(FedAvg):
             log(WARNING, "BCS-FL: the ledger's charter rules (committee of %d, %s) apply, not this strategy's",
                 state.charter.committee_size, state.charter.policy)
         if state.model is not None and canonical_hash(self._global) != state.model:
-            log(WARNING, "BCS-FL: the ledger already certified %d round(s); this run's initial model is not the "
-                "last certified one, so clients that check certification refuse it", state.round)
+            self._global = self._continue_from_head(state, self._global)  # raises unless resume
         self._round_base = state.round
         if self._remote:
             enrol_relay(self.ledger, self._relay_key, authority)
         self._bootstrapped = True
+
+    @property
+    def round_base(self) -> int:
+        """Rounds the ledger had certified when this run started (Flower round r is chain round base + r)."""
+        return self._round_base
+
+    def ledger_name(self) -> str:
+        """The ledger as messages name it: its file, its URL, or the URL it was given."""
+        if self._ledger is not None:
+            for attr in ("path", "url"):
+                if getattr(self._ledger, attr, None):
+                    return str(getattr(self._ledger, attr))
+        return str(self._ledger_arg)
+
+    def head_model(self, template: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The chain head's certified model, as ``template``'s names and shapes (None: no certified round).
+
+        Raises :class:`ResumeError` (one line) when the head's model is missing from
+        the store or its tensors are not ``template``'s (names, order, shapes): the
+        ledger belongs to another model.
+        """
+        state = self.ledger.state()
+        if state.model is None:
+            return None
+        where = f"the ledger {self.ledger_name()}"
+        try:
+            head = parse_canonical_bytes(self.ledger.get_model(state.model))
+        except (KeyError, ValueError, LedgerError) as err:
+            raise ResumeError(f"{where}: cannot read the head's certified model {state.model[:16]}: {err}") from None
+        want = [(n, tuple(np.shape(t))) for n, t in template.items()]
+        have = [(n, tuple(t.shape)) for n, t in head.items()]
+        if want != have:
+            diff = next(((w, h) for w, h in zip(want, have) if w != h), None)
+            detail = (f"{diff[1][0]}{list(diff[1][1])} where the model has {diff[0][0]}{list(diff[0][1])}" if diff
+                      else f"{len(have)} tensors where the model has {len(want)}")
+            raise ResumeError(f"{where} certifies a different model (round {state.round}: {detail}); "
+                              "resume with the model it was trained with, or use a new ledger")
+        return {n: np.array(t) for n, t in head.items()}  # writable copies
+
+    def _continue_from_head(self, state: FederationState, initial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``initial`` replaced by the head's model when resuming; the refusal otherwise."""
+        if not self.resume:
+            raise ResumeError(
+                f"the ledger {self.ledger_name()} already holds certified rounds (up to round {state.round}): "
+                "set resume=true (bcsfl simulate --resume, or BCSFL(resume=True)) to continue from its head, "
+                "or use a new ledger")
+        head = self.head_model(initial)
+        assert head is not None
+        log(INFO, "BCS-FL: resuming from the ledger's head: round %d, model %s", state.round, state.model[:16])
+        return head
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """As :meth:`flwr.serverapp.strategy.Strategy.start`, on the chain's model.
+
+        On a ledger that already certified rounds, an ``initial_arrays`` other than the
+        head's model is refused (:class:`ResumeError`), or with ``resume=True``
+        replaced by the head's model before anything runs (Flower's round-0
+        evaluation included). Flower counts this run's rounds from 1; the chain's
+        round numbers continue after the head's (each round's record has both).
+        """
+        state = self.ledger.state()
+        if state.model is not None:
+            initial = arrays_to_numpy(initial_arrays)
+            if canonical_hash(initial) != state.model:
+                initial_arrays = numpy_to_arrays(self._continue_from_head(state, initial))
+        return super().start(grid, initial_arrays, num_rounds=num_rounds, timeout=timeout, train_config=train_config,
+                             evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -236,6 +324,8 @@ class BCSFL(FedAvg):
         updates, refused = self._verify_pool(server_round, state, admitted)
         record = self._record(server_round, state, updates, turned_away + refused, started)
         outcome, problem = None, state.committee_problem()
+        if problem is None and not updates:  # nothing to decide on: no committee, no block
+            problem = _nothing_to_aggregate(state, turned_away + refused)
         if problem is None:
             outcome = self._decide(server_round, record["chain_round"], state, updates, refused, record)
             problem = self._commit(record["chain_round"], state, outcome, updates, record)
@@ -341,8 +431,12 @@ class BCSFL(FedAvg):
             verify(outcome.certificate, outcome.record.statement(state, chain_round), state.committee())
         except CertificateError as err:
             return f"certificate does not verify: {err}"
-        t0 = time.perf_counter()
         kept = set(outcome.record.kept)
+        if not kept:  # a certified "keep nobody" moves no model: the round fails, no block
+            record["decisions"] = outcome.record.decisions
+            return (f"no update accepted: the committee rejected all {len(outcome.record.decisions)} verified "
+                    "update(s)")
+        t0 = time.perf_counter()
         for u in updates:
             if "epsilon" in u.metrics:
                 self._epsilon[u.client_id] = u.metrics["epsilon"]
@@ -387,6 +481,15 @@ class BCSFL(FedAvg):
             "rejected": sorted({r.client_id for r in rejections} | {u.client_id for u in updates}),
             "bytes_moved": 0,
         }
+
+
+def _nothing_to_aggregate(state: FederationState, refused: list[Rejection]) -> str:
+    """Why a round with no verified update fails (``refused``: this round's refusals, with their reasons)."""
+    reasons = "; ".join(sorted({r.reason for r in refused}))
+    reasons = f" ({reasons[:300]}{'...' if len(reasons) > 300 else ''})" if reasons else ""
+    if not state.pool:
+        return f"no update accepted: the round's pool is empty, {len(refused)} reply(ies) refused{reasons}"
+    return f"no update accepted: all {len(state.pool)} pooled package(s) were refused at verification{reasons}"
 
 
 def _packages(replies: Iterable[Message]) -> list[tuple[str, RecordDict]]:
