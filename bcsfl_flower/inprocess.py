@@ -50,10 +50,11 @@ class LocalGrid(Grid):
         Each node Context's ``run_config``. Flower's simulation engine gives an empty one
         (the apps read their settings from the overrides they were built with).
     catch_errors : bool
-        ``True`` (default), as Flower's simulation engine: a ClientApp that raises is
-        logged ("An exception was raised when processing a message ...") and replies
-        with an error Message, and the round goes on. ``False``: the exception
-        propagates to the caller (useful in tests).
+        ``True`` (default), as Flower's simulation engine: a ClientApp that raises an
+        ``Exception`` is logged ("An exception was raised when processing a message
+        ...") and replies with an error Message, and the round goes on. ``False``: the
+        exception propagates to the caller (useful in tests). ``KeyboardInterrupt`` and
+        ``SystemExit`` always propagate: Ctrl-C stops the run, not one client.
 
     Attributes
     ----------
@@ -136,13 +137,14 @@ class LocalGrid(Grid):
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
-def run_inprocess(settings: RunSettings) -> dict[str, Any]:
+def run_inprocess(settings: RunSettings, *, quiet: bool = False) -> dict[str, Any]:
     """Run ``settings`` with ``settings.num_clients`` in-process nodes; return the metrics.
 
     The ServerApp's ``run_server`` and the ClientApp from ``make_client_app`` are the
     components ``bcsfl simulate --engine ray`` runs, built from the same overrides
     (``settings.to_mapping()``); clients train one after another in this process.
-    ``metrics.json`` is written to ``settings.out`` when it is set.
+    ``metrics.json`` is written to ``settings.out`` when it is set. ``quiet``: no
+    ``[bcsfl] round r/R ...`` lines (:func:`~bcsfl_flower.apps.server_app.run_server`).
     """
     from .apps.client_app import make_client_app
     from .apps.server_app import run_server
@@ -150,4 +152,4 @@ def run_inprocess(settings: RunSettings) -> dict[str, Any]:
     if settings.num_clients < 1:
         raise ValueError("num_clients must be at least 1")
     grid = LocalGrid(make_client_app(settings.to_mapping()), settings.num_clients)
-    return run_server(grid, settings)
+    return run_server(grid, settings, quiet=quiet)

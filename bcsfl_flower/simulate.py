@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ ENGINES = ("ray", "inprocess")
 
 
 def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: float = 1.0,
-             gpus_per_client: float | None = None, verbose: bool = False) -> dict[str, Any]:
+             gpus_per_client: float | None = None, verbose: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run ``settings`` with ``settings.num_clients`` SuperNodes; return the metrics.
 
     Parameters
@@ -47,19 +48,66 @@ def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: flo
         ``settings.device`` resolves to CPU, else enough for all CPU-bound actors to
         share one GPU. (Ray hides the GPU from an actor that reserves none.)
     verbose : bool
-        Ray only: Flower's verbose logging.
-    """
-    check_settings(settings, engine)
-    if engine == "inprocess":
-        from .inprocess import run_inprocess
+        Flower's and Ray's deprecation warnings are shown (hidden by default), and
+        with Ray, Flower's verbose logging.
+    quiet : bool
+        No ``[bcsfl] round r/R ...`` line per round and no Flower INFO logs (its
+        warnings and errors still show). While the run lasts, the ``flwr`` logger is
+        set to WARNING; its level, filters and the warning filters are restored after.
 
-        metrics = run_inprocess(settings)
-    else:
-        _run_ray(settings, cpus_per_client, gpus_per_client, verbose)
-        metrics = None
+    Returns
+    -------
+    dict
+        ``metrics.json``'s contents: per round ``committed``, and ``failed_rounds``
+        (a run whose every round failed still returns; the caller decides).
+
+    Raises
+    ------
+    ValueError
+        :func:`check_settings`' first reason.
+    bcsfl_flower.strategy.ResumeError
+        The BCS-FL ledger already certified rounds and ``settings.resume`` is false
+        (or its head's model is not this run's model).
+    KeyboardInterrupt
+        Propagated as is: a round block is appended in one transaction, so an
+        interrupted run leaves a ledger that verifies (its last round may be missing).
+    """
+    import logging
+    import warnings
+
+    check_settings(settings, engine)
     metrics_path = Path(settings.out) / "metrics.json" if settings.out else None
+    stale = _stamp(metrics_path)  # a metrics.json from an earlier run is not this run's
+    from flwr.supercore.logger import FLOWER_LOGGER as flwr_log  # its import sets the level: import it first
+
+    level = flwr_log.level
+
+    def drop_noise(record: logging.LogRecord) -> bool:
+        """Flower's deprecation notices, and the warning about the federated evaluation
+        the ServerApp turns off on purpose (it evaluates centrally)."""
+        text = record.getMessage().lower()
+        return "deprecated" not in text and "federated evaluation will be skipped" not in text
+
+    with warnings.catch_warnings():
+        if not verbose:
+            for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+                warnings.filterwarnings("ignore", category=category, module=r"(flwr|ray)(\.|$)")
+            flwr_log.addFilter(drop_noise)
+        if quiet:
+            flwr_log.setLevel(logging.WARNING)
+        try:
+            if engine == "inprocess":
+                from .inprocess import run_inprocess
+
+                metrics = run_inprocess(settings, quiet=quiet)
+            else:
+                _run_ray(settings, cpus_per_client, gpus_per_client, verbose, quiet=quiet)
+                metrics = None
+        finally:
+            flwr_log.removeFilter(drop_noise)
+            flwr_log.setLevel(level)
     if metrics_path is not None:
-        if not metrics_path.is_file():
+        if not metrics_path.is_file() or _stamp(metrics_path) == stale:
             raise RuntimeError(f"the simulation ended without writing {metrics_path}; see the log above")
         return json.loads(metrics_path.read_text())
     if metrics is None:
@@ -80,7 +128,17 @@ def check_settings(settings: RunSettings, engine: str = "ray") -> None:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
 
 
-def _run_ray(settings: RunSettings, cpus_per_client: float, gpus_per_client: float | None, verbose: bool) -> None:
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of an existing file, else None: tells a rewritten file from a stale one."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if st is not None else None
+
+
+def _run_ray(settings: RunSettings, cpus_per_client: float, gpus_per_client: float | None, verbose: bool,
+             *, quiet: bool = False) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
@@ -95,13 +153,18 @@ def _run_ray(settings: RunSettings, cpus_per_client: float, gpus_per_client: flo
         on_gpu = resolve_device(settings.device).type == "cuda"
         gpus_per_client = 1.0 / max(1, int(cores / cpus_per_client)) if on_gpu else 0.0
     overrides = settings.to_mapping()
-    run_simulation(
-        server_app=make_server_app(overrides),
-        client_app=make_client_app(overrides),
-        num_supernodes=settings.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
-            "init_args": {"num_cpus": cores, "include_dashboard": False},
-        },
-        verbose_logging=verbose,
-    )
+    stop = threading.Event()  # the ServerApp runs in Flower's thread, which an interrupt does not end
+    try:
+        run_simulation(
+            server_app=make_server_app(overrides, quiet=quiet, stop=stop),
+            client_app=make_client_app(overrides),
+            num_supernodes=settings.num_clients,
+            backend_config={
+                "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
+                "init_args": {"num_cpus": cores, "include_dashboard": False},
+            },
+            verbose_logging=verbose,
+        )
+    except BaseException:  # Ctrl-C included: the ServerApp thread stops at its next exchange; propagate
+        stop.set()
+        raise

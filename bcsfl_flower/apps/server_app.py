@@ -3,11 +3,24 @@
 The same app runs BCS-FL and the baselines (Flower's own FedAvg, Krum, MultiKrum,
 Bulyan, FedMedian, FedTrimmedAvg), with the same centralised test-set evaluation, so
 their numbers compare.
+
+``metrics.json`` lists this run's rounds by Flower's count (``round`` 1..R, the keys of
+the per-round lines); each has ``committed`` (BCS-FL: a certified block was appended;
+a baseline: Flower got an aggregate) and, for BCS-FL, ``chain_round`` (the round the
+block certifies or would have: it continues after rounds an earlier run certified on
+the same ledger). ``failed_rounds`` counts the rounds not committed. The app writes
+nothing else: no model file (the chain's model store holds every certified model).
+
+On a ledger that already certified rounds, BCS-FL refuses to start unless the
+run-config says ``resume = true``; then it starts from the chain head's model
+(:meth:`~bcsfl_flower.strategy.BCSFL.start`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,11 +40,15 @@ from ..committee.filter import FilterConfig
 from ..strategy import BCSFL
 from .task import client_ids, make_root_set, malicious_ids
 
-__all__ = ["app", "build_strategy", "make_server_app"]
+__all__ = ["RunStopped", "app", "build_strategy", "make_server_app", "run_server"]
 
 
 def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
-    """The strategy named by ``s.strategy``, sized for ``num_clients`` nodes."""
+    """The strategy named by ``s.strategy``, sized for ``num_clients`` nodes.
+
+    BCS-FL on a ledger with certified rounds continues from its head when
+    ``s.resume`` (run-config ``resume``) and refuses to start otherwise.
+    """
     common = dict(fraction_evaluate=0.0, min_train_nodes=num_clients, min_available_nodes=num_clients)
     f = max(1, round(s.malicious_fraction * num_clients))
     if s.strategy == "bcsfl":
@@ -40,7 +57,8 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
         strategy = BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
                          enrollment=enrollment, committee=s.committee, key_dir=s.bcsfl_key_dir,
-                         enrolment_key=s.enrolment_key_path(), filter_config=FilterConfig(example_cap=s.example_cap))
+                         enrolment_key=s.enrolment_key_path(), filter_config=FilterConfig(example_cap=s.example_cap),
+                         resume=bool(getattr(s, "resume", False)))
         strategy.committee.byzantine_first = s.byzantine_coordinators  # experiment: poisoned proposers
         return strategy
     if s.strategy == "fltrust":
@@ -64,12 +82,14 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
 
 
 class _RoundLog:
-    """Records who replied to each train round (for strategies that keep no record)
-    and how long the strategy's ``aggregate_train`` took (server-side time)."""
+    """Records who replied to each train round (for strategies that keep no record),
+    how long the strategy's ``aggregate_train`` took (server-side time) and whether it
+    returned a model (Flower moves on to it; None leaves the global model unchanged)."""
 
     def __init__(self, strategy: Strategy) -> None:
         self.replied: dict[int, list[str]] = {}
         self.seconds: dict[int, float] = {}
+        self.aggregated: dict[int, bool] = {}
         inner = strategy.aggregate_train
 
         def aggregate_train(server_round: int, replies: Iterable[Message]):
@@ -80,8 +100,11 @@ class _RoundLog:
                 if not m.has_error() and PACKAGE_KEY in m.content.config_records
             )
             started = time.perf_counter()
+            self.aggregated[server_round] = False
             try:
-                return inner(server_round, replies)
+                arrays, metrics = inner(server_round, replies)
+                self.aggregated[server_round] = arrays is not None
+                return arrays, metrics
             finally:
                 self.seconds[server_round] = time.perf_counter() - started
 
@@ -95,8 +118,13 @@ def _describe(device: torch.device) -> str:
     return str(device)
 
 
-def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
-    """Run ``s.num_server_rounds`` rounds; return (and write to ``s.out``) the metrics."""
+def run_server(grid: Grid, s: RunSettings, *, quiet: bool = False) -> dict[str, Any]:
+    """Run ``s.num_server_rounds`` rounds; return (and write to ``s.out``) the metrics.
+
+    ``quiet``: no ``[bcsfl] round r/R ...`` line per evaluation. Raises
+    :class:`~bcsfl_flower.strategy.ResumeError` (nothing run, nothing written) when a
+    BCS-FL ledger already holds certified rounds and ``s.resume`` is not set.
+    """
     torch.set_num_threads(torch_threads())
     device = resolve_device(s.device)  # central evaluation; the root set trains on CPU
     num_clients = s.num_clients or len(list(grid.get_node_ids()))
@@ -112,8 +140,9 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
         loss, acc = evaluate(model, ds.test_x, ds.test_y, device=device)
         accuracy[server_round] = acc
         stamps[server_round] = time.perf_counter()
-        print(f"[bcsfl] round {server_round}/{s.num_server_rounds} {s.strategy}: "
-              f"test accuracy {acc:.4f} loss {loss:.4f}", flush=True)
+        if not quiet:
+            print(f"[bcsfl] round {server_round}/{s.num_server_rounds} {s.strategy}: "
+                  f"test accuracy {acc:.4f} loss {loss:.4f}", flush=True)
         return MetricRecord({"accuracy": acc, "loss": loss})
 
     initial = ArrayRecord(model.state_dict())
@@ -128,8 +157,10 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
     rounds = []
     for r in range(1, s.num_server_rounds + 1):
         entry = bcsfl_rounds.get(r, {"accepted": round_log.replied.get(r, []), "rejected": [], "committee": []})
+        committed = bool(entry.get("committed", round_log.aggregated.get(r, False)))
         rounds.append({
             "round": r,
+            "committed": committed,
             "accuracy": accuracy.get(r),
             "accepted": entry["accepted"],
             "rejected": entry["rejected"],
@@ -137,34 +168,68 @@ def run_server(grid: Grid, s: RunSettings) -> dict[str, Any]:
             "seconds": stamps.get(r, 0.0) - stamps.get(r - 1, 0.0),
             "aggregate_seconds": round_log.seconds.get(r),
             **{k: v for k, v in entry.items() if k in ("model_hash", "block", "decisions", "rejections", "server_seconds",
-                                                   "stages", "bytes_moved", "bytes_fetched", "dissenters", "consensus", "committed",
+                                                   "stages", "bytes_moved", "bytes_fetched", "dissenters", "consensus",
                                                    "reason", "chain_round")},
         })
+        if not committed and "reason" not in rounds[-1]:
+            rounds[-1]["reason"] = "the strategy returned no aggregate"
     metrics = {
         "settings": s.to_mapping(),
         "strategy": s.strategy,
         "final_accuracy": accuracy.get(s.num_server_rounds, accuracy.get(max(accuracy), 0.0)),
+        "failed_rounds": sum(not r["committed"] for r in rounds),
         "malicious_clients": client_ids(malicious_ids(s, num_clients)),
         "device": _describe(device),
         "rounds": rounds,
     }
+    if isinstance(strategy, BCSFL):  # certified rounds on the ledger before this run (0: a fresh chain)
+        metrics["resumed_from_round"] = strategy.round_base
     if s.out:
         out = Path(s.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        tmp = out / f".metrics.json.{os.getpid()}.tmp"  # whole or not at all, even if interrupted
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, out / "metrics.json")
     del result
     return metrics
 
 
-def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
-    """A ServerApp whose settings are run-config with ``overrides`` on top."""
+def make_server_app(overrides: Mapping[str, Any] | None = None, *, quiet: bool = False,
+                    stop: threading.Event | None = None) -> ServerApp:
+    """A ServerApp whose settings are run-config with ``overrides`` on top (``quiet``: see :func:`run_server`).
+
+    ``stop``: once set, the app's next message exchange raises :class:`RunStopped`.
+    Flower's simulation runs the ServerApp in a thread that an interrupted simulation
+    does not stop (it would wait for replies that never come, and keep the process
+    alive); ``bcsfl simulate`` sets it on Ctrl-C. A round being aggregated finishes
+    first, so its block is appended whole or not at all.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, RunSettings.from_context(context, overrides))
+        if stop is not None:
+            _stop_on(grid, stop)
+        run_server(grid, RunSettings.from_context(context, overrides), quiet=quiet)
 
     return app
+
+
+class RunStopped(RuntimeError):
+    """The run was stopped from outside (Ctrl-C in the simulation's main thread)."""
+
+
+def _stop_on(grid: Grid, stop: threading.Event) -> None:
+    """Make ``grid``'s pushes and pulls (this instance only) raise :class:`RunStopped` once ``stop`` is set."""
+    for name in ("push_messages", "pull_messages"):
+        inner = getattr(grid, name)
+
+        def checked(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
+            if stop.is_set():
+                raise RunStopped("the run was interrupted")
+            return _inner(*args, **kwargs)
+
+        setattr(grid, name, checked)
 
 
 app = make_server_app()
