@@ -6,16 +6,25 @@ They travel as Flower run-config (``[tool.flwr.app.config]`` in pyproject.toml, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flwr.app import Context
+from .data import DATASETS
 
-__all__ = ["RunSettings", "STRATEGIES"]
+if TYPE_CHECKING:  # Flower is imported by whoever builds a Context, not to check settings
+    from flwr.app import Context
+
+__all__ = ["ATTACKS", "COMMITTEES", "RunSettings", "STRATEGIES", "ledger_url_problem", "option_names"]
 
 STRATEGIES = ("bcsfl", "fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "fltrust")
+#: ``bcsfl_flower.client.attacks.ATTACKS``, named here so that checking settings (and
+#: ``bcsfl simulate --help``) needs no torch; a test keeps the two equal.
+ATTACKS = ("none", "label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max")
+COMMITTEES = ("server", "nodes")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class RunSettings:
     # reference), "cuda", "cuda:N", or "auto" (cuda when torch sees a GPU, else cpu)
     device: str = "cpu"
     out: str = ""
+    # continue the chain the ledger already holds from its head (else a ledger holding
+    # more than the genesis block is refused, so that a rerun never mixes two runs)
+    resume: bool = False
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> RunSettings:
@@ -59,8 +71,14 @@ class RunSettings:
         for f in fields(cls):
             key = f.name.replace("_", "-")
             if key in config:
-                default = getattr(cls, f.name)
-                values[f.name] = type(default)(config[key])
+                default, value = getattr(cls, f.name), config[key]
+                if isinstance(default, bool) and isinstance(value, str):  # bool("false") is True
+                    text = value.strip().lower()
+                    if text not in _TRUE + _FALSE:
+                        raise ValueError(f"{key} must be true or false (got {value!r})")
+                    values[f.name] = text in _TRUE
+                else:
+                    values[f.name] = type(default)(value)
         return cls(**values)
 
     @classmethod
@@ -72,6 +90,116 @@ class RunSettings:
         """The enrolment authority's key file: ``bcsfl-enrolment-key``, else ``<key dir>/enrolment.key``."""
         return self.bcsfl_enrolment_key or str(Path(self.bcsfl_key_dir) / "enrolment.key")
 
+    def problems(self, names: Mapping[str, str] | None = None) -> list[str]:
+        """What is wrong with these values, one line each, in the order of the options (empty: none).
+
+        Only the values are checked, not the machine (data files, the ledger file, the
+        output folder: :func:`bcsfl_flower.simulate.check_settings` adds those).
+        ``num_clients`` 0 is allowed here (as many clients as the federation has nodes).
+
+        Parameters
+        ----------
+        names : Mapping[str, str], optional
+            Field name -> how to call it in a message (e.g. ``{"num_server_rounds":
+            "--rounds"}``); a field not named is called by its run-config key.
+        """
+        label = option_names(names)
+        found: list[str] = []
+        wrong_type = set()
+        for f in fields(self):  # a value of the wrong type cannot be compared: say so once
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, type(default)) and not (isinstance(default, int) and isinstance(value, bool))
+            if not ok:
+                wrong_type.add(f.name)
+                found.append(f"{label[f.name]} must be {type(default).__name__} (got {value!r})")
+
+        def check(name: str, ok: bool, problem: str, note: str = "") -> None:
+            if name not in wrong_type and not ok:
+                found.append(f"{label[name]} {problem} (got {getattr(self, name)!r}){note}")
+
+        def one_of(name: str, choices: tuple[str, ...]) -> None:
+            check(name, getattr(self, name) in choices, f"must be one of {', '.join(choices)}")
+
+        def finite(name: str) -> bool:
+            return name not in wrong_type and math.isfinite(getattr(self, name))
+
+        one_of("strategy", STRATEGIES)
+        one_of("dataset", DATASETS)
+        if "num_clients" not in wrong_type:
+            from .federation import MIN_COMMITTEE
+
+            check("num_clients", self.num_clients >= 0, "must be at least 0", "; 0: as many as the federation has nodes")
+            if self.strategy == "bcsfl" and 0 < self.num_clients < MIN_COMMITTEE:
+                check("num_clients", False, f"must be at least {MIN_COMMITTEE} for BCS-FL",
+                      "; its committee has 3f+1 members, f >= 1")
+        check("num_server_rounds", self.num_server_rounds >= 1, "must be at least 1")
+        check("local_epochs", self.local_epochs >= 1, "must be at least 1")
+        check("learning_rate", finite("learning_rate") and self.learning_rate > 0, "must be greater than 0")
+        check("batch_size", self.batch_size >= 1, "must be at least 1")
+        check("dirichlet_alpha", finite("dirichlet_alpha") and self.dirichlet_alpha > 0, "must be greater than 0")
+        check("malicious_fraction", finite("malicious_fraction") and 0 <= self.malicious_fraction < 1,
+              "must be in [0, 1)", ": it is the share of clients that attack")
+        one_of("attack", ATTACKS)
+        check("attack_scale", finite("attack_scale"), "must be a finite number")
+        check("dp_noise", finite("dp_noise") and self.dp_noise >= 0, "must be at least 0", "; 0 turns DP off")
+        check("dp_max_grad_norm", finite("dp_max_grad_norm") and self.dp_max_grad_norm > 0,
+              "must be greater than 0")
+        check("prune", finite("prune") and 0 <= self.prune < 1, "must be in [0, 1)", ": it is the share of weights pruned")
+        check("root_size", self.root_size >= 0, "must be at least 0", "; 0: no root set")
+        check("example_cap", finite("example_cap") and self.example_cap >= 0, "must be at least 0", "; 0: no cap")
+        if "committee_size" not in wrong_type:
+            from .federation import MIN_COMMITTEE
+
+            check("committee_size", self.committee_size >= MIN_COMMITTEE, f"must be at least {MIN_COMMITTEE}",
+                  "; a committee has 3f+1 members, f >= 1")
+        check("byzantine_coordinators", self.byzantine_coordinators >= 0, "must be at least 0")
+        one_of("committee", COMMITTEES)
+        if "bcsfl_ledger" not in wrong_type:
+            problem = ledger_url_problem(self.bcsfl_ledger)
+            if problem:
+                found.append(f"{label['bcsfl_ledger']} {problem}")
+        return found
+
     def to_mapping(self) -> dict[str, Any]:
         """Run-config style keys, the inverse of :meth:`from_mapping`."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def option_names(names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Field name -> its name in messages: ``names``' where given, else the run-config key."""
+    return {f.name: f.name.replace("_", "-") for f in fields(RunSettings)} | dict(names or {})
+
+
+def ledger_url_problem(url: str) -> str | None:
+    """Why ``url`` names no ledger ``open_ledger`` can open (``None``: it does); the file is not looked at.
+
+    Accepted: ``memory``, ``sqlite:///relative/path``, ``sqlite:////absolute/path``, a
+    bare file path, ``http://host:port`` and ``https://host:port`` (a ledger cluster).
+    """
+    from urllib.parse import urlsplit
+
+    hint = "use memory, sqlite:///PATH or http://HOST:PORT"
+    text = url
+    if not text.strip():
+        return f"is empty: {hint}"
+    if text.startswith(("http://", "https://")):
+        try:
+            host = urlsplit(text).hostname
+            urlsplit(text).port  # noqa: B018 (raises on a bad port)
+        except ValueError as err:
+            return f"{text!r} is not a valid URL ({err}): {hint}"
+        return None if host else f"{text!r} names no host: {hint}"
+    if text == "memory" or text.startswith("memory://"):
+        return None
+    if text.startswith("sqlite:"):
+        if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):
+            return f"{text!r} is not a sqlite URL: use sqlite:///relative/path or sqlite:////absolute/path"
+        return None
+    if "://" in text:
+        return f"{text!r} has an unknown scheme: {hint}"
+    return None

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .federation import MIN_COMMITTEE
-from .settings import RunSettings
+from .settings import RunSettings, option_names
 
-__all__ = ["ENGINES", "check_settings", "simulate"]
+__all__ = ["ENGINES", "check_settings", "settings_problems", "simulate"]
 
 ENGINES = ("ray", "inprocess")
 
@@ -115,17 +116,142 @@ def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: flo
     return metrics
 
 
-def check_settings(settings: RunSettings, engine: str = "ray") -> None:
-    """Raise ``ValueError`` with the reason when a run cannot start with ``settings`` on ``engine``."""
-    if settings.num_clients < 1:
-        raise ValueError("num_clients must be at least 1")
-    if settings.strategy == "bcsfl" and settings.num_clients < MIN_COMMITTEE:
-        raise ValueError(f"BCS-FL needs at least {MIN_COMMITTEE} clients: its committee has 3f+1 members, f >= 1 "
-                         f"(got --num-clients {settings.num_clients})")
-    if settings.strategy == "bcsfl" and settings.committee_size < MIN_COMMITTEE:
-        raise ValueError(f"the committee needs at least {MIN_COMMITTEE} members (3f+1, f >= 1)")
+def check_settings(settings: RunSettings, engine: str = "ray", names: Mapping[str, str] | None = None) -> None:
+    """Raise ``ValueError`` with the first reason a run cannot start with ``settings`` on ``engine``.
+
+    The reasons are :func:`settings_problems`'; ``names`` says how to call each
+    setting in the message (``bcsfl simulate`` passes its option names).
+    """
+    found = settings_problems(settings, engine, names)
+    if found:
+        raise ValueError(found[0])
+
+
+def settings_problems(settings: RunSettings, engine: str = "ray",
+                      names: Mapping[str, str] | None = None) -> list[str]:
+    """Every reason a simulation cannot start with ``settings`` on ``engine``, one line each.
+
+    Nothing is started, imported heavily or written: the values
+    (:meth:`RunSettings.problems`), then what the machine must hold: the dataset's
+    files, a writable output folder, and a ledger file that is a ledger. A ledger
+    that already holds a chain (more than its genesis block) is refused unless
+    ``settings.resume``, so that a rerun never mixes two runs in one chain.
+
+    Parameters
+    ----------
+    names : Mapping[str, str], optional
+        Field name -> how to call it in a message (default: its run-config key).
+    """
+    label = option_names(names)
+    found = []
+    if isinstance(settings.num_clients, int) and settings.num_clients < 1:
+        found.append(f"{label['num_clients']} must be at least 1 (got {settings.num_clients})")
+    found += [p for p in settings.problems(names) if not p.startswith(f"{label['num_clients']} ") or not found]
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+        found.append(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if found:  # the values first: the files are only looked at for settings that make sense
+        return found
+    for problem in (_dataset_problem(settings, label), _out_problem(settings, label),
+                    _ledger_problem(settings, label), _device_problem(settings, label)):
+        if problem:
+            found.append(problem)
+    return found
+
+
+def _dataset_problem(s: RunSettings, label: Mapping[str, str]) -> str | None:
+    """Where the data set's files are missing, from :func:`bcsfl_flower.data.dataset_dir`'s own lookup.
+
+    Nothing is read or downloaded: a data set missing from the data home while
+    downloads are on is no problem here (``bcsfl simulate`` fetches it before the run).
+    """
+    from .data import DatasetUnavailable, _downloads_on, dataset_dir  # the loader's own switch
+
+    try:
+        dataset_dir(s.dataset, s.data_dir or None, download=False)
+    except DatasetUnavailable as err:
+        return None if not s.data_dir and _downloads_on() else str(err)
+    except ValueError as err:
+        return f"{label['dataset']}: {err}"
+    return None
+
+
+def _creatable_folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be used (or made) for writing, or ``None``."""
+    if folder.exists():
+        if not folder.is_dir():
+            return f"{folder} is a file, not a folder"
+        return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
+    above = folder.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        return f"cannot create {folder}: {above} is a file"
+    return None if os.access(above, os.W_OK | os.X_OK) else f"cannot create {folder}: {above} is not writable"
+
+
+def _out_problem(s: RunSettings, label: Mapping[str, str]) -> str | None:
+    if not s.out:
+        return None
+    problem = _creatable_folder_problem(Path(s.out).expanduser())
+    return f"{label['out']} {problem}" if problem else None
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _ledger_problem(s: RunSettings, label: Mapping[str, str]) -> str | None:
+    from .ledger import LedgerError, SqliteLedger, sqlite_path
+
+    flag = label["bcsfl_ledger"]
+    path_text = sqlite_path(s.bcsfl_ledger)  # the URL itself was checked by RunSettings.problems
+    if path_text is None:
+        return None  # memory, or a cluster: nothing on this machine to look at
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        problem = _creatable_folder_problem(path.parent)
+        return f"{flag} {path}: {problem}" if problem else None
+    if path.is_dir():
+        return f"{flag} {path} is a folder, not a ledger file"
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as err:
+        return f"{flag} {path} cannot be read: {err.strerror or err}"
+    if not header:
+        pass  # an empty file: the ledger is created in it
+    elif header != _SQLITE_HEADER:
+        return f"{flag} {path} is not a ledger (not a SQLite database)"
+    if not os.access(path, os.W_OK):
+        return f"{flag} {path} is not writable"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"{flag} {path}: its folder {path.parent} is not writable (SQLite writes its journal there)"
+    if not header:
+        return None
+    try:
+        with SqliteLedger(path, read_only=True) as led:
+            height = led.height()
+            if height <= 1 or s.resume:
+                return None
+            rounds = [b.data.get("round") for b in led.blocks()]
+    except (LedgerError, OSError, sqlite3.Error) as err:  # e.g. a SQLite database of something else
+        return f"{flag} {err}" if str(path) in str(err) else f"{flag} {path} is not a ledger ({err})"
+    certified = [r for r in rounds if isinstance(r, int) and not isinstance(r, bool)]
+    default = s.out and path.resolve() == (Path(s.out).expanduser() / "ledger.db").resolve()
+    where, choose = (Path(s.out), label["out"]) if default else (path, flag)
+    return (f"{where} already holds a chain of {height} blocks (round {max(certified, default=0)}): "
+            f"pass {label['resume']} to continue from its head, or choose a new {choose}")
+
+
+def _device_problem(s: RunSettings, label: Mapping[str, str]) -> str | None:
+    if s.device.strip().lower() in ("cpu", "auto", ""):
+        return None  # anything else asks torch (imported only then)
+    from .training.train import resolve_device
+
+    try:
+        resolve_device(s.device)
+    except (RuntimeError, ValueError) as err:
+        return f"{label['device']} {s.device}: {err}"
+    return None
 
 
 def _stamp(path: Path | None) -> tuple[int, int, int] | None:
