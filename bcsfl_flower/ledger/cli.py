@@ -17,23 +17,96 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from . import open_ledger
+from . import open_ledger, sqlite_path
 from .block import Block, LedgerError
 from .charter_file import load_public_key
 from .cli_admin import add_admin_commands, add_charter_options
 from .cluster import add_serve_args
 from .verify import verify_chain
 
-__all__ = ["add_commands", "cmd_serve", "cmd_show", "cmd_up", "cmd_verify", "main", "register"]
+__all__ = ["HelpFormatter", "Parser", "add_commands", "cmd_serve", "cmd_show", "cmd_up", "cmd_verify",
+           "describe_commands", "main", "register"]
 
 _PREFIX = 12
 _COMMANDS = "{verify,show,init,enrol,serve,up}"
+_SQLITE_HEADER = b"SQLite format 3\x00"
+#: What opening a ledger can raise for a bad file or URL (not a bug): one line, exit 2.
+_OPEN_ERRORS = (OSError, LedgerError, ValueError, NotImplementedError, sqlite3.Error)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless the help already names it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings or action.default in (None, "", argparse.SUPPRESS)
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``bcsfl`` parsers: defaults in the help, and a usage error in one line (exit 2).
+
+    Subcommand parsers made through ``add_subparsers()`` are of this class too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:  # noqa: D102 (argparse's)
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def describe_commands(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand under ``parser`` its one-line help as description, and every option without
+    help its default, so that ``--help`` at any level says what the command does and what it assumes."""
+    for action in parser._actions:
+        if action.option_strings and action.help is None and action.default not in (None, "", argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and helps.get(name):
+                    sub.description = helps[name][:1].upper() + helps[name][1:] + "."
+                describe_commands(sub)
+
+
+def _file_problem(url: str) -> str | None:
+    """Why the ledger file ``url`` names cannot be read as one, from a look at its first bytes; ``None`` for
+    a URL that names no file, or a file that starts as SQLite's do."""
+    try:
+        path_text = sqlite_path(url)
+    except ValueError as err:
+        return str(err)
+    if path_text is None:
+        return None
+    path = Path(path_text)
+    if not path.exists():
+        return "no such ledger file"
+    if path.is_dir():
+        return "a folder, not a ledger file"
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    if not header:
+        return "not a ledger (an empty file)"
+    if header != _SQLITE_HEADER:
+        return "not a ledger (not a SQLite database)"
+    return None
 
 
 def _open(url: str) -> Any:
-    """Open an existing ledger for reading; never creates or writes a file."""
+    """Open an existing ledger for reading; never creates or writes a file (not even an empty one)."""
+    problem = _file_problem(url)
+    if problem:
+        raise LedgerError(problem)
     return open_ledger(url, create=False, read_only=True)
 
 
@@ -61,12 +134,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 2
     try:
         ledger = _open(args.ledger)
-    except (OSError, LedgerError, ValueError, NotImplementedError, sqlite3.Error) as err:
+    except _OPEN_ERRORS as err:
         print(f"ERROR: cannot open ledger {args.ledger}: {err}", file=sys.stderr)
         return 2
     with ledger:
-        report = verify_chain(ledger, authority=authority, head=getattr(args, "head", None),
-                              height=getattr(args, "height", None), against=getattr(args, "against", None))
+        try:
+            report = verify_chain(ledger, authority=authority, head=getattr(args, "head", None),
+                                  height=getattr(args, "height", None), against=getattr(args, "against", None))
+        except _OPEN_ERRORS as err:
+            print(f"ERROR: cannot read ledger {args.ledger}: {err}", file=sys.stderr)
+            return 2
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -138,12 +215,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     Returns
     -------
     int
-        0 on success, 1 if a stored block cannot be read, 2 if the ledger cannot be
-        opened.
+        0 on success (also when the chain does not verify: a warning on stderr says
+        so), 1 if a stored block cannot be read, 2 if the ledger cannot be opened.
     """
     try:
         ledger = _open(args.ledger)
-    except (OSError, LedgerError, ValueError, NotImplementedError, sqlite3.Error) as err:
+    except _OPEN_ERRORS as err:
         print(f"ERROR: cannot open ledger {args.ledger}: {err}", file=sys.stderr)
         return 2
     with ledger:
@@ -154,8 +231,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         except (LedgerError, sqlite3.Error) as err:
             print(f"ERROR: cannot read blocks: {err}", file=sys.stderr)
             return 1
+        try:
+            report = verify_chain(ledger)
+            warning = None if report.ok else f"WARNING: this chain does not verify ({report.summary()})"
+        except _OPEN_ERRORS as err:
+            warning = f"WARNING: this chain could not be verified ({err})"
     print(format_table([block_summary(b) for b in blocks]))
     print(f"({len(blocks)} of {height} blocks shown)")
+    if warning:
+        sys.stdout.flush()
+        print(f"{warning}; `ledger verify` says more", file=sys.stderr)
     return 0
 
 
@@ -225,9 +310,14 @@ def add_commands(subparsers: Any) -> None:
         Where the commands are added (from ``add_subparsers()``).
     """
     verify = subparsers.add_parser(
-        "verify", help="re-verify every block and stored model of a ledger"
+        "verify", help="re-verify every block and stored model of a ledger",
+        description="Re-verify every block (hash links, signatures, the federation's rules) and every stored "
+                    "model of a ledger; print one line: OK with the head and the enrolment authority, or FAILED "
+                    "at the first bad block. A file is opened read-only: nothing is created or written. Exit "
+                    "0: it verifies; 1: it does not; 2: it cannot be opened."
     )
-    verify.add_argument("ledger", metavar="PATH_OR_URL", help="ledger file (opened read-only) or URL")
+    verify.add_argument("ledger", metavar="PATH_OR_URL",
+                        help="ledger file (sqlite:///path or a path, opened read-only) or http://host:port")
     who = verify.add_mutually_exclusive_group()
     who.add_argument("--authority", default=None, metavar="HEX",
                      help="the expected enrolment authority's public key: the charter must name it")
@@ -240,10 +330,16 @@ def add_commands(subparsers: Any) -> None:
     verify.add_argument("--against", default=None, metavar="URL",
                         help="a running ledger node: shared blocks must be equal and its chain not longer")
     verify.set_defaults(func=cmd_verify)
-    show = subparsers.add_parser("show", help="print the blocks of a ledger as a table")
-    show.add_argument("ledger", metavar="PATH_OR_URL", help="ledger file or URL")
+    show = subparsers.add_parser(
+        "show", help="print the blocks of a ledger as a table",
+        description="Print the blocks of a ledger as a table (sequence, time, hashes, producer, transactions, "
+                    "round, accepted/rejected updates, model). A file is opened read-only: nothing is created "
+                    "or written. A chain that does not verify is shown all the same, with a warning on stderr."
+    )
+    show.add_argument("ledger", metavar="PATH_OR_URL",
+                      help="ledger file (sqlite:///path or a path, opened read-only) or http://host:port")
     show.add_argument(
-        "--limit", type=_limit, default=None, metavar="N", help="show only the newest N"
+        "--limit", type=_limit, default=None, metavar="N", help="show only the newest N (default: all)"
     )
     show.set_defaults(func=cmd_show)
     add_admin_commands(subparsers)
@@ -274,7 +370,10 @@ def register(subparsers: Any) -> None:
     subparsers : argparse._SubParsersAction
         The top-level ``bcsfl`` subparsers; dispatch to ``args.func(args)``.
     """
-    ledger = subparsers.add_parser("ledger", help="inspect, verify, found and serve a BCS-FL ledger")
+    ledger = subparsers.add_parser(
+        "ledger", help="inspect, verify, found and serve a BCS-FL ledger",
+        description="Inspect (show), verify, found (init, enrol) and serve (serve, up) a BCS-FL ledger: "
+                    "a signed hash chain with a store of the models its blocks name.")
     inner = ledger.add_subparsers(dest="ledger_command", metavar=_COMMANDS)
     inner.required = True
     add_commands(inner)
@@ -293,14 +392,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         The command's exit code.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m bcsfl_flower.ledger.cli", description="BCS-FL ledger tools"
-    )
+    parser = Parser(prog="python -m bcsfl_flower.ledger.cli", description="BCS-FL ledger tools")
     sub = parser.add_subparsers(dest="command", metavar=_COMMANDS)
     sub.required = True
     add_commands(sub)
+    describe_commands(parser)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

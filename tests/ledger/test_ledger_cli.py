@@ -113,6 +113,34 @@ def test_verify_missing_or_empty_file_is_an_error_and_writes_nothing(
     assert empty.stat().st_size == 0
 
 
+def test_show_warns_when_the_chain_does_not_verify_and_writes_nothing(
+    chain_file: Path, child_env: dict[str, str]
+) -> None:
+    conn = sqlite3.connect(chain_file, isolation_level=None)
+    conn.execute("UPDATE blocks SET timestamp = timestamp + 1 WHERE sequence_no = 4")
+    conn.close()
+    before = (chain_file.read_bytes(), chain_file.stat().st_mtime_ns)
+    result = _cli(child_env, "show", str(chain_file))
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "(14 of 14 blocks shown)"
+    warning = result.stderr.splitlines()
+    assert len(warning) == 1 and warning[0].startswith("WARNING: this chain does not verify (FAILED at block 4")
+    assert (chain_file.read_bytes(), chain_file.stat().st_mtime_ns) == before
+    clean = _cli(child_env, "show", str(chain_file), "--limit", "1")  # the warning is about the chain, not the rows
+    assert clean.returncode == 0 and clean.stderr.startswith("WARNING:")
+
+
+def test_verify_and_show_name_what_is_wrong_with_a_file(tmp_path: Path, child_env: dict[str, str]) -> None:
+    (tmp_path / "notes.txt").write_text("hello\n")
+    for target, says in (("missing.db", "no such ledger file"), ("notes.txt", "not a ledger (not a SQLite database)"),
+                         (".", "a folder, not a ledger file")):
+        for command in ("verify", "show"):
+            result = subprocess.run([sys.executable, "-m", "bcsfl_flower.cli", "ledger", command, target],
+                                    capture_output=True, text=True, env=child_env, cwd=tmp_path, timeout=120)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            assert result.stderr.splitlines() == [f"ERROR: cannot open ledger {target}: {says}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_verify_a_chain_without_charter_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     SqliteLedger(tmp_path / "bare.db").close()
     code, out, _ = _run(capsys, "verify", str(tmp_path / "bare.db"))
