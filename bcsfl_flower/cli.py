@@ -94,7 +94,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="the enrolment authority's key, e.g. DIR/enrolment.key of `bcsfl ledger up --dir DIR` "
                         "(default: OUT/keys/enrolment.key, created for a fresh ledger)")
     p.add_argument("--out", default="bcsfl-out", metavar="OUT",
-                   help="folder for metrics.json, the keys and the ledger (unless --ledger); created, must not be a file")
+                   help="folder for metrics.json, the keys and the ledger (unless --ledger); created, must not be "
+                        "a file")
     p.add_argument("--engine", choices=_ENGINES, default="ray",
                    help="ray: Flower's simulation engine (the reference); inprocess: the same apps in this "
                         "process, clients one after another, no Ray (for many runs side by side)")
@@ -157,7 +158,14 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from .simulate import simulate
 
-    metrics = simulate(settings, args.engine, verbose=args.verbose, quiet=args.quiet)
+    try:
+        metrics = simulate(settings, args.engine, verbose=args.verbose, quiet=args.quiet)
+    except RuntimeError as err:  # the ServerApp's refusal of this ledger's chain (a cluster's, or a model that
+        refusal = getattr(sys.modules.get(f"{__package__}.strategy"), "ResumeError", None)  # does not fit it)
+        if refusal is None or not isinstance(err, refusal):
+            raise
+        print(f"bcsfl simulate: {err}", file=sys.stderr)
+        return 2
     rounds = metrics["rounds"]
     bad = set(metrics["malicious_clients"])
     caught = sum(len(bad & set(r["rejected"])) for r in rounds)

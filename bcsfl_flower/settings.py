@@ -133,7 +133,8 @@ class RunSettings:
         if "num_clients" not in wrong_type:
             from .federation import MIN_COMMITTEE
 
-            check("num_clients", self.num_clients >= 0, "must be at least 0", "; 0: as many as the federation has nodes")
+            check("num_clients", self.num_clients >= 0, "must be at least 0",
+                  "; 0: as many as the federation has nodes")
             if self.strategy == "bcsfl" and 0 < self.num_clients < MIN_COMMITTEE:
                 check("num_clients", False, f"must be at least {MIN_COMMITTEE} for BCS-FL",
                       "; its committee has 3f+1 members, f >= 1")
@@ -149,7 +150,8 @@ class RunSettings:
         check("dp_noise", finite("dp_noise") and self.dp_noise >= 0, "must be at least 0", "; 0 turns DP off")
         check("dp_max_grad_norm", finite("dp_max_grad_norm") and self.dp_max_grad_norm > 0,
               "must be greater than 0")
-        check("prune", finite("prune") and 0 <= self.prune < 1, "must be in [0, 1)", ": it is the share of weights pruned")
+        check("prune", finite("prune") and 0 <= self.prune < 1, "must be in [0, 1)",
+              ": it is the share of weights pruned")
         check("root_size", self.root_size >= 0, "must be at least 0", "; 0: no root set")
         check("example_cap", finite("example_cap") and self.example_cap >= 0, "must be at least 0", "; 0: no cap")
         if "committee_size" not in wrong_type:

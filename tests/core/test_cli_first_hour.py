@@ -47,10 +47,12 @@ def _chain(path: Path) -> None:
 # label, arguments (with {tmp} for the test's folder), what the one line must say
 BAD = [
     ("no clients", ["--num-clients", "0"], "--num-clients must be at least 1"),
-    ("fraction above 1", ["--malicious-fraction", "1.5", "--attack", "sign-flip"], "--malicious-fraction must be in [0, 1)"),
+    ("fraction above 1", ["--malicious-fraction", "1.5", "--attack", "sign-flip"],
+     "--malicious-fraction must be in [0, 1)"),
     ("no rounds", ["--rounds", "0"], "--rounds must be at least 1"),
     ("mnist, empty data dir", ["--dataset", "mnist", "--data-dir", "{tmp}/empty"], "not found in {tmp}/empty (nor"),
-    ("mnist, missing data dir", ["--dataset", "mnist", "--data-dir", "{tmp}/nothing"], "{tmp}/nothing (no such folder)"),
+    ("mnist, missing data dir", ["--dataset", "mnist", "--data-dir", "{tmp}/nothing"],
+     "{tmp}/nothing (no such folder)"),
     ("cifar10, empty data dir", ["--dataset", "cifar10", "--data-dir", "{tmp}/empty"], "cifar10: cifar-10-batches-py/"),
     ("alpha 0", ["--dirichlet-alpha", "0"], "--dirichlet-alpha must be greater than 0"),
     ("bogus ledger scheme", ["--ledger", "bogus://x"], "has an unknown scheme"),
@@ -132,7 +134,8 @@ def test_problems_name_run_config_keys_by_default() -> None:
     assert RunSettings(num_server_rounds=0, batch_size=0).problems() == [
         "num-server-rounds must be at least 1 (got 0)", "batch-size must be at least 1 (got 0)"]
     assert RunSettings(dataset="imagenet").problems()[0].startswith("dataset must be one of digits, mnist")
-    assert RunSettings(learning_rate="fast").problems() == ["learning-rate must be float (got 'fast')"]  # type: ignore[arg-type]
+    wrong = RunSettings(learning_rate="fast")  # type: ignore[arg-type]
+    assert wrong.problems() == ["learning-rate must be float (got 'fast')"]
 
 
 def test_the_attack_names_are_the_attacks_module_s() -> None:
@@ -166,6 +169,19 @@ def test_ledger_verify_and_show_leave_an_empty_or_missing_file_alone(tmp_path: P
         assert assert_one_line_error(res, "ERROR: cannot open ledger").endswith("no such ledger file")
     assert empty.stat().st_size == 0 and not (tmp_path / "missing.db").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_the_server_app_s_refusal_of_a_chain_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from bcsfl_flower import cli, simulate
+    from bcsfl_flower.strategy import ResumeError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ResumeError("the ledger certifies a different model: pass a new --ledger")
+
+    monkeypatch.setattr(simulate, "simulate", refuse)
+    assert cli.main(["simulate", "--ledger", "memory", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "bcsfl simulate: the ledger certifies a different model: pass a new --ledger\n"
 
 
 def test_the_first_ctrl_c_interrupts_and_the_second_exits_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
