@@ -171,6 +171,10 @@ def _simulate(args: argparse.Namespace) -> int:
     caught = sum(len(bad & set(r["rejected"])) for r in rounds)
     print(f"[bcsfl] {settings.strategy}: final accuracy {metrics['final_accuracy']:.4f}; "
           f"malicious client-rounds rejected {caught}/{len(bad) * len(rounds)}; metrics in {out / 'metrics.json'}")
+    if rounds and metrics.get("failed_rounds", 0) == len(rounds):
+        reasons = sorted({str(r.get("reason", "")) for r in rounds if r.get("reason")})
+        print(f"bcsfl simulate: every round failed ({'; '.join(reasons)[:300] or 'no aggregate'})", file=sys.stderr)
+        return 1
     return 0
 
 

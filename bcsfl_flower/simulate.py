@@ -134,8 +134,9 @@ def settings_problems(settings: RunSettings, engine: str = "ray",
     Nothing is started, imported heavily or written: the values
     (:meth:`RunSettings.problems`), then what the machine must hold: the dataset's
     files, a writable output folder, and a ledger file that is a ledger. A ledger
-    that already holds a chain (more than its genesis block) is refused unless
-    ``settings.resume``, so that a rerun never mixes two runs in one chain.
+    that already holds certified rounds is refused unless ``settings.resume``, so that
+    a rerun never mixes two runs in one chain (a federation founded with ``bcsfl
+    ledger init``/``enrol`` and no round yet is this run's to start).
 
     Parameters
     ----------
@@ -236,6 +237,8 @@ def _ledger_problem(s: RunSettings, label: Mapping[str, str]) -> str | None:
     except (LedgerError, OSError, sqlite3.Error) as err:  # e.g. a SQLite database of something else
         return f"{flag} {err}" if str(path) in str(err) else f"{flag} {path} is not a ledger ({err})"
     certified = [r for r in rounds if isinstance(r, int) and not isinstance(r, bool)]
+    if not certified:  # a federation founded (charter, enrolments) but no round yet: this run is its first
+        return None
     default = s.out and path.resolve() == (Path(s.out).expanduser() / "ledger.db").resolve()
     where, choose = (Path(s.out), label["out"]) if default else (path, flag)
     return (f"{where} already holds a chain of {height} blocks (round {max(certified, default=0)}): "

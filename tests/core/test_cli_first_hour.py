@@ -38,10 +38,13 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], prefix: str) ->
     return lines[0]
 
 
-def _chain(path: Path) -> None:
-    """A ledger holding a chain: genesis, the charter and five enrolments (no Flower run needed)."""
+def _chain(path: Path, rounds: int = 1) -> None:
+    """A ledger holding a chain: genesis, the charter, five enrolments and ``rounds`` certified rounds
+    (each a pool block and a round block; no Flower run needed)."""
     with SqliteLedger(path) as led:
-        Federation.start(led)
+        fed = Federation.start(led)
+        for r in range(1, rounds + 1):
+            fed.commit_round(r)
 
 
 # label, arguments (with {tmp} for the test's folder), what the one line must say
@@ -97,13 +100,26 @@ def test_a_rerun_into_a_folder_holding_a_chain_needs_resume(tmp_path: Path) -> N
     before = (out / "ledger.db").read_bytes()
     res, _ = bcsfl("simulate", "--rounds", "1", "--out", str(out), cwd=tmp_path)
     line = assert_one_line_error(res, "bcsfl simulate: ")
-    assert line == (f"bcsfl simulate: {out} already holds a chain of 7 blocks (round 0): pass --resume to "
+    assert line == (f"bcsfl simulate: {out} already holds a chain of 9 blocks (round 1): pass --resume to "
                     "continue from its head, or choose a new --out")
     assert (out / "ledger.db").read_bytes() == before
     other = tmp_path / "chain.db"  # an explicit --ledger: the advice names --ledger
     _chain(other)
     res, _ = bcsfl("simulate", "--ledger", str(other), "--out", str(tmp_path / "fresh"), cwd=tmp_path)
     assert assert_one_line_error(res, "bcsfl simulate: ").endswith("or choose a new --ledger")
+
+
+def test_a_founded_federation_without_rounds_is_not_a_rerun(tmp_path: Path) -> None:
+    """``ledger init`` and ``enrol`` leave a charter and enrolments: the first run on them needs no --resume."""
+    from bcsfl_flower.settings import RunSettings
+    from bcsfl_flower.simulate import settings_problems
+
+    _chain(tmp_path / "fed.db", rounds=0)
+    s = RunSettings(num_clients=5, bcsfl_ledger=f"sqlite:///{tmp_path / 'fed.db'}", out=str(tmp_path / "out"))
+    assert settings_problems(s) == []
+    _chain(tmp_path / "ran.db", rounds=1)
+    s = RunSettings(num_clients=5, bcsfl_ledger=f"sqlite:///{tmp_path / 'ran.db'}", out=str(tmp_path / "out"))
+    assert any("already holds a chain of 9 blocks (round 1)" in p for p in settings_problems(s))
 
 
 def test_resume_passes_the_chain_check(tmp_path: Path) -> None:
@@ -225,3 +241,14 @@ def test_ctrl_c_exits_130_and_leaves_a_ledger_that_verifies(tmp_path: Path) -> N
     assert text.rstrip().endswith("bcsfl: interrupted"), text[-500:]
     res, _ = bcsfl("ledger", "verify", str(out / "ledger.db"), cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.startswith("OK: "), res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_a_run_whose_every_round_fails_exits_non_zero(tmp_path: Path) -> None:
+    """Every client attacks: no update is ever accepted, no round commits, and the command says so (exit 1)."""
+    res, _ = bcsfl("simulate", "--engine", "inprocess", "--num-clients", "4", "--rounds", "1",
+                   "--malicious-fraction", "0.9", "--attack", "sign-flip", "--out", str(tmp_path / "run"),
+                   cwd=tmp_path)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "bcsfl simulate: every round failed (no update accepted" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
