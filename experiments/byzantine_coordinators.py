@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from bcsfl_flower.ledger import open_ledger
 
-from .common import data_dir
+from .common import data_dir, run_fresh
 
 
 def main() -> None:
@@ -39,11 +37,8 @@ def main() -> None:
               "--seed", str(args.seed), "--strategy", "bcsfl"] + (["--data-dir", data] if data else [])
     runs = {}
     for name, extra in (("honest", []), ("byzantine", ["--byzantine-coordinators", "1"])):
-        shutil.rmtree(out / name, ignore_errors=True)  # a fresh ledger: --out reuses an existing one
-        cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *common, *extra, "--out", str(out / name)]
-        with open(out / f"{name}.log", "w") as log:
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
-                sys.exit(f"{name} failed; see {out / name}.log")
+        if run_fresh([*common, *extra], out / name, out / f"{name}.log"):  # failed: out/name unchanged
+            sys.exit(f"{name} failed; see {out / name}.log")
         runs[name] = json.loads((out / name / "metrics.json").read_text())
     with open_ledger(out / "byzantine" / "ledger.db", create=False) as ledger:
         consensus = [b.data.get("consensus", {}) for b in ledger.blocks(1) if "round" in b.data]

@@ -17,22 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .common import data_dir
+from .common import data_dir, run_fresh
 
 
 def run(out: Path, extra: list[str], common: list[str], name: str) -> dict:
-    shutil.rmtree(out / name, ignore_errors=True)  # a fresh ledger: --out reuses an existing one
-    cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *common, *extra, "--out", str(out / name)]
-    with open(out / f"{name}.log", "w") as log:
-        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
-            sys.exit(f"{name} failed; see {out / name}.log")
+    if run_fresh([*common, *extra], out / name, out / f"{name}.log"):  # a failed run leaves out/name as it was
+        sys.exit(f"{name} failed; see {out / name}.log")
     return json.loads((out / name / "metrics.json").read_text())
 
 

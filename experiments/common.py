@@ -11,8 +11,10 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -54,12 +56,49 @@ def code_dir() -> Path:
     return Path(os.environ.get("BCSFL_EXPERIMENT_CODE") or REPO).resolve()
 
 
+def run_fresh(args: Sequence[str], final: Path, log: Path, *, cwd: Path | None = None,
+              env: Mapping[str, str] | None = None, timeout: float | None = None, note: str = "") -> int:
+    """Run ``bcsfl simulate ARGS`` into a new folder; move it to ``final`` only if it wrote its metrics.
+
+    A run never continues an earlier chain (``bcsfl simulate`` refuses a folder holding
+    one), and a failed or interrupted run leaves ``final``, committed results included,
+    as it was. The recorded paths in ``metrics.json`` are rewritten to ``final``.
+    Returns the exit code; ``final/metrics.json`` exists after a 0.
+    """
+    final = final.resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.running-", dir=final.parent))  # a rename away
+    fresh = work / final.name
+    try:
+        cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *map(str, args), "--out", str(fresh)]
+        with open(log, "w") as handle:
+            handle.write(note + " ".join(cmd) + "\n")
+            handle.flush()
+            code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                  timeout=timeout).returncode
+        if code != 0 or not (fresh / "metrics.json").is_file():
+            return code or 1
+        metrics = json.loads((fresh / "metrics.json").read_text())
+        settings = metrics.get("settings")
+        for key, value in (settings.items() if isinstance(settings, dict) else ()):
+            if isinstance(value, str) and str(fresh) in value:
+                settings[key] = value.replace(str(fresh), str(final))
+        (fresh / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if final.exists():
+            os.rename(final, work / f"{final.name}.previous")
+        os.rename(fresh, final)
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def simulate(args: Sequence[str], out: Path, timeout: float | None = None, *, engine: str = "ray",
              device: str = "cpu", threads: int | None = None) -> tuple[dict[str, Any], float]:
     """Run ``bcsfl simulate ARGS --out OUT``; return (metrics.json, wall seconds).
 
     The run is ``python -m bcsfl_flower.cli simulate`` with this interpreter, importing
-    the code from :func:`code_dir` (no installed package or ``bcsfl`` script needed).
+    the code from :func:`code_dir` (no installed package or ``bcsfl`` script needed),
+    into a fresh folder moved to OUT on success (:func:`run_fresh`).
     The log goes to ``OUT.log``. A run that exits non-zero, writes no metrics, or in
     which any client raised (its reply is an error, so the round silently goes on
     without it) raises ``RuntimeError`` naming the log and is not recorded.
@@ -89,18 +128,14 @@ def simulate(args: Sequence[str], out: Path, timeout: float | None = None, *, en
         extra += ["--device", device]
     if threads is not None:
         extra += ["--threads", str(threads)]
-    cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *map(str, args), *extra, "--out", str(out)]
     code_path = code_dir()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
            "PYTHONPATH": os.pathsep.join(p for p in (str(code_path), os.environ.get("PYTHONPATH", "")) if p)}
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.perf_counter()
-    with open(log, "w") as handle:
-        handle.write(f"# code: {code_path}\n" + " ".join(cmd) + "\n")
-        handle.flush()
-        code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=code_path, env=env,
-                              timeout=timeout).returncode
+    code = run_fresh([*args, *extra], out, log, cwd=code_path, env=env, timeout=timeout,
+                     note=f"# code: {code_path}\n")
     seconds = time.perf_counter() - started
     metrics_path = out / "metrics.json"
     if code != 0 or not metrics_path.is_file():

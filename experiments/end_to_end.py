@@ -21,26 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from bcsfl_flower.data import DatasetUnavailable, dataset_dir
 
+from .common import run_fresh
+
 JOBS = ("bcsfl_attacked", "fedavg_attacked", "fedavg_clean")
-
-
-def _relocate(metrics: dict, old: Path, new: Path) -> dict:
-    """The run's recorded paths (out, ledger, keys) as they read after the move into place."""
-    settings = metrics.get("settings")
-    if isinstance(settings, dict):
-        for key, value in settings.items():
-            if isinstance(value, str) and str(old) in value:
-                settings[key] = value.replace(str(old), str(new))
-    return metrics
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -50,30 +40,18 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def run(name: str, out: Path, common: list[str], extra: list[str], reuse: bool = False) -> dict:
-    """Run one job into a temporary folder; move it to ``out/name`` only when it succeeded."""
+    """Run one job into a fresh folder; it replaces ``out/name`` only when it succeeded."""
     final = out / name
     if reuse and (final / "metrics.json").is_file():
         metrics = json.loads((final / "metrics.json").read_text())
         print(f"{name:16s} final accuracy {metrics['final_accuracy']:.4f}  (reused {final})", flush=True)
         return metrics
     started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.running-", dir=out))  # same file system: the move is a rename
-    fresh = work / name  # a fresh ledger: --out would continue an existing one
     log = out / f"{name}.log"
-    try:
-        cmd = [sys.executable, "-m", "bcsfl_flower.cli", "simulate", *common, *extra, "--out", str(fresh)]
-        with open(log, "w") as handle:
-            code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT).returncode
-        if code != 0 or not (fresh / "metrics.json").is_file():
-            sys.exit(f"{name} failed (exit {code}); see {log}; {final} is unchanged")
-        metrics = _relocate(json.loads((fresh / "metrics.json").read_text()), fresh.resolve(), final.resolve())
-        _write_json(fresh / "metrics.json", metrics)
-        old = work / f"{name}.previous"
-        if final.exists():
-            os.rename(final, old)
-        os.rename(fresh, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    code = run_fresh([*common, *extra], final, log)
+    if code != 0:
+        sys.exit(f"{name} failed (exit {code}); see {log}; {final} is unchanged")
+    metrics = json.loads((final / "metrics.json").read_text())
     print(f"{name:16s} final accuracy {metrics['final_accuracy']:.4f}  ({time.perf_counter() - started:.0f}s)", flush=True)
     return metrics
 
