@@ -50,11 +50,13 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
                    help="bcsfl, or a baseline aggregation without committee or ledger")
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                   help="digits is bundled with scikit-learn and needs no files; the others read --data-dir")
+                   help="digits is bundled with scikit-learn and needs no files; the others read --data-dir, "
+                        "else $BCSFL_DATA_DIR/<dataset> or ~/.cache/bcsfl/datasets/<dataset> (downloaded there "
+                        "when online)")
     p.add_argument("--data-dir", default=d.data_dir,
                    help="folder with the dataset's standard files: IDX files (train-images-idx3-ubyte[.gz] ..., "
                         "also in torchvision's MNIST/raw layout) or cifar-10-batches-py; nothing is downloaded "
-                        "(default: none, for digits)")
+                        "into a folder you name (default: none: $BCSFL_DATA_DIR or the cache)")
     p.add_argument("--num-clients", type=int, default=10, help="virtual clients (BCS-FL: at least 4)")
     p.add_argument("--rounds", type=int, default=d.num_server_rounds, help="server rounds")
     p.add_argument("--local-epochs", type=int, default=d.local_epochs, help="epochs each client trains per round")
