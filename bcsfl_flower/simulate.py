@@ -49,8 +49,9 @@ def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: flo
         ``settings.device`` resolves to CPU, else enough for all CPU-bound actors to
         share one GPU. (Ray hides the GPU from an actor that reserves none.)
     verbose : bool
-        Flower's and Ray's deprecation warnings are shown (hidden by default), and
-        with Ray, Flower's verbose logging.
+        Flower's INFO log (each round's sampling, replies, aggregation) and Flower's and
+        Ray's deprecation warnings are shown (by default only the one ``[bcsfl] round``
+        line per round, warnings and errors), and with Ray, Flower's verbose logging.
     quiet : bool
         No ``[bcsfl] round r/R ...`` line per round and no Flower INFO logs (its
         warnings and errors still show). While the run lasts, the ``flwr`` logger is
@@ -94,7 +95,7 @@ def simulate(settings: RunSettings, engine: str = "ray", *, cpus_per_client: flo
             for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
                 warnings.filterwarnings("ignore", category=category, module=r"(flwr|ray)(\.|$)")
             flwr_log.addFilter(drop_noise)
-        if quiet:
+        if quiet or not verbose:  # our one line per round is the progress; Flower's INFO with --verbose
             flwr_log.setLevel(logging.WARNING)
         try:
             if engine == "inprocess":

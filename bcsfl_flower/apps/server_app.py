@@ -111,6 +111,21 @@ class _RoundLog:
         strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
 
 
+def _round_summary(strategy: Strategy, round_log: _RoundLog, server_round: int, stamps: dict[int, float]) -> str:
+    """``; kept K, rejected J; committed|not committed (why); S s`` for the progress line of a round."""
+    if server_round == 0:
+        return ""
+    seconds = stamps[server_round] - stamps.get(server_round - 1, stamps[server_round])
+    records = getattr(strategy, "rounds", None)
+    record = records[-1] if records and records[-1].get("round") == server_round else None
+    if record is None:  # a baseline: who replied, and whether Flower got an aggregate
+        done = "aggregated" if round_log.aggregated.get(server_round) else "no aggregate"
+        return f"; {len(round_log.replied.get(server_round, []))} replied, {done}; {seconds:.1f} s"
+    done = "committed" if record.get("committed") else f"not committed ({str(record.get('reason', ''))[:80]})"
+    return (f"; kept {len(record.get('accepted', []))}, rejected {len(record.get('rejected', []))}; {done}; "
+            f"{seconds:.1f} s")
+
+
 def _describe(device: torch.device) -> str:
     """``cpu``, or e.g. ``cuda (NVIDIA H200)``: what the central evaluation ran on."""
     if device.type == "cuda":
@@ -142,7 +157,8 @@ def run_server(grid: Grid, s: RunSettings, *, quiet: bool = False) -> dict[str, 
         stamps[server_round] = time.perf_counter()
         if not quiet:
             print(f"[bcsfl] round {server_round}/{s.num_server_rounds} {s.strategy}: "
-                  f"test accuracy {acc:.4f} loss {loss:.4f}", flush=True)
+                  f"test accuracy {acc:.4f} loss {loss:.4f}{_round_summary(strategy, round_log, server_round, stamps)}",
+                  flush=True)
         return MetricRecord({"accuracy": acc, "loss": loss})
 
     initial = ArrayRecord(model.state_dict())

@@ -28,6 +28,8 @@ def test_simulate_digits_with_an_attacker_then_verify_the_ledger(tmp_path):
         assert len(r["committee"]) == 4 and r["model_hash"]
     assert metrics["final_accuracy"] > 0.3
     assert "[bcsfl] round 3/3" in res.stdout + res.stderr
+    # One progress line per round (kept, rejected, committed, seconds); Flower's INFO log only with --verbose.
+    assert "; committed; " in res.stdout and "configure_train" not in res.stdout + res.stderr
 
     ledger = out / "ledger.db"
     ok = bcsfl("ledger", "verify", str(ledger))
