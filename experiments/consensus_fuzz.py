@@ -8,7 +8,9 @@
 Schedule i of a run uses the seed ``seed * 1_000_000 + i`` (printed with every
 violation, replay it with ``--replay``). Each schedule draws up to f Byzantine replicas
 (silent, silent primary, equivocating primary, invalid proposals, replayed, forged and
-noise messages, omissions), permanent crashes so that Byzantine + crashed <= f, and
+noise messages, omissions, and ``tamper-relay``: a rushing replica that relays correct
+primaries' pre-prepares with the carried request altered and is silent as primary),
+permanent crashes so that Byzantine + crashed <= f, and
 until GST: loss, delay, duplication, reordering, healing partitions and temporary
 crashes. SAFETY: correct replicas never execute different requests at one sequence
 number (prefixes agree), every certificate verifies, no request runs twice. LIVENESS:

@@ -22,7 +22,16 @@ to a set of behaviours:
 ``noise``         prepares/commits for random digests, wrong checkpoints, validly
                   signed view-changes for views nobody else wants, catch-up entries
                   with forged certificates;
-``omit``          drops each outgoing message with probability 1/2.
+``omit``          drops each outgoing message with probability 1/2;
+``tamper-relay``  relays every pre-prepare a correct primary sends it to the other
+                  backups with the carried request (which the primary's signature does
+                  not cover) altered: value changed, client signature garbled, request
+                  stripped or swapped for another; it stays silent as primary (drops its
+                  own pre-prepares and new-views) and withholds its prepares and commits,
+                  so a single backup misled by a copy stalls the slot. It is *rushing*:
+                  :class:`~.simnet.SimNetwork` delivers what it sends and what is sent
+                  to it at once (the network adversary colludes with it), so its copies
+                  arrive before the primary's own.
 
 The randomness comes from the ``rng`` handed in (the fault schedule's), never from
 inside the honest replica.
@@ -48,7 +57,7 @@ __all__ = ["BEHAVIOURS", "ByzantineReplica"]
 
 BEHAVIOURS = (
     "silent", "mute-primary", "equivocate", "bad-proposal", "replay", "forge", "noise", "omit",
-    "hide-prepared",
+    "hide-prepared", "tamper-relay",
 )
 
 
@@ -76,6 +85,8 @@ class ByzantineReplica:
         self._rid = 0
         self._seen: list[Signed] = []
         self._vcs_seen: dict[int, dict[int, ViewChange]] = {}
+        #: Read by :class:`~.simnet.SimNetwork`: the network adversary favours this node.
+        self.rushing = "tamper-relay" in self.behaviours
 
     # ------------------------------------------------------------ interface
 
@@ -90,7 +101,10 @@ class ByzantineReplica:
             self._seen.append(msg)
         if "equivocate" in self.behaviours and isinstance(msg, ViewChange):
             self._vcs_seen.setdefault(msg.view, {}).setdefault(msg.sender, msg)
-        return self._mangle(self.inner.receive(msg))
+        out = self._mangle(self.inner.receive(msg))
+        if "tamper-relay" in self.behaviours and "silent" not in self.behaviours:
+            out.extend(self._tampered_relay(msg))
+        return out
 
     def on_timer(self, timer_id: int) -> list:
         # Unsolicited traffic is paced by the replica's own timers (heartbeat): sent in
@@ -132,6 +146,9 @@ class ByzantineReplica:
                 continue
             if "mute-primary" in b and isinstance(msg, (PrePrepare, NewView)):
                 continue
+            if "tamper-relay" in b and isinstance(msg, (PrePrepare, NewView, Prepare, Commit)):
+                if msg.sender == self.index:
+                    continue
             if isinstance(msg, PrePrepare) and msg.sender == self.index:
                 if "equivocate" in b and msg.request is not None:
                     result.extend(self._equivocate(msg))
@@ -209,6 +226,24 @@ class ByzantineReplica:
         req = pp.request
         bad = Request(req.client, req.rid, req.value + "-tampered", req.sig)
         return self._sign(PrePrepare(pp.view, pp.seq, bad.digest, bad, self.index))
+
+    def _tampered_relay(self, msg: Signed) -> list:
+        """Copies of a correct primary's pre-prepare, request altered, to the other backups."""
+        if not isinstance(msg, PrePrepare) or msg.sender == self.index or msg.request is None:
+            return []
+        req = msg.request
+        kind = self.rng.randrange(4)
+        if kind == 0:  # value changed, client signature kept
+            alt: Request | None = Request(req.client, req.rid, req.value + "-tampered", req.sig)
+        elif kind == 1:  # client signature garbled (the digest of old left it out)
+            alt = Request(req.client, req.rid, req.value, bytes(self.rng.getrandbits(8) for _ in range(64)))
+        elif kind == 2:  # request stripped
+            alt = None
+        else:  # another validly signed request
+            alt = self._byz_request()
+        copy = dataclasses.replace(msg, request=alt)  # the primary's signature, unchanged
+        object.__setattr__(copy, "sig", msg.sig)
+        return [Send(i, copy) for i in self._others() if i != msg.sender]
 
     def _bad_new_view(self, nv: NewView) -> NewView:
         pps = tuple(

@@ -167,6 +167,11 @@ class Request(Message):
 
     ``sig`` is the client's signature over the body; replicas check it only when they
     were given client keys (the committee mode relies on the validate hook instead).
+
+    :attr:`digest` covers the client's signature too (when there is one), so the digest
+    a primary signs in a pre-prepare binds everything a backup checks in the request
+    it carries: a copy whose request matches the signed digest is exactly what the
+    primary proposed, and any copy altered on the way fails the digest check.
     """
 
     TAG: ClassVar[str] = "request"
@@ -181,9 +186,12 @@ class Request(Message):
 
     @property
     def digest(self) -> str:
+        """SHA-256 of the body followed by the encoded client signature; of the body
+        alone for an unsigned request (the encoding is prefix-free, so the two forms
+        never collide, and unsigned requests keep the digests they always had)."""
         cached = self.__dict__.get("_digest")
         if cached is None:
-            cached = sha256_hex(self.body())
+            cached = sha256_hex(self.body() + canonical(self.sig) if self.sig else self.body())
             object.__setattr__(self, "_digest", cached)
         return cached
 
@@ -205,6 +213,12 @@ class PrePrepare(Signed):
     it piggybacks: whoever uses ``request`` checks that its digest is ``digest``. A batch
     of thousands of transactions is then hashed once (its digest), not three more times
     by Ed25519 signing and verifying.
+
+    ``request`` is therefore not evidence against the signer: a copy whose request does
+    not match ``digest`` may have been altered by whoever relayed it, and a replica
+    drops that copy instead of suspecting the primary. Since the request digest also
+    covers the client's signature, a matching request that fails the client-signature
+    or validate check is what the primary signed, and only that is held against it.
     """
 
     TAG: ClassVar[str] = "pre-prepare"

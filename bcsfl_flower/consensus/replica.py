@@ -29,7 +29,7 @@ from .quorum import max_faulty, quorum_size
 from .requests import RequestQueue, request_ok
 from .slots import Slot, SlotLog
 from .state import PBFTConfig, ReplicaStatus, StableCheckpoint, TimerKind
-from .viewchange import NewViewPlan, ViewChangeState, plan_new_view
+from .viewchange import NewViewPlan, ViewChangeState, digest_ok, plan_new_view
 
 __all__ = ["PBFTConfig", "Replica", "ReplicaStatus", "StableCheckpoint", "TimerKind", "NORMAL", "VIEW_CHANGE"]
 
@@ -207,9 +207,11 @@ class Replica:
     # ============================================================ normal case (4.2)
 
     def _on_pre_prepare(self, pp: PrePrepare) -> None:
-        v = pp.view
+        v, req = pp.view, pp.request
         if pp.sender != v % self.n or pp.sender == self.index or v < self.view:
             return
+        if req is None or not digest_ok(pp):  # altered on the way (or a NEW-VIEW's null): drop
+            return  # the copy, never suspect its signer (see PrePrepare's docstring)
         if v > self.view or self.status != NORMAL:
             if v <= self.view + self.n + 2 and self.checkpoints.in_window(pp.seq, 2):
                 self.slots.buffer(pp)
@@ -221,13 +223,11 @@ class Replica:
             if slot.pp.digest != pp.digest:  # two signed proposals for one slot
                 self._start_view_change(self.view + 1)
             return
-        req = pp.request
-        if req is None or pp.digest != req.digest or not request_ok(req, self.client_keys, self.validate):
-            self._start_view_change(self.view + 1)  # invalid proposal: suspect the primary
-            return
         assigned = self.requests.assignment(req.key)
-        if assigned is not None and assigned != pp.seq:
-            self._start_view_change(self.view + 1)  # one request ordered twice in a view
+        # The signed digest covers the request and its client signature: this is what the
+        # primary proposed. Invalid, or one request ordered twice in a view: suspect it.
+        if not request_ok(req, self.client_keys, self.validate) or assigned not in (None, pp.seq):
+            self._start_view_change(self.view + 1)
             return
         self.requests.assign(req.key, pp.seq)
         if not self.execution.executed(req.key):

@@ -114,6 +114,10 @@ class SimNetwork:
         self.on_output: Optional[Callable[[int, Any, float], None]] = None
         self._started = False
         self._commits = 0
+        #: Nodes the network adversary favours (a ``rushing`` attribute, set by
+        #: :class:`~.byzantine.ByzantineReplica`): messages from and to them arrive at
+        #: once (the network adversary colludes with them), so they race correct replicas.
+        self.rushing = frozenset(i for i, nd in enumerate(self.nodes) if getattr(nd, "rushing", False))
 
     # ----------------------------------------------------------------- schedule
 
@@ -139,12 +143,14 @@ class SimNetwork:
         self._tick += 1
         heapq.heappush(self._heap, (t, self._tick, kind, a, b))
 
-    def _delay(self) -> float:
+    def _delay(self, rush: bool = False) -> float:
         lo, hi = self.schedule.delay if self.now < self.schedule.gst else self.schedule.stable_delay
-        return self.rng.uniform(lo, hi)
+        d = self.rng.uniform(lo, hi)
+        return 0.0 if rush else d
 
     def _transmit(self, src: int, dst: int, msg: Any, kind: int = _DELIVER) -> None:
         self.stats.sent += 1
+        rush = bool(self.rushing) and (src in self.rushing or dst in self.rushing)
         if self.now < self.schedule.gst:
             if self.rng.random() < self.schedule.loss:
                 self.stats.dropped += 1
@@ -154,8 +160,8 @@ class SimNetwork:
                 return
             if self.schedule.dup and self.rng.random() < self.schedule.dup:
                 self.stats.duplicated += 1
-                self._push(self.now + self._delay(), kind, dst, msg)
-        self._push(self.now + self._delay(), kind, dst, msg)
+                self._push(self.now + self._delay(rush), kind, dst, msg)
+        self._push(self.now + self._delay(rush), kind, dst, msg)
 
     # ----------------------------------------------------------------- outputs
 

@@ -59,10 +59,14 @@ MAX_VIEWS_AHEAD = 64
 
 
 def digest_ok(pp: PrePrepare) -> bool:
-    """The pre-prepare's digest is that of the request it carries (or the null one)."""
-    if pp.request is None:
+    """The pre-prepare's digest is that of the request it carries (or the null one).
+
+    The request digest covers the client's signature, so a True answer means the carried
+    request is, byte for byte, the one the pre-prepare's signer hashed."""
+    req = pp.request
+    if req is None:
         return pp.digest == NULL_DIGEST
-    return isinstance(pp.request, Request) and pp.digest == pp.request.digest
+    return isinstance(req, Request) and isinstance(req.sig, bytes) and pp.digest == req.digest
 
 
 def valid_checkpoint_proof(
