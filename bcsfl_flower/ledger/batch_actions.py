@@ -13,7 +13,7 @@ for its transactions to commit).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Union
@@ -85,6 +85,10 @@ class NodeFacts:
         The federation state after the head (to re-check a refused block's transactions).
     has_model : Callable[[str], bool]
         Whether the node stores the model with this digest (same purpose).
+    committed : Callable[[Sequence[str]], Mapping[str, int]] (default: none are)
+        Of these transaction ids, those already on the node's chain, each with its
+        block's ``sequenceNo`` (read from the node's file, so it survives restarts:
+        :meth:`~.sqlite.SqliteLedger.committed`).
     """
 
     primary: int
@@ -92,6 +96,7 @@ class NodeFacts:
     head: Block
     state: FederationState
     has_model: Callable[[str], bool]
+    committed: Callable[[Sequence[str]], Mapping[str, int]] = lambda ids: {}
 
 
 @dataclass(frozen=True)

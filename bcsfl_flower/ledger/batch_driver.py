@@ -94,7 +94,7 @@ class BatchDriver:
     def wait(self, ids: Sequence[str]) -> ClientWait:
         """Register interest in transaction ids; ``.future`` resolves when all commit."""
         wait = ClientWait(ids)
-        self._run(self.core.register(wait))
+        self._run(self.core.register(wait, facts=self.host.batch_facts()))
         return wait
 
     def forget(self, wait: TxWait) -> None:

@@ -18,9 +18,14 @@ a view change, a bad transaction that a faulty node forwarded, two enrolments of
 with different keys) is rejected on every node alike; the primary then re-checks its
 transactions one by one, drops the bad ones and proposes the rest again.
 
-Two blocks holding the same transaction can both commit only if one was built on top
-of the other; the primary skips transactions that are committed or already in its
-in-flight blocks, so a correct primary never duplicates one.
+Exactly once: a transaction is on the chain at most once. Every node's SQLite file
+records the id of each committed transaction with its block (:mod:`~.sqlite`), so a
+block holding an id already on the chain is refused on every node, and the batcher
+drops such a transaction before it is pooled or forwarded (:attr:`NodeFacts.committed`
+reads the file, so this holds after a restart too). A client re-sending a transaction
+that already committed is answered at once with its original block. The primary also
+skips transactions already in its in-flight blocks, so it does not propose a block that
+is bound to be refused.
 
 Like the PBFT :class:`~bcsfl_flower.consensus.replica.Replica`, :class:`Batcher` does
 no I/O and reads no clock: each event method takes what the node knows at that moment
@@ -51,7 +56,7 @@ __all__ = [
 ]
 
 MAX_HOPS = 3  # forwarded transactions are dropped after this many hops (stops loops)
-REMEMBER = 1_000_000  # committed transaction ids kept for de-duplication
+REMEMBER = 100_000  # recently committed ids kept in memory (the chain's file has them all)
 OUTSTANDING_TTL = 120.0  # seconds a client's transaction is watched before it is given up
 
 
@@ -103,6 +108,12 @@ class Batcher:
         out: list[Action] = []
         fresh = [tx for tx in txs if isinstance(tx, dict) and isinstance(tx.get("id"), str)
                  and tx["id"] not in self.committed]
+        if fresh:  # already on the chain (before a restart, say): answered, never batched again
+            done = facts.committed([tx["id"] for tx in fresh])
+            if done:
+                for tx_id, seq in done.items():
+                    self._committed(tx_id, seq, out)
+                fresh = [tx for tx in fresh if tx["id"] not in done]
         if from_client:
             for tx in fresh:
                 self.outstanding[tx["id"]] = (tx, now)
@@ -121,9 +132,17 @@ class Batcher:
         elif txs and hops < MAX_HOPS:
             out.append(ForwardTxs(target, txs, hops + 1))
 
-    def register(self, wait: TxWait) -> list[Action]:
-        """Watch the ids of ``wait`` (a :class:`Resolve` comes when all have committed)."""
+    def register(self, wait: TxWait, *, facts: NodeFacts | None = None) -> list[Action]:
+        """Watch the ids of ``wait`` (a :class:`Resolve` comes when all have committed).
+
+        Ids already on the chain (``facts.committed``, or this batcher's memory) are
+        done at once, with the block they committed in.
+        """
         out: list[Action] = []
+        unknown = [tx_id for tx_id in wait.remaining if tx_id not in self.committed]
+        if unknown and facts is not None:
+            for tx_id, seq in facts.committed(unknown).items():
+                self._remember(tx_id, seq)
         for tx_id in list(wait.remaining):
             if tx_id in self.committed:  # a client re-sending what already committed
                 if wait.done(tx_id, self.committed[tx_id]):
@@ -131,6 +150,21 @@ class Batcher:
             else:
                 self.waits.setdefault(tx_id, []).append(wait)
         return out
+
+    def _remember(self, tx_id: str, seq: int) -> None:
+        self.committed[tx_id] = seq
+        self.committed.move_to_end(tx_id)
+        while len(self.committed) > REMEMBER:
+            self.committed.popitem(last=False)
+
+    def _committed(self, tx_id: str, seq: int, out: list[Action]) -> None:
+        """``tx_id`` is on the chain in block ``seq``: answer its waiters, stop watching it."""
+        for wait in self.waits.pop(tx_id, ()):
+            if wait.done(tx_id, seq):
+                out.append(Resolve(wait))
+        self._remember(tx_id, seq)
+        self.outstanding.pop(tx_id, None)
+        self.pool.pop(tx_id, None)
 
     def forget(self, wait: TxWait) -> None:
         """Drop a wait registered with :meth:`register` (answered or timed out)."""
@@ -177,14 +211,7 @@ class Batcher:
             for tx in block.transactions:
                 tx_id = tx.get("id") if isinstance(tx, dict) else None
                 if isinstance(tx_id, str):
-                    for wait in self.waits.pop(tx_id, ()):
-                        if wait.done(tx_id, block.sequence_no):
-                            out.append(Resolve(wait))
-                    self.committed[tx_id] = block.sequence_no
-                    self.outstanding.pop(tx_id, None)
-                    self.pool.pop(tx_id, None)
-            while len(self.committed) > REMEMBER:
-                self.committed.popitem(last=False)
+                    self._committed(tx_id, block.sequence_no, out)
         txs = self.proposed.pop(block.hash, None)
         if txs is not None:
             self.inflight_ids.difference_update(tx["id"] for tx in txs)
@@ -204,8 +231,9 @@ class Batcher:
         this node checked its clients' transactions on arrival.
         """
         back: list[tuple[str, dict[str, Any]]] = []
+        on_chain = facts.committed([tx["id"] for tx in txs if tx["id"] not in self.committed])
         for tx in txs:
-            if tx["id"] in self.committed:
+            if tx["id"] in self.committed or tx["id"] in on_chain:
                 continue
             try:
                 parsed = Transaction.from_json(tx)

@@ -10,6 +10,10 @@ Transactions are batched by the sans-IO :class:`~.batcher.Batcher` (one block, o
 request), whose actions :class:`~.batch_driver.BatchDriver` carries out. The node starts
 from the charter and keeps its view of the chain in a :class:`~.chain_view.ChainView`.
 
+Exactly once: the batcher asks the node's SQLite file (:meth:`~.sqlite.SqliteLedger.committed`)
+whether a transaction is already on the chain, so a transaction re-sent after a restart
+is answered with its original block instead of being batched again.
+
 Crash recovery: only the SQLite file (and one number, see :mod:`~.recovery`)
 survives a crash. A restarted node's replica starts empty; the peers' status
 heartbeats hand it the committed entries it lacks (each with its 2f+1 commit
@@ -355,7 +359,7 @@ class LedgerNode:
     def batch_facts(self) -> NodeFacts:
         """What the batcher reads of this node at an event (see :class:`~.batcher.NodeFacts`)."""
         return NodeFacts(self.replica.primary, self.is_primary, self.chain.head, self.chain.state,
-                         self.ledger.has_model)
+                         self.ledger.has_model, self.ledger.committed)
 
     # ------------------------------------------------------------------ execution
     def _execute(self, entry: Committed) -> None:

@@ -19,7 +19,9 @@ transaction's hash and Ed25519 signature, link to the head, referenced models st
 and the federation's rules against the state before it (enrolments by the authority,
 transactions from enrolled keys, round certificates, stakes). An upload's authority
 is checked against the chain state at its place in the order. What fails is refused
-on every node alike, with the same reason. Execution is also idempotent, which is
+on every node alike, with the same reason; so is a block holding a transaction that is
+already on the chain (every node's file records committed transaction ids with their
+blocks, :mod:`~.sqlite`), so no transaction commits twice. Execution is also idempotent, which is
 what crash recovery relies on: a node that restarts replays committed operations from
 its peers, and a block it already holds (same hash at the same height) or a model it
 already has is a no-op.

@@ -5,15 +5,24 @@ validates the block and writes it, so concurrent writers (threads or processes) 
 never fork the chain. The federation state (identities, stakes) is not stored: it is
 replayed from the blocks, and blocks another process appended are checked against the
 rules before this one relies on them. Tamper evidence comes from ``verify_chain``, not from triggers.
+
+Exactly once: the id of every transaction on the chain is also a row of the ``txs``
+table (``id`` -> the ``sequence_no`` of its block), written in the same SQLite
+transaction as its block. Its primary key makes a second entry of one transaction
+impossible: ``append`` refuses a block holding an id already on the chain, on every
+node alike (their chains are the same), and :meth:`SqliteLedger.committed` tells a
+node, even one just restarted, which block a re-sent transaction is in. A file written
+before the table existed gets it filled from its blocks when first opened for writing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,8 @@ CREATE TABLE blocks (
 );
 CREATE TABLE models (hash TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
+_TXS_SCHEMA = "CREATE TABLE IF NOT EXISTS txs (id TEXT PRIMARY KEY, sequence_no INTEGER NOT NULL) WITHOUT ROWID"
+_LOOKUP_CHUNK = 500  # ids per ``IN (...)`` query (SQLite's variable limit)
 _COLUMNS = "sequence_no, hash, last_hash, timestamp, data, public, sign"
 _BUSY_TIMEOUT_S = 30.0
 
@@ -120,6 +131,12 @@ class SqliteLedger(Ledger):
                     f"INSERT INTO blocks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
                     tuple(GENESIS.to_row()),
                 )
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='txs'").fetchone() is None:
+                conn.execute(_TXS_SCHEMA)  # a file from before the table: fill it from the blocks
+                for seq, data in conn.execute("SELECT sequence_no, data FROM blocks ORDER BY sequence_no").fetchall():
+                    ids = _tx_ids(_stored_txs(data))
+                    conn.executemany("INSERT OR IGNORE INTO txs (id, sequence_no) VALUES (?, ?)",
+                                     [(tx_id, seq) for tx_id in ids])
 
     class _Txn:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) under the lock."""
@@ -215,7 +232,39 @@ class SqliteLedger(Ledger):
                 )
             except sqlite3.IntegrityError as err:
                 raise LedgerError(f"block conflicts with a stored block: {err}") from err
+            ids = _tx_ids(block.transactions)
+            try:
+                conn.executemany("INSERT INTO txs (id, sequence_no) VALUES (?, ?)",
+                                 [(tx_id, block.sequence_no) for tx_id in ids])
+            except sqlite3.IntegrityError:  # rolled back with the block
+                seen = self._committed(conn, ids)
+                tx_id = next(iter(seen), "?")
+                raise LedgerError(f"transaction {tx_id} is already committed in block "
+                                  f"{seen.get(tx_id, '?')}") from None
         self._replay = rep
+
+    def committed(self, ids: Iterable[str]) -> dict[str, int]:
+        """Of the transaction ids ``ids``, those on the chain: ``id -> sequenceNo`` of their block."""
+        with self._lock:
+            return self._committed(self._conn, list(ids))
+
+    def _committed(self, conn: sqlite3.Connection, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        if not ids:
+            return found
+        if self.read_only and not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='txs'").fetchone():
+            wanted = set(ids)  # a file from before the table, opened read-only: read the blocks
+            for row in conn.execute("SELECT sequence_no, data FROM blocks ORDER BY sequence_no").fetchall():
+                for tx_id in _tx_ids(_stored_txs(row[1])):
+                    if tx_id in wanted:
+                        found.setdefault(tx_id, int(row[0]))
+            return found
+        for i in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[i:i + _LOOKUP_CHUNK]
+            found.update(conn.execute(
+                f"SELECT id, sequence_no FROM txs WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     # -- model store ---------------------------------------------------------------
     @staticmethod
@@ -264,3 +313,18 @@ class SqliteLedger(Ledger):
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
+
+
+def _stored_txs(text: Any) -> list[Any]:
+    """``data.transactions`` of a stored block's data column ([] if it has none or is unreadable)."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    txs = data.get("transactions") if isinstance(data, dict) else None
+    return txs if isinstance(txs, list) else []
+
+
+def _tx_ids(txs: list[Any]) -> list[str]:
+    """The ids of a block's transactions (JSON objects); a stored block's are strings."""
+    return [tx["id"] for tx in txs if isinstance(tx, dict) and isinstance(tx.get("id"), str)]

@@ -14,7 +14,7 @@ import pytest
 
 from bcsfl_flower.consensus.messages import Status, sign
 from bcsfl_flower.crypto import SigningKey
-from bcsfl_flower.ledger import MemoryLedger
+from bcsfl_flower.ledger import MemoryLedger, Transaction
 from bcsfl_flower.ledger.batcher import (
     OUTSTANDING_TTL, BatchConfig, Batcher, BatchTimer, CancelTimer, ForwardTxs, NodeFacts, Ping,
     ProposeBlock, Resolve, SetTimer, TxWait,
@@ -132,6 +132,49 @@ def test_a_client_waiting_for_what_already_committed_is_answered_at_once(fed):
     # and a committed transaction sent again is not pooled again
     assert b.add(batch, facts=facts(fed), now=1.0) == [SetTimer(BatchTimer.BUILD, CFG.batch_delay)]
     assert not b.pool
+
+
+def on_chain(fed: Federation):
+    """``NodeFacts.committed`` read off the chain (as a node reads its SQLite file)."""
+    def committed(ids):
+        where = {tx["id"]: b.sequence_no for b in fed.ledger.blocks() for tx in b.transactions}
+        return {i: where[i] for i in ids if i in where}
+    return committed
+
+
+def test_a_transaction_already_on_the_chain_is_never_batched_again_even_by_a_fresh_batcher(fed):
+    first = Batcher(0, KEY, CFG)
+    old = txs(fed, 2)
+    first.add(old, facts=facts(fed), now=0.0, from_client=True)
+    [block] = proposed(first.on_timer(BatchTimer.BUILD, facts=facts(fed), now=0.0, wall=0.0))
+    executed(fed, first, block)
+    # The node restarts: a new batcher that remembers nothing; the chain does.
+    b = Batcher(0, KEY, CFG)
+    known = replace(facts(fed), committed=on_chain(fed))
+    wait = TxWait([old[0]["id"]])
+    assert b.register(wait, facts=known) == [Resolve(wait)] and wait.where == {old[0]["id"]: block.sequence_no}
+    new = txs(fed, 1, start=10)
+    b.add([old[1], *new, old[0]], facts=known, now=1.0, from_client=True)
+    assert list(b.pool) == [new[0]["id"]] and list(b.outstanding) == [new[0]["id"]]
+    [again] = proposed(b.on_timer(BatchTimer.BUILD, facts=known, now=1.0, wall=0.0))
+    assert again.transactions == new
+    # Nor forwarded: a backup drops it too, and answers a client waiting for it.
+    backup = Batcher(1, seeded("node-1"), CFG)
+    late = TxWait([old[1]["id"]])
+    backup.waits[old[1]["id"]] = [late]  # registered before the lookup could know
+    acts = backup.add([old[1]], facts=replace(known, primary=0, leads=False), now=2.0, hops=1)
+    assert acts == [Resolve(late)] and late.where == {old[1]["id"]: block.sequence_no}
+
+
+def test_a_refused_block_gives_back_only_what_is_not_on_the_chain(fed):
+    b = Batcher(0, KEY, replace(CFG, batch_size=3, max_inflight=1))
+    batch = txs(fed, 3)
+    b.add(batch, facts=facts(fed), now=0.0)
+    [block] = proposed(b.on_timer(BatchTimer.BUILD, facts=facts(fed), now=0.0, wall=0.0))
+    # A faulty node got batch[1] onto the chain first; the block is refused on every node.
+    fed.ledger.append(fed.tx_block([Transaction.from_json(batch[1])]))
+    b.on_executed(block, False, facts=replace(facts(fed), committed=on_chain(fed)))
+    assert list(b.pool) == [batch[0]["id"], batch[2]["id"]]
 
 
 def test_a_forgotten_wait_is_not_answered(fed):

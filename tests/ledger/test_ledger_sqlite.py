@@ -42,7 +42,8 @@ def test_schema_and_pragmas(tmp_path: Path) -> None:
         ],
         "models": [("hash", "TEXT"), ("data", "BLOB")],
     }
-    assert tables == {"blocks", "models"}  # identities and stakes are replayed from the blocks
+    # identities and stakes are replayed from the blocks; txs: committed ids (exactly once)
+    assert tables == {"blocks", "models", "txs"}
     assert genesis == [
         (0, "genesis-hash", "", 0.0, '{"chain":"bcsfl","genesis":true}', "", "")
     ]
