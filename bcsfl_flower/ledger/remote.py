@@ -52,8 +52,6 @@ class RemoteLedger(Ledger):
         one, ``put_model`` only succeeds for models the cluster already stores.
     """
 
-    _PAGE = 100  # blocks per request when replaying the chain
-
     def __init__(self, url: str, timeout: float = 90.0,
                  uploader: tuple[str, SigningKey] | None = None) -> None:
         self.url = url.rstrip("/")
@@ -120,16 +118,29 @@ class RemoteLedger(Ledger):
             raise LedgerError(f"GET /blocks/{seq}: {self._detail(resp)}")
         return Block.from_json(resp.json())
 
-    def _chain(self, start: int = 0, end: int | None = None) -> list[Any]:
-        params: dict[str, int] = {"start": max(0, start)}
+    def _page(self, start: int, end: int | None = None) -> tuple[list[Any], int | None]:
+        """One page of ``GET /getBlockchain`` from ``start`` (the node's page length): the
+        blocks and the ``from`` of the next page (None after the last)."""
+        params: dict[str, int] = {"from": start}
         if end is not None:
-            if end <= params["start"]:
-                return []
             params["end"] = end
-        chain = self._json("GET", "/getBlockchain", params=params).get("chain")
+        page = self._json("GET", "/getBlockchain", params=params)
+        chain = page.get("chain") if isinstance(page, dict) else None
         if not isinstance(chain, list):
             raise LedgerError("GET /getBlockchain: no chain in the answer")
-        return chain
+        nxt = page.get("next")
+        if not chain or not isinstance(nxt, int) or isinstance(nxt, bool) or nxt <= start:
+            nxt = None  # the last page (or a node that does not page: it sent everything)
+        return chain, nxt
+
+    def _chain(self, start: int = 0, end: int | None = None) -> list[Any]:
+        """Blocks ``start <= sequenceNo < end`` as served, read page by page."""
+        pos: int | None = max(0, start)
+        out: list[Any] = []
+        while pos is not None and (end is None or pos < end):
+            chain, pos = self._page(pos, end)
+            out.extend(chain)
+        return out
 
     def blocks(self, start: int = 0, end: int | None = None) -> list[Block]:
         return [Block.from_json(obj) for obj in self._chain(start, end)]
@@ -202,19 +213,21 @@ class RemoteLedger(Ledger):
         chain raises ``LedgerError`` instead of being believed.
         """
         rep = self._replay
+        chain, more = self._page(rep.head.sequence_no)  # the head checked here, then what follows
+        if not chain:
+            return rep.state  # a lagging node after a fail-over: what was checked stands
+        first = Block.from_json(chain[0])
+        if first.hash != rep.head.hash:
+            raise LedgerError(f"the ledger node serves another block {first.sequence_no} than before "
+                              "(rewritten history or a fork)")
+        chain = chain[1:]
         while True:
-            chain = self._chain(rep.head.sequence_no, rep.head.sequence_no + 1 + self._PAGE)
-            if not chain:
-                return rep.state  # a lagging node after a fail-over: what was checked stands
-            first = Block.from_json(chain[0])
-            if first.hash != rep.head.hash:
-                raise LedgerError(f"the ledger node serves another block {first.sequence_no} than before "
-                                  "(rewritten history or a fork)")
-            for obj in chain[1:]:
+            for obj in chain:  # each must link to the head before it (advance checks)
                 rep = advance(rep, Block.from_json(obj))
             self._replay = rep
-            if len(chain) <= self._PAGE:
+            if more is None:
                 return rep.state
+            chain, more = self._page(more)
 
     def register_identity(self, enrolment: Transaction) -> None:
         """Submit the enrolment authority's signed enrolment transaction (``POST /identities``)."""

@@ -11,8 +11,16 @@ is a 4xx with a ``detail`` that says why: 400 malformed JSON, 401 no authority s
 refused (not the enrolment authority, an unknown key, a bad signature, a block the
 rules refuse), 404 not found, 409 refused on execution (e.g. a block built on a stale
 head) or an id enrolled with another key, 413 too large, 422 wrong types or an invalid
-hash, 429 too many transactions already waiting. A write that has not committed within
-``wait`` seconds gets 202 (pending), never a 5xx.
+hash, 429 too many transactions already waiting or too many writes from one client
+(with ``Retry-After``). A write that has not committed within ``wait`` seconds gets 202
+(pending), never a 5xx.
+
+Quotas (:class:`Quotas`; set by ``create_app`` or ``BCSFL_LEDGER_*`` environment
+variables): request bodies (model uploads up to the charter's ``max_model_bytes``, JSON
+bodies up to ``max_json_body``), a block's and a transaction's ``data`` size, chain
+reads paged (``GET /getBlockchain?from=&limit=``, ``page`` blocks by default, at most
+``max_page``), and writes rate-limited per client: per enrolled identity that signs
+them, per remote address for anything unauthenticated.
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
@@ -31,9 +42,9 @@ from bcsfl_flower.crypto import sha256_hex
 
 from .admission import Refused, admit_block, admit_enrolment, admit_transaction
 from .base import identity_records
-from .block import Block, LedgerError, Transaction
+from .block import Block, LedgerError, Transaction, canonical_json
 from .httpio import AsciiJSONResponse as JSONResponse
-from .httpio import BodyLimit, await_result, json_body
+from .httpio import BodyLimit, RateLimiter, await_result, json_body, retry_after
 from .node import LedgerNode
 from .ops import encode_block_op, encode_model_op, parse_op
 from .replay import enrolment_of
@@ -41,7 +52,7 @@ from .rules import check_block
 from .schemas import BLOCK_SCHEMA, ENROLMENT_SCHEMA, UPDATE_SCHEMA
 from .upload import CLIENT_HEADER, SIGN_HEADER, UploadRefused, check_model_size, check_upload
 
-__all__ = ["create_app"]
+__all__ = ["Quotas", "create_app"]
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 MAX_TXS_PER_REQUEST = 20_000
@@ -50,7 +61,82 @@ _HEX64 = r"^[0-9a-f]{64}$"
 _MAX_SEQ = 2**62  # SQLite integers are 64-bit
 
 
-def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+_ENV_PREFIX = "BCSFL_LEDGER_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Quotas:
+    """What one client may ask of a node: sizes, page lengths, write rates.
+
+    Each field can be set by the environment variable ``BCSFL_LEDGER_<FIELD>`` (upper
+    case, e.g. ``BCSFL_LEDGER_WRITE_RATE=5``), read by :meth:`from_env`.
+
+    Parameters
+    ----------
+    max_json_body : int (default: 16 MiB)
+        Largest JSON body (``/postModelUpdate``, ``/blocks``, ``/identities``): room for
+        ``MAX_TXS_PER_REQUEST`` transactions. Model uploads (``POST /models``) are
+        bounded by the charter's ``max_model_bytes`` instead; every body by
+        ``create_app``'s ``max_body`` as well.
+    max_block_data : int (default: 4 MiB)
+        Largest ``data`` of a block posted to ``/blocks`` (canonical JSON bytes): 413.
+    max_tx_data : int (default: 1 MiB)
+        Largest ``data`` of one transaction posted to ``/postModelUpdate`` or
+        ``/identities`` (canonical JSON bytes): 413.
+    page : int (default: 100)
+        Blocks per ``GET /getBlockchain`` answer when no ``limit`` is given.
+    max_page : int (default: 1000)
+        Largest ``limit`` of ``GET /getBlockchain``; a larger one is refused (422).
+    write_rate, write_burst : float (default: 20 per second, 100)
+        Token bucket per enrolled identity for signed writes (``X-Bcsfl-Client`` of a
+        model upload, each transaction's public key, a block's signer): one token
+        per request; 429 with ``Retry-After`` when empty. ``write_rate = 0``: unlimited.
+    anon_rate, anon_burst : float (default: 20 per second, 200)
+        Token bucket per remote address for writes that show no identity
+        (``/identities``, and any write refused before its signer is known).
+    """
+
+    max_json_body: int = 16 * 1024 * 1024
+    max_block_data: int = 4 * 1024 * 1024
+    max_tx_data: int = 1024 * 1024
+    page: int = 100
+    max_page: int = 1000
+    write_rate: float = 20.0
+    write_burst: float = 100.0
+    anon_rate: float = 20.0
+    anon_burst: float = 200.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_json_body, self.max_block_data, self.max_tx_data, self.page) < 1 \
+                or self.max_page < self.page:
+            raise ValueError(f"bad quotas: {self}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Quotas:
+        """Defaults overridden by ``BCSFL_LEDGER_<FIELD>`` variables of ``env`` (default: os.environ)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(_ENV_PREFIX + f.name.upper())
+            if raw is not None and raw.strip():
+                kind = int if isinstance(f.default, int) else float
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"{_ENV_PREFIX}{f.name.upper()}={raw!r}: not a number") from None
+        return cls(**values)
+
+
+def _data_size(data: Any) -> int | None:
+    """Canonical JSON size of ``data``; None if it does not encode (the parser says why)."""
+    try:
+        return len(canonical_json(data))
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY,
+               quotas: Quotas | None = None) -> FastAPI:
     """Build the FastAPI app serving ``node``; its lifespan starts and stops the node.
 
     Parameters
@@ -58,13 +144,18 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     node : LedgerNode
         The node (not yet started).
     max_body : int (default: 32 MiB)
-        Largest request body accepted (413 beyond).
+        Largest request body accepted (413 beyond), whatever the route.
+    quotas : Quotas | None (default: None)
+        Size, page and rate limits; None: :meth:`Quotas.from_env`.
 
     Returns
     -------
     FastAPI
         The ASGI application.
     """
+    q = Quotas.from_env() if quotas is None else quotas
+    by_identity = RateLimiter(q.write_rate, q.write_burst)
+    by_address = RateLimiter(q.anon_rate, q.anon_burst)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -76,8 +167,53 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     app = FastAPI(title="BCS-FL ledger node", version="0.2.0", lifespan=lifespan,
                   description=__doc__, default_response_class=JSONResponse)
-    app.add_middleware(BodyLimit, limit=max_body)
     ledger = node.ledger
+
+    def body_limit(scope: dict[str, Any]) -> tuple[int, str | None]:
+        """Model uploads: the charter's max_model_bytes; other bodies: max_json_body; all: max_body."""
+        if scope.get("method") != "POST":
+            return max_body, None
+        if scope.get("path") == "/models":
+            model = node.chain.max_model_bytes
+            if model < max_body:
+                return model, f"model upload exceeds the charter's max_model_bytes ({model})"
+            return max_body, None
+        if q.max_json_body < max_body:
+            return q.max_json_body, f"request body exceeds {q.max_json_body} bytes (max_json_body)"
+        return max_body, None
+
+    app.add_middleware(BodyLimit, limit=body_limit)
+
+    def throttle(limiter: RateLimiter, keys: Iterable[str], who: str) -> None:
+        """Charge one write to each of ``keys``; 429 with ``Retry-After`` if any has none left."""
+        wait = limiter.take(keys, time.monotonic())
+        if wait > 0:
+            raise HTTPException(429, f"too many writes from {who}: retry in {wait:.1f}s",
+                                headers={"Retry-After": retry_after(wait)})
+
+    def address(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def charge_address(request: Request) -> None:
+        throttle(by_address, [address(request)], f"address {address(request)}")
+
+    @contextlib.contextmanager
+    def anonymous(request: Request) -> Iterator[None]:
+        """A refusal raised inside (no signer known yet) is charged to the remote address."""
+        try:
+            yield
+        except HTTPException as err:
+            if err.status_code != 429:
+                charge_address(request)  # raises 429 once this address is over its rate
+            raise
+
+    def check_tx_data(items: list[Any]) -> None:
+        for i, item in enumerate(items):
+            data = item.get("data") if isinstance(item, dict) else None
+            size = _data_size(data) if data is not None else None
+            if size is not None and size > q.max_tx_data:
+                raise HTTPException(413, f"transaction {i}: data of {size} bytes exceeds "
+                                         f"max_tx_data ({q.max_tx_data})")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
@@ -96,11 +232,27 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
                 "keys": list(node.keys), "peers": node.http_urls}
 
     @app.get("/getBlockchain", tags=["paper"])
-    def get_blockchain(start: int = Query(0, ge=0, le=_MAX_SEQ),
-                       end: int | None = Query(None, ge=0, le=_MAX_SEQ)) -> dict[str, Any]:
-        """The chain (paper Table 1), genesis first; ``start``/``end`` select a range."""
-        blocks = ledger.blocks(start, end)
-        return {"chain": [b.to_json() for b in blocks], "height": ledger.height()}
+    def get_blockchain(from_: int | None = Query(None, alias="from", ge=0, le=_MAX_SEQ,
+                                                 description="first sequenceNo (default 0)"),
+                       limit: int = Query(q.page, ge=1, le=q.max_page,
+                                          description=f"blocks per page (default {q.page}, "
+                                                      f"at most {q.max_page})"),
+                       start: int = Query(0, ge=0, le=_MAX_SEQ, description="same as from"),
+                       end: int | None = Query(None, ge=0, le=_MAX_SEQ,
+                                               description="stop before this sequenceNo")) -> dict[str, Any]:
+        """The chain (paper Table 1), genesis first, one page at a time.
+
+        Blocks ``from <= sequenceNo < end``, at most ``limit`` of them; ``next`` is the
+        ``from`` of the next page (null after the last). A ``limit`` above the node's
+        maximum page is refused (422).
+        """
+        first = start if from_ is None else from_
+        height = ledger.height()
+        stop = min(height if end is None else end, first + limit)
+        blocks = ledger.blocks(first, stop) if stop > first else []
+        more = stop < (height if end is None else min(end, height))
+        return {"chain": [b.to_json() for b in blocks], "height": height, "from": first,
+                "limit": limit, "next": stop if more else None}
 
     @app.get("/blocks/latest", tags=["chain"])
     def latest_block() -> dict[str, Any]:
@@ -124,18 +276,24 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         Checked here first (structure, then a dry run of the rules against this node's
         state: 403 with the reason), and again by every node when it executes.
         """
-        obj = await json_body(request)
-        try:
-            block = Block.from_json(obj)
-            check_block(block)
-        except LedgerError as err:
-            raise HTTPException(422, str(err)) from None
-        except RecursionError:
-            raise HTTPException(422, "block data nested too deeply") from None
-        try:
-            admit_block(block, node.chain.head, node.chain.state)
-        except Refused as err:
-            raise HTTPException(err.status, err.detail) from None
+        with anonymous(request):
+            obj = await json_body(request)
+            data = obj.get("data") if isinstance(obj, dict) else None
+            size = _data_size(data) if data is not None else None
+            if size is not None and size > q.max_block_data:
+                raise HTTPException(413, f"block data of {size} bytes exceeds max_block_data ({q.max_block_data})")
+            try:
+                block = Block.from_json(obj)
+                check_block(block)
+            except LedgerError as err:
+                raise HTTPException(422, str(err)) from None
+            except RecursionError:
+                raise HTTPException(422, "block data nested too deeply") from None
+            try:
+                admit_block(block, node.chain.head, node.chain.state)
+            except Refused as err:
+                raise HTTPException(err.status, err.detail) from None
+        throttle(by_identity, [block.public], f"block signer {block.public[:16]}")
         return await _ordered(encode_block_op(block), wait)
 
     @app.get("/getLatestModel", tags=["paper"],
@@ -168,17 +326,6 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         reference a stored model (if any) and carry a valid hash and Ed25519 signature;
         this node checks all of that before forwarding.
         """
-        obj = await json_body(request)
-        if isinstance(obj, list):
-            items: Any = obj
-        elif isinstance(obj, dict) and set(obj) == {"transactions"}:
-            items = obj["transactions"]
-        else:
-            items = [obj]
-        if not isinstance(items, list) or not items or len(items) > MAX_TXS_PER_REQUEST:
-            raise HTTPException(422, f"expected 1..{MAX_TXS_PER_REQUEST} transactions")
-        if len(node.batcher.outstanding) + len(items) > MAX_OUTSTANDING_TXS:
-            raise HTTPException(429, "too many transactions waiting to commit; retry later")
         stored: dict[str, bool] = {}
 
         def has_model(digest: str) -> bool:
@@ -186,11 +333,28 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
                 stored[digest] = ledger.has_model(digest)
             return stored[digest]
 
-        state, keys = node.chain.state, node.chain.known_keys
-        try:
-            txs = [admit_transaction(i, item, state, keys, has_model) for i, item in enumerate(items)]
-        except Refused as err:
-            raise HTTPException(err.status, err.detail) from None
+        with anonymous(request):
+            obj = await json_body(request)
+            if isinstance(obj, list):
+                items: Any = obj
+            elif isinstance(obj, dict) and set(obj) == {"transactions"}:
+                items = obj["transactions"]
+            else:
+                items = [obj]
+            if not isinstance(items, list) or not items or len(items) > MAX_TXS_PER_REQUEST:
+                raise HTTPException(422, f"expected 1..{MAX_TXS_PER_REQUEST} transactions")
+            if len(node.batcher.outstanding) + len(items) > MAX_OUTSTANDING_TXS:
+                raise HTTPException(429, "too many transactions waiting to commit; retry later",
+                                    headers={"Retry-After": "1"})
+            check_tx_data(items)
+            state, keys = node.chain.state, node.chain.known_keys
+            try:
+                txs = [admit_transaction(i, item, state, keys, has_model) for i, item in enumerate(items)]
+            except Refused as err:
+                raise HTTPException(err.status, err.detail) from None
+        signers = sorted({tx.public for tx in txs})
+        throttle(by_identity, signers, f"key {signers[0][:16]}" if len(signers) == 1
+                 else f"one of {len(signers)} keys")
         ids = [tx.id for tx in txs]
         if len(set(ids)) != len(ids):
             raise HTTPException(422, "duplicate transaction ids in one request")
@@ -242,8 +406,14 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         data = await request.body()  # read in full: a refusal mid-upload would reset the connection
         digest = sha256_hex(data)
         client, sign = request.headers.get(CLIENT_HEADER), request.headers.get(SIGN_HEADER)
+        with anonymous(request):
+            try:
+                check_upload(node.chain.state, client, sign, digest)
+            except UploadRefused as err:
+                raise HTTPException(err.status, str(err)) from None
+        assert client is not None
+        throttle(by_identity, [f"client:{client}"], f"client {client[:64]!r}")
         try:
-            check_upload(node.chain.state, client, sign, digest)
             check_model_size(node.chain.state, len(data))
         except UploadRefused as err:
             raise HTTPException(err.status, str(err)) from None
@@ -287,8 +457,11 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         ordered like any transaction and lands in a transaction block; idempotent for
         an identity already enrolled with the same key.
         """
+        charge_address(request)  # anyone may submit a ticket: charged to the address it comes from
+        obj = await json_body(request)
+        check_tx_data([obj])
         try:
-            tx, new = admit_enrolment(await json_body(request), node.chain.state)
+            tx, new = admit_enrolment(obj, node.chain.state)
         except Refused as err:
             raise HTTPException(err.status, err.detail) from None
         cid = enrolment_of(tx)[0]

@@ -56,8 +56,14 @@ def health(url: str) -> dict[str, Any]:
 
 
 def chain(url: str) -> list[dict[str, Any]]:
-    """The whole chain one node serves."""
-    return httpx.get(f"{url}/getBlockchain", timeout=30).json()["chain"]
+    """The whole chain one node serves, read page by page (``next``)."""
+    blocks: list[dict[str, Any]] = []
+    start: int | None = 0
+    while start is not None:
+        page = httpx.get(f"{url}/getBlockchain", params={"from": start}, timeout=30).json()
+        blocks.extend(page["chain"])
+        start = page["next"]
+    return blocks
 
 
 def converge(urls: list[str], timeout: float = 60.0) -> list[dict[str, Any]]:
