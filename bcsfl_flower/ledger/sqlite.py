@@ -237,7 +237,8 @@ class SqliteLedger(Ledger):
                 conn.executemany("INSERT INTO txs (id, sequence_no) VALUES (?, ?)",
                                  [(tx_id, block.sequence_no) for tx_id in ids])
             except sqlite3.IntegrityError:  # rolled back with the block
-                seen = self._committed(conn, ids)
+                # Rows this very insert wrote are not yet rolled back: name one from an earlier block.
+                seen = {i: seq for i, seq in self._committed(conn, ids).items() if seq != block.sequence_no}
                 tx_id = next(iter(seen), "?")
                 raise LedgerError(f"transaction {tx_id} is already committed in block "
                                   f"{seen.get(tx_id, '?')}") from None
