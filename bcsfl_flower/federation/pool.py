@@ -105,6 +105,10 @@ class PooledPackage:
         header["timestamp"] = float(header["timestamp"])
         return cls(header, obj["signature"], metrics)
 
+    def supersedes(self, known: PooledPackage | None) -> bool:
+        """Whether this package replaces ``known``, its client's pooled one: it is newer (or there is none)."""
+        return known is None or self.header["timestamp"] > known.header["timestamp"]
+
     def problem(self, enrolled_key: str | None) -> str | None:
         """Why this package may not enter the pool of a client enrolled under ``enrolled_key``, or None."""
         if enrolled_key is None:

@@ -293,10 +293,9 @@ class FederationState:
             problem = package.problem(ident.public_key if ident is not None and ident.role == "client" else None)
             if problem:
                 raise RuleViolation(f"transaction {tx_id}: {problem}")
-            known = pool.get(package.client_id)
             # A client's newest package counts: a failed round's leftovers give way to the next round's,
             # and an older package replayed by a carrier changes nothing.
-            if known is None or package.header["timestamp"] > known.header["timestamp"]:
+            if package.supersedes(pool.get(package.client_id)):
                 pool[package.client_id] = package
 
     def _enrol(self, identities: dict[str, Identity], enrol: Any, seq: int) -> None:

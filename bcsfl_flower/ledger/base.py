@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -12,8 +11,8 @@ from typing import Any
 from bcsfl_flower.crypto import SigningKey, sha256_hex
 from bcsfl_flower.federation import FederationState, PooledPackage
 
-from .block import Block, BlockRow, LedgerError, Transaction, build_block, make_transaction
-from .replay import enrolment_of, replay
+from .block import Block, BlockRow, LedgerError, Transaction, build_block
+from .replay import enrolment_of, pool_transaction, replay
 from .rules import referenced_models
 
 __all__ = ["Ledger", "identity_records"]
@@ -21,8 +20,7 @@ __all__ = ["Ledger", "identity_records"]
 
 def superseded(package: PooledPackage, pool: Mapping[str, PooledPackage]) -> bool:
     """Whether pooling ``package`` would change nothing: it, or a newer one of its client, is pooled."""
-    known = pool.get(package.client_id)
-    return known is not None and known.header["timestamp"] >= package.header["timestamp"]
+    return not package.supersedes(pool.get(package.client_id))
 
 
 def identity_records(state: FederationState) -> dict[str, dict[str, Any]]:
@@ -162,12 +160,13 @@ class Ledger(abc.ABC):
         The parameters must already be in the model store (:meth:`put_model`).
         """
         def pending() -> list[PooledPackage]:
-            return [p for p in packages if not superseded(p, self.state().pool)]
+            pool = self.state().pool  # one replay for all the packages
+            return [p for p in packages if not superseded(p, pool)]
 
         todo = pending()
         if todo:
-            txs = [make_transaction(carrier, {"pool": [p.to_json() for p in todo]}, tx_id=f"pool:{uuid.uuid4()}")]
-            self._append_transactions(txs, lambda: not pending(), "could not pool the packages")
+            self._append_transactions([pool_transaction(todo, carrier)], lambda: not pending(),
+                                      "could not pool the packages")
 
     def _append_transactions(self, txs: list[Transaction], done: Callable[[], bool], what: str) -> None:
         for _ in range(20):  # another process may append between reading the head and writing

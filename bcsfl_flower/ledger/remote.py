@@ -19,7 +19,6 @@ detected rather than believed.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,8 +28,8 @@ from bcsfl_flower.crypto import SigningKey, sha256_hex
 from bcsfl_flower.federation import FederationState, PooledPackage
 
 from .base import Ledger, superseded
-from .block import Block, BlockRow, LedgerError, Transaction, canonical_json, make_transaction
-from .replay import Replay, advance, enrolment_of, genesis_replay
+from .block import Block, BlockRow, LedgerError, Transaction, canonical_json
+from .replay import Replay, advance, enrolment_of, genesis_replay, pool_transaction
 from .upload import CLIENT_HEADER, SIGN_HEADER, upload_signature
 
 __all__ = ["RemoteLedger"]
@@ -245,8 +244,8 @@ class RemoteLedger(Ledger):
         todo = [p for p in packages if not superseded(p, pool)]
         if not todo:
             return
-        txs = [make_transaction(carrier, {"pool": [p.to_json() for p in todo]}, tx_id=f"pool:{uuid.uuid4()}")]
-        resp = self._request("POST", "/postModelUpdate", json={"transactions": [t.to_json() for t in txs]},
+        body = {"transactions": [pool_transaction(todo, carrier).to_json()]}
+        resp = self._request("POST", "/postModelUpdate", json=body,
                              params={"wait": _WRITE_WAIT})
         if resp.status_code >= 400:
             raise LedgerError(self._detail(resp))

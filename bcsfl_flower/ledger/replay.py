@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bcsfl_flower.crypto import SigningKey
-from bcsfl_flower.federation import Charter, FederationState, RuleViolation, enrolment_data
+from bcsfl_flower.federation import Charter, FederationState, PooledPackage, RuleViolation, enrolment_data
 
 from .block import GENESIS, Block, LedgerError, Transaction, build_block, make_transaction
 from .rules import ChainHead, check_append, check_block, check_link
@@ -96,6 +96,12 @@ def make_enrolment(authority: SigningKey, client_id: str, public_key: str, role:
     """
     tx_id = f"enrol:{client_id}:{public_key[:16]}:{uuid.uuid4().hex[:8]}"
     return make_transaction(authority, enrolment_data(client_id, public_key, role), tx_id=tx_id)
+
+
+def pool_transaction(packages: Iterable[PooledPackage], carrier: SigningKey) -> Transaction:
+    """One transaction pooling ``packages`` for the next round, signed by whoever carries them
+    (their authority is each client's own signature: :mod:`bcsfl_flower.federation.pool`)."""
+    return make_transaction(carrier, {"pool": [p.to_json() for p in packages]}, tx_id=f"pool:{uuid.uuid4()}")
 
 
 def enrolment_of(tx: Transaction) -> tuple[str, str, str]:
