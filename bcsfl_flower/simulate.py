@@ -198,11 +198,11 @@ def _out_problem(s: RunSettings, label: Mapping[str, str]) -> str | None:
     return f"{label['out']} {problem}" if problem else None
 
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _ledger_problem(s: RunSettings, label: Mapping[str, str]) -> str | None:
     from .ledger import LedgerError, SqliteLedger, sqlite_path
+    from .ledger.sqlite import sqlite_file_kind
 
     flag = label["bcsfl_ledger"]
     path_text = sqlite_path(s.bcsfl_ledger)  # the URL itself was checked by RunSettings.problems
@@ -215,19 +215,16 @@ def _ledger_problem(s: RunSettings, label: Mapping[str, str]) -> str | None:
     if path.is_dir():
         return f"{flag} {path} is a folder, not a ledger file"
     try:
-        with open(path, "rb") as handle:
-            header = handle.read(len(_SQLITE_HEADER))
+        kind = sqlite_file_kind(path)  # an empty file is fine: the ledger is created in it
     except OSError as err:
         return f"{flag} {path} cannot be read: {err.strerror or err}"
-    if not header:
-        pass  # an empty file: the ledger is created in it
-    elif header != _SQLITE_HEADER:
+    if kind == "other":
         return f"{flag} {path} is not a ledger (not a SQLite database)"
     if not os.access(path, os.W_OK):
         return f"{flag} {path} is not writable"
     if not os.access(path.parent, os.W_OK | os.X_OK):
         return f"{flag} {path}: its folder {path.parent} is not writable (SQLite writes its journal there)"
-    if not header:
+    if kind == "empty":
         return None
     try:
         with SqliteLedger(path, read_only=True) as led:

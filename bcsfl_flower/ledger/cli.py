@@ -23,6 +23,7 @@ from typing import Any
 from . import open_ledger, sqlite_path
 from .block import Block, LedgerError
 from .charter_file import load_public_key
+from .sqlite import sqlite_file_kind
 from .cli_admin import add_admin_commands, add_charter_options
 from .cluster import add_serve_args
 from .verify import verify_chain
@@ -32,7 +33,6 @@ __all__ = ["HelpFormatter", "Parser", "add_commands", "cmd_serve", "cmd_show", "
 
 _PREFIX = 12
 _COMMANDS = "{verify,show,init,enrol,serve,up}"
-_SQLITE_HEADER = b"SQLite format 3\x00"
 #: What opening a ledger can raise for a bad file or URL (not a bug): one line, exit 2.
 _OPEN_ERRORS = (OSError, LedgerError, ValueError, NotImplementedError, sqlite3.Error)
 
@@ -91,13 +91,12 @@ def _file_problem(url: str) -> str | None:
     if path.is_dir():
         return "a folder, not a ledger file"
     try:
-        with open(path, "rb") as handle:
-            header = handle.read(len(_SQLITE_HEADER))
+        kind = sqlite_file_kind(path)
     except OSError as err:
         return f"cannot read it: {err.strerror or err}"
-    if not header:
+    if kind == "empty":
         return "not a ledger (an empty file)"
-    if header != _SQLITE_HEADER:
+    if kind == "other":
         return "not a ledger (not a SQLite database)"
     return None
 

@@ -55,6 +55,19 @@ _COLUMNS = "sequence_no, hash, last_hash, timestamp, data, public, sign"
 _BUSY_TIMEOUT_S = 30.0
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_file_kind(path: str | Path) -> str:
+    """``"empty"``, ``"sqlite"`` or ``"other"``, from the file's first bytes (read, never written).
+
+    Raises ``OSError`` when the file cannot be read.
+    """
+    with open(path, "rb") as handle:
+        header = handle.read(len(_SQLITE_HEADER))
+    return "empty" if not header else "sqlite" if header == _SQLITE_HEADER else "other"
+
+
 class SqliteLedger(Ledger):
     """A ledger stored in one SQLite file.
 
