@@ -26,6 +26,7 @@ from .charter_file import load_public_key
 from .sqlite import sqlite_file_kind
 from .cli_admin import add_admin_commands, add_charter_options
 from .cluster import add_serve_args
+from .quota_flags import add_quota_args, quota_args
 from .verify import verify_chain
 
 __all__ = ["HelpFormatter", "Parser", "add_commands", "cmd_serve", "cmd_show", "cmd_up", "cmd_verify",
@@ -272,7 +273,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     ----------
     args : argparse.Namespace
         Parsed arguments with ``nodes``, ``base_port``, ``dir``, ``pbft_base_port``,
-        ``batch_size`` and ``request_timeout``.
+        ``batch_size``, ``request_timeout`` and the quota options (``cluster.add_quota_args``),
+        which are handed to every node.
 
     Returns
     -------
@@ -284,7 +286,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.nodes < 1 or not 0 < args.base_port < 65536:
         print("ERROR: need --nodes >= 1 and a valid --base-port", file=sys.stderr)
         return 2
-    extra = ["--batch-size", str(args.batch_size), "--request-timeout", str(args.request_timeout)]
+    extra = ["--batch-size", str(args.batch_size), "--request-timeout", str(args.request_timeout),
+             *quota_args(args)]
     try:
         return up(args.nodes, args.base_port, args.dir, args.pbft_base_port, extra,
                   args.enrolment_key, args.committee_size, args.max_model_bytes)
@@ -358,6 +361,7 @@ def add_commands(subparsers: Any) -> None:
     up.add_argument("--enrolment-key", default=None, metavar="FILE",
                     help="the enrolment authority's key (default: DIR/enrolment.key, created if missing)")
     add_charter_options(up, ", for a new charter (DIR/charter.json is kept if it exists)")
+    add_quota_args(up)
     up.set_defaults(func=cmd_up)
 
 

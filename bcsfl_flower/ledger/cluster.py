@@ -29,6 +29,7 @@ from bcsfl_flower.federation.state import DEFAULT_MAX_MODEL_BYTES
 
 from .block import Block
 from .charter_file import CHARTER_FILE, ensure_charter
+from .quota_flags import add_quota_args, node_quotas
 
 __all__ = ["LocalCluster", "PeerAddr", "node_command", "node_env", "parse_peers", "serve_main", "up"]
 
@@ -138,6 +139,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="seconds before backups suspect the primary")
     p.add_argument("--max-body", type=int, default=32 * 1024 * 1024, help="bytes per request")
     p.add_argument("--log-level", default="info")
+    add_quota_args(p)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -153,6 +155,11 @@ def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(),
                         format=f"%(asctime)s node{args.id} %(levelname)s %(message)s")
+    try:
+        quotas = node_quotas(args)
+    except ValueError as err:  # a bad BCSFL_LEDGER_* value, or page > max_page
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
     peers = parse_peers(args.peers, args.pbft_offset)
     if not 0 <= args.id < len(peers):
         print(f"ERROR: --id {args.id} is not an index of --peers", file=sys.stderr)
@@ -179,7 +186,7 @@ def serve(args: argparse.Namespace) -> int:
     except LedgerError as err:  # another charter on this chain, or none at all
         print(f"ERROR: node {args.id}: {err}", file=sys.stderr)
         return 2
-    app = create_app(node, max_body=args.max_body)
+    app = create_app(node, max_body=args.max_body, quotas=quotas)
     config = uvicorn.Config(app, host=bind, port=me.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=3)
     uvicorn.Server(config).run()
