@@ -7,9 +7,13 @@ over small state objects, each in its module with the paper's section:
 
 - ``requests``   pending client requests, relaying to the primary, request timer (4.1, 4.4)
 - ``slots``      pre-prepares, prepares, commits, prepared certificates (4.2)
-- ``execution``  in-order execution, at-most-once by (client, rid), state digest (4.2)
+- ``execution``  in-order execution, the executed log above the stable checkpoint,
+  state digest (4.2)
+- ``dedup``      the bounded at-most-once record by (client, rid) (4.1), part of checkpoints
 - ``checkpoint`` stable checkpoint and water marks (4.3); the status heartbeat and
-  catch-up from certified committed entries (this package's state transfer)
+  catch-up from certified committed entries
+- ``transfer``   checkpoints taking effect (log truncation, application checkpoints) and
+  state transfer to a stable checkpoint (4.3)
 - ``viewchange`` view change and new view (4.4) with the liveness rules of 4.5.2, and
   the pure checks of VIEW-CHANGE and NEW-VIEW messages
 - ``outbox``     the outputs of one call: messages to send, timers, committed entries
@@ -28,6 +32,7 @@ from .agree import AgreementResult, agree
 from .messages import (
     Broadcast, CancelTimer, Committed, CommittedEntry, Request, Send, SetTimer, ViewEntered,
 )
+from .outputs import CheckpointDue, FetchState, Stabilised
 from .quorum import QuorumCertificate, max_faulty, quorum_size, verify
 from .replica import PBFTConfig, Replica, StableCheckpoint
 from .simnet import Crash, FaultSchedule, Partition, SimNetwork
@@ -35,7 +40,8 @@ from .state import ReplicaStatus, TimerKind
 
 __all__ = [
     "AgreementResult", "agree", "Broadcast", "CancelTimer", "Committed", "CommittedEntry",
-    "Request", "Send", "SetTimer", "ViewEntered", "QuorumCertificate", "max_faulty",
+    "Request", "Send", "SetTimer", "ViewEntered", "CheckpointDue", "FetchState", "Stabilised",
+    "QuorumCertificate", "max_faulty",
     "quorum_size", "verify", "PBFTConfig", "Replica", "StableCheckpoint", "Crash",
     "FaultSchedule", "Partition", "SimNetwork", "ReplicaStatus", "TimerKind",
 ]

@@ -111,6 +111,9 @@ class ByzantineReplica:
         # reaction to received messages, two noisy replicas would feed each other.
         return self._mangle(self.inner.on_timer(timer_id)) + self._unsolicited()
 
+    def state_transferred(self, checkpoint) -> list:
+        return self._mangle(self.inner.state_transferred(checkpoint))
+
     def committed_log(self) -> list:
         return self.inner.committed_log()
 
@@ -272,7 +275,7 @@ class ByzantineReplica:
         msgs: list[Any] = [
             self._sign(Prepare(v, seq, digest, self.index)),
             self._sign(Commit(v, seq, digest, self.index)),
-            self._sign(Checkpoint(inner.cfg.checkpoint_interval, digest, self.index)),
+            self._sign(Checkpoint(inner.cfg.checkpoint_interval, digest, "", digest, self.index)),
             self._sign(ViewChange(v + self.rng.randint(1, 3), 0, GENESIS_DIGEST, (), (), self.index)),
         ]
         req = self._byz_request()

@@ -17,19 +17,37 @@ when to send a status and when a peer needs catch-up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
+from .dedup import Snapshot, table_digest
 from .execution import ExecutionLog
-from .messages import GENESIS_DIGEST, CatchUp, Checkpoint, Status
+from .messages import GENESIS_DIGEST, CatchUp, Checkpoint, StateProof, Status
 from .outbox import Outbox
 from .state import PBFTConfig, StableCheckpoint, TimerKind
+from .viewchange import valid_checkpoint_proof
 
-__all__ = ["CheckpointLog", "Heartbeat"]
+__all__ = ["MAX_APP_DIGEST", "CheckpointLog", "Heartbeat", "valid_stable"]
+
+#: Longest application digest a driver may sign into a checkpoint.
+MAX_APP_DIGEST = 512
+
+
+def valid_stable(cp: StableCheckpoint, keys: Sequence[str]) -> bool:
+    """``cp`` is proven: 2f+1 signed checkpoints for its seq, digests and client table."""
+    return isinstance(cp, StableCheckpoint) and valid_checkpoint_proof(
+        cp.seq, cp.state_digest, cp.proof, keys, cp.app_digest, table_digest(cp.clients)
+    )
 
 
 class CheckpointLog:
     """Stable checkpoint, water marks and checkpoint votes of replica ``index``
-    (section 4.3), which signs and sends its checkpoint messages through ``outbox``."""
+    (section 4.3), which signs and sends its checkpoint messages through ``outbox``.
+
+    Besides the proof it keeps the at-most-once table at the stable checkpoint when this
+    replica has it (it executed there, or got it with a proof); a checkpoint made stable
+    by a NEW-VIEW or by votes ahead of this replica lacks it until a :class:`StateProof`.
+    """
 
     def __init__(self, outbox: Outbox, index: int, interval: int, log_window: int, quorum: int) -> None:
         self._outbox = outbox
@@ -39,10 +57,11 @@ class CheckpointLog:
         self.quorum = quorum
         #: The low water mark h: sequence number of the stable checkpoint.
         self.low = 0
-        self._digest = GENESIS_DIGEST
-        self._proof: tuple[Checkpoint, ...] = ()
-        self._votes: dict[int, dict[str, dict[int, Checkpoint]]] = {}
+        self._stable = StableCheckpoint(0, GENESIS_DIGEST, ())
+        self._complete = True  # the table at ``low`` is known
+        self._votes: dict[int, dict[tuple[str, str, str], dict[int, Checkpoint]]] = {}
         self._own: Optional[Checkpoint] = None
+        self._mine: dict[int, tuple[str, Snapshot]] = {}  # executed here, above low
 
     @property
     def high(self) -> int:
@@ -55,18 +74,33 @@ class CheckpointLog:
 
     @property
     def stable(self) -> StableCheckpoint:
-        return StableCheckpoint(self.low, self._digest, self._proof)
+        return self._stable
 
-    def take(self, seq: int, state_digest: str) -> bool:
-        """This replica executed ``seq`` (a multiple of K) reaching ``state_digest``: sign
-        the checkpoint and, when above h, broadcast and count it; True when that made it
-        stable."""
-        c = self._outbox.sign(Checkpoint(seq, state_digest, self._index))
-        self._own = c
+    @property
+    def complete(self) -> bool:
+        """The at-most-once table at the stable checkpoint is known here."""
+        return self._complete
+
+    def executed(self, seq: int, state_digest: str, clients: Snapshot) -> bool:
+        """This replica executed checkpoint ``seq`` (it signs once the app digest is known);
+        True when that gave it the table of a stable checkpoint it lacked."""
         if seq > self.low:
-            self._outbox.broadcast(c)
-            return self.add(c)
+            self._mine[seq] = (state_digest, clients)
+        elif seq == self.low and not self._complete and state_digest == self._stable.state_digest:
+            self.advance(seq, state_digest, self._stable.proof, clients)
+            return self._complete
         return False
+
+    def take(self, seq: int, app_digest: str) -> bool:
+        """Sign this replica's checkpoint ``seq`` with ``app_digest`` and, when above h,
+        broadcast and count it; True when that made it stable."""
+        mine = self._mine.get(seq)
+        if mine is None:
+            return False  # below h already, or never executed here
+        c = self._outbox.sign(Checkpoint(seq, mine[0], app_digest, table_digest(mine[1]), self._index))
+        self._own = c
+        self._outbox.broadcast(c)
+        return self.add(c)
 
     def retransmit(self) -> None:
         """Broadcast the own latest checkpoint again while it is not yet stable."""
@@ -75,32 +109,53 @@ class CheckpointLog:
             self._outbox.broadcast(own)
 
     def send_proof(self, to: int) -> None:
-        """Send replica ``to`` the 2f+1 checkpoint messages that prove the stable one."""
-        for c in self._proof:
-            self._outbox.send(to, c)
+        """Send replica ``to`` the stable checkpoint, its proof and table (when held)."""
+        cp = self._stable
+        if cp.seq > 0 and self._complete:
+            msg = StateProof(cp.seq, cp.state_digest, cp.app_digest, cp.clients, cp.proof, self._index)
+            self._outbox.send(to, self._outbox.sign(msg))
 
     def accepts(self, c: Checkpoint) -> bool:
         """A peer's checkpoint worth counting: a multiple of K, not too far ahead."""
-        return self.in_window(c.seq, 4) and c.seq % self.interval == 0
+        return self.in_window(c.seq, 4) and c.seq % self.interval == 0 and len(c.app_digest) <= MAX_APP_DIGEST
 
     def add(self, c: Checkpoint) -> bool:
-        """Count the vote ``c``; True when it made checkpoint ``c.seq`` stable."""
-        votes = self._votes.setdefault(c.seq, {}).setdefault(c.state_digest, {})
+        """Count the vote ``c``; True when it made checkpoint ``c.seq`` stable. Votes match
+        on every digest: replicas that disagree on the application state never agree."""
+        key = (c.state_digest, c.app_digest, c.clients_digest)
+        votes = self._votes.setdefault(c.seq, {}).setdefault(key, {})
         votes.setdefault(c.sender, c)
         if len(votes) >= self.quorum:
             proof = tuple(sorted(votes.values(), key=lambda m: m.sender)[: self.quorum])
             return self.advance(c.seq, c.state_digest, proof)
         return False
 
-    def advance(self, seq: int, digest: str, proof: tuple[Checkpoint, ...]) -> bool:
-        """Checkpoint ``seq`` is stable (``proof``): move h to it. False when not above h."""
-        if seq <= self.low:
+    def advance(self, seq: int, digest: str, proof: tuple[Checkpoint, ...], clients: Optional[Snapshot] = None) -> bool:
+        """Checkpoint ``seq`` is stable (``proof``; ``clients``: its table, if known): move h
+        to it. False when not above h (a missing table at h is still filled in)."""
+        app = proof[0].app_digest if proof else ""
+        want = proof[0].clients_digest if proof else table_digest(())
+        if clients is not None and table_digest(clients) != want:
+            clients = None
+        mine = self._mine.get(seq)
+        if clients is None and mine is not None and mine[0] == digest and table_digest(mine[1]) == want:
+            clients = mine[1]
+        if seq < self.low or (seq == self.low and (self._complete or clients is None)):
+            return False
+        self._complete = clients is not None
+        self._stable = StableCheckpoint(seq, digest, proof, app, clients or ())
+        if seq == self.low:
             return False
         self.low = seq
-        self._digest = digest
-        self._proof = proof
         self._votes = {q: c for q, c in self._votes.items() if q > seq}
+        self._mine = {q: m for q, m in self._mine.items() if q > seq}
         return True
+
+    def proven(self, msg: StateProof, keys: Sequence[str]) -> Optional[StableCheckpoint]:
+        """The stable checkpoint a :class:`StateProof` proves, or None."""
+        cp = StableCheckpoint(msg.seq, msg.state_digest, msg.proof, msg.app_digest, msg.clients)
+        ok = msg.seq > 0 and msg.seq % self.interval == 0 and valid_stable(cp, keys)
+        return cp if ok else None
 
 
 class Heartbeat:
@@ -134,11 +189,13 @@ class Heartbeat:
         due = active or self._idle_ticks >= self.cfg.idle_status_every
         if due:
             self._idle_ticks = 0
-            self._outbox.broadcast(self._outbox.sign(
-                Status(view, normal, last_executed, stable_seq, self._index)
-            ))
+            self.announce(view, normal, last_executed, stable_seq)
         self._activity = False
         return due
+
+    def announce(self, view: int, normal: bool, last_executed: int, stable_seq: int) -> None:
+        """Broadcast this replica's status now."""
+        self._outbox.broadcast(self._outbox.sign(Status(view, normal, last_executed, stable_seq, self._index)))
 
     def observe(self, st: Status, execution: ExecutionLog) -> None:
         """Peer ``st.sender`` reported ``st``: send it the entries it lacks, if it needs them.

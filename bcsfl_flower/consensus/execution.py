@@ -2,10 +2,11 @@
 
 A replica executes the request of sequence number n once it is committed-local and
 every request below n executed. :class:`ExecutionLog` owns the committed entries waiting
-for their turn, the executed log (each entry with its commit quorum certificate), the
-keys (client, rid) already executed, which turn a re-ordered request into a no-op
-(the paper's at-most-once semantics, section 4.1), and the state digest: a hash chain
-over every executed (seq, digest), which the checkpoints of section 4.3 sign.
+for their turn, the executed entries above the stable checkpoint (each with its commit
+quorum certificate; the log below it is dropped, section 4.3), the at-most-once record
+of executed (client, rid) keys (:mod:`.dedup`), which turns a re-ordered request into a
+no-op (section 4.1), and the state digest: a hash chain over every executed (seq,
+digest), which the checkpoints of section 4.3 sign.
 
 It also takes certified entries from a peer or an external state transfer
 (:meth:`ExecutionLog.take_certified`): an entry whose commit quorum certificate verifies
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Optional
 
 from ..crypto import sha256_hex
+from .dedup import ClientTable, Snapshot
 from .messages import GENESIS_DIGEST, CommittedEntry, Request
 from .outputs import Committed
 from .quorum import QuorumCertificate, entry_matches, verify
@@ -26,18 +28,20 @@ __all__ = ["ExecutionLog"]
 
 
 class ExecutionLog:
-    """Committed entries waiting for their turn, and everything executed so far."""
+    """Committed entries waiting for their turn, and those executed above the stable
+    checkpoint; ``window`` and ``max_clients`` bound the at-most-once record (defaults
+    64 and 1024, see :class:`~.dedup.ClientTable`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 64, max_clients: int = 1024) -> None:
         self.last_executed = 0
         self.state_digest = GENESIS_DIGEST
-        self._log: list[Committed] = []
-        self._executed_keys: dict[tuple[str, int], int] = {}
+        self.clients = ClientTable(window, max_clients)
+        self._log: dict[int, Committed] = {}
         self._ready: dict[int, tuple[int, str, Optional[Request], QuorumCertificate]] = {}
 
     def executed(self, key: tuple[str, int]) -> bool:
         """The request with this (client, rid) already executed."""
-        return key in self._executed_keys
+        return self.clients.executed(key)
 
     def ready(self, seq: int, view: int, digest: str, request: Optional[Request], cert: QuorumCertificate) -> bool:
         """``seq`` committed: queue it for execution unless executed or queued already."""
@@ -52,14 +56,28 @@ class ExecutionLog:
         if s not in self._ready:
             return None
         v, d, req, cert = self._ready.pop(s)
-        noop = req is None or req.key in self._executed_keys
+        noop = req is None or self.clients.executed(req.key)
         if not noop:
-            self._executed_keys[req.key] = s
+            self.clients.record(req.key, s)
         self.state_digest = sha256_hex(f"{self.state_digest}|{s}|{d}".encode())
-        entry = Committed(s, v, d, req, noop, cert)
-        self._log.append(entry)
+        entry = self._log[s] = Committed(s, v, d, req, noop, cert)
         self.last_executed = s
         return entry
+
+    def truncate(self, seq: int) -> None:
+        """Checkpoint ``seq`` is stable: forget the executed entries up to it."""
+        self._log = {s: e for s, e in self._log.items() if s > seq}
+
+    def jump(self, seq: int, state_digest: str, clients: Snapshot) -> None:
+        """State transfer: the state is now that of checkpoint ``seq``."""
+        self.last_executed, self.state_digest = seq, state_digest
+        self.clients = ClientTable(self.clients.window, self.clients.max_clients, clients)
+        self._log = {}
+        self._ready = {s: r for s, r in self._ready.items() if s > seq}
+
+    def held(self) -> int:
+        """Executed entries held (for catch-up)."""
+        return len(self._log)
 
     def take_certified(self, entries: Iterable[CommittedEntry], keys: Sequence[str], limit: int) -> None:
         """Queue each entry above the last executed one (up to ``limit``) whose commit
@@ -77,9 +95,12 @@ class ExecutionLog:
             self._ready[e.seq] = (cert.view, cert.digest, e.request, cert)
 
     def committed(self) -> list[Committed]:
-        """Every executed sequence number so far, from 1."""
-        return list(self._log)
+        """The executed entries still held (above the stable checkpoint), in order."""
+        return list(self._log.values())
 
     def entries(self, after: int = 0, end: Optional[int] = None) -> tuple[CommittedEntry, ...]:
-        """Executed entries ``after + 1 .. end`` in the self-certifying catch-up form."""
-        return tuple(CommittedEntry(c.seq, c.request, c.certificate) for c in self._log[after:end])
+        """Held executed entries ``after + 1 .. end`` in the self-certifying catch-up form."""
+        top = self.last_executed if end is None else end
+        return tuple(
+            CommittedEntry(c.seq, c.request, c.certificate) for s, c in self._log.items() if after < s <= top
+        )

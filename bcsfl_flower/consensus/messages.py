@@ -35,7 +35,7 @@ from ..crypto import (
 __all__ = [
     "NULL_DIGEST", "GENESIS_DIGEST", "Message", "Signed", "Request", "PrePrepare", "Prepare",
     "Commit", "Checkpoint", "PreparedCert", "ViewChange", "NewView", "Forward", "Status",
-    "CommittedEntry", "CatchUp", "Send", "Broadcast", "Committed", "SetTimer", "CancelTimer",
+    "CommittedEntry", "CatchUp", "StateProof", "Send", "Broadcast", "Committed", "SetTimer", "CancelTimer",
     "ViewEntered", "Output", "canonical", "check_signature", "set_verify_cache",
     "verify_cache_stats", "sign", "signed_by", "cache_enabled",
 ]
@@ -253,11 +253,15 @@ class Commit(Signed):
 
 @dataclass(frozen=True)
 class Checkpoint(Signed):
-    """``sender`` executed up to ``seq`` and reached ``state_digest``."""
+    """``sender`` executed up to ``seq`` and reached ``state_digest`` (the execution hash
+    chain), its driver's application state ``app_digest`` ("" when not checkpointed) and
+    the at-most-once table of digest ``clients_digest`` (:mod:`.dedup`)."""
 
     TAG: ClassVar[str] = "checkpoint"
     seq: int
     state_digest: str
+    app_digest: str
+    clients_digest: str
     sender: int
     sig: bytes = b""
 
@@ -340,6 +344,22 @@ class CatchUp(Signed):
 
     TAG: ClassVar[str] = "catch-up"
     entries: tuple[CommittedEntry, ...]
+    sender: int
+    sig: bytes = b""
+
+
+@dataclass(frozen=True)
+class StateProof(Signed):
+    """A stable checkpoint for a replica behind it (section 4.3): the 2f+1 checkpoint
+    messages that prove it and the at-most-once table they sign by digest. It certifies
+    itself; ``sender`` only relays it."""
+
+    TAG: ClassVar[str] = "state-proof"
+    seq: int
+    state_digest: str
+    app_digest: str
+    clients: tuple[tuple[str, int, tuple[int, ...], int], ...]
+    proof: tuple[Checkpoint, ...]
     sender: int
     sig: bytes = b""
 

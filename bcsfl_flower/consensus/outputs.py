@@ -4,7 +4,10 @@
 section 4); ``Committed`` is the execution of section 4.2 (in sequence order, with the
 commit quorum certificate); ``SetTimer``/``CancelTimer`` arm and disarm the timers of
 sections 4.4 and 4.5.2 and the status heartbeat (:class:`~.state.TimerKind`);
-``ViewEntered`` reports a NEW-VIEW installed (section 4.4).
+``ViewEntered`` reports a NEW-VIEW installed (section 4.4). The checkpoints of section 4.3:
+``CheckpointDue`` asks the driver for its application digest at a checkpoint,
+``Stabilised`` hands it each new stable checkpoint to persist, and ``FetchState`` asks it
+to fetch the state at a stable checkpoint the log no longer reaches.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     from .messages import Request, Signed
-    from .state import TimerKind
+    from .state import StableCheckpoint, TimerKind
 
-__all__ = ["Send", "Broadcast", "Committed", "SetTimer", "CancelTimer", "ViewEntered", "Output"]
+__all__ = [
+    "Send", "Broadcast", "Committed", "SetTimer", "CancelTimer", "ViewEntered", "CheckpointDue",
+    "Stabilised", "FetchState", "Output",
+]
 
 
 @dataclass(frozen=True)
@@ -82,4 +88,35 @@ class ViewEntered:
     primary: int
 
 
-Output = Union[Send, Broadcast, Committed, SetTimer, CancelTimer, ViewEntered]
+@dataclass(frozen=True)
+class CheckpointDue:
+    """With ``PBFTConfig.app_checkpoints``: ``seq`` is a checkpoint and every ``Committed``
+    up to it came before this output. Compute the application state's digest there (a
+    string of at most 512 characters) and call ``Replica.checkpoint_ready(seq, digest)``."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Stabilised:
+    """``checkpoint`` is this replica's new stable checkpoint (the log below it is gone):
+    persist it, with the application state at ``checkpoint.seq``, to restart from it
+    (``Replica(..., initial=checkpoint)``)."""
+
+    checkpoint: StableCheckpoint
+
+
+@dataclass(frozen=True)
+class FetchState:
+    """The replica is behind ``checkpoint`` (proven stable) and its peers no longer hold
+    the log up to it. Fetch the application state at ``checkpoint.seq`` from peers, check
+    it against ``checkpoint.app_digest``, install it, then call
+    ``Replica.state_transferred(checkpoint)``; until then nothing executes. Emitted again
+    on the heartbeat while still behind, and for a newer target."""
+
+    checkpoint: StableCheckpoint
+
+
+Output = Union[
+    Send, Broadcast, Committed, SetTimer, CancelTimer, ViewEntered, CheckpointDue, Stabilised, FetchState,
+]

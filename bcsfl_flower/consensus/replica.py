@@ -1,14 +1,13 @@
 """A sans-IO PBFT replica (Castro & Liskov, "Practical Byzantine Fault Tolerance", OSDI
-1999; sections are that paper's), in the style of h11 / etcd raft: no socket, thread, clock or random
-source. A driver calls :meth:`Replica.start` once, then feeds :meth:`Replica.submit`
-(client requests), :meth:`Replica.receive` (protocol messages) and
-:meth:`Replica.on_timer` (a timer it asked for fired); each returns :mod:`.outputs`.
+1999; sections are that paper's), in the style of h11 / etcd raft: no socket, thread, clock
+or random source. A driver calls :meth:`Replica.start` once, then feeds ``submit``
+(client requests), ``receive`` (protocol messages), ``on_timer`` (a timer it asked for
+fired) and the answers to its checkpoint outputs; each returns :mod:`.outputs`.
 
 :class:`Replica` is one dispatcher over small state objects that own their fields (see
-the package docstring). It routes each message type and each :class:`~.state.TimerKind`
-to them and carries out what crosses them: the normal case of section 4.2 (2f+1
-quorums, in-order execution, de-duplication by (client, rid)), a checkpoint becoming
-stable (section 4.3: the log is truncated, the window slides), entering a view (4.4).
+the package docstring): it routes messages and timers to them and carries out what
+crosses them: the normal case of section 4.2, a checkpoint becoming stable (section
+4.3), entering a view (4.4).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from .checkpoint import CheckpointLog, Heartbeat
 from .execution import ExecutionLog
 from .messages import (
     CatchUp, Checkpoint, Commit, CommittedEntry, Forward, NewView, Prepare, PrePrepare, Request,
-    Signed, Status, ViewChange, signed_by,
+    Signed, StateProof, Status, ViewChange, signed_by,
 )
 from .outbox import Outbox
 from .outputs import Committed, Output, ViewEntered
@@ -29,6 +28,7 @@ from .quorum import max_faulty, quorum_size
 from .requests import RequestQueue, request_ok
 from .slots import Slot, SlotLog
 from .state import PBFTConfig, ReplicaStatus, StableCheckpoint, TimerKind
+from .transfer import StateTransfer
 from .viewchange import NewViewPlan, ViewChangeState, digest_ok, plan_new_view
 
 __all__ = ["PBFTConfig", "Replica", "ReplicaStatus", "StableCheckpoint", "TimerKind", "NORMAL", "VIEW_CHANGE"]
@@ -46,7 +46,8 @@ class Replica:
     pre-prepare in the normal case: a refusal means the request is dropped, or the
     primary is suspected and a view change starts. With ``client_keys`` (client id ->
     public hex; default None: not checked), requests must carry a valid client signature.
-    ``config`` defaults to ``PBFTConfig()``.
+    ``config`` defaults to ``PBFTConfig()``. ``initial`` (default None: the genesis) is
+    a persisted stable checkpoint (``Stabilised``) to start from, its state installed.
     """
 
     #: Computes O for a NEW-VIEW (sent or checked); :mod:`.bugs` plants a wrong one.
@@ -61,6 +62,7 @@ class Replica:
         validate: Optional[Callable[[str], bool]] = None,
         client_keys: Optional[Mapping[str, str]] = None,
         config: Optional[PBFTConfig] = None,
+        initial: Optional[StableCheckpoint] = None,
     ) -> None:
         self.keys = tuple(replica_keys)
         self.n = len(self.keys)
@@ -82,22 +84,28 @@ class Replica:
         self.outbox = Outbox(signing_key, index)
         self.requests = RequestQueue(self.outbox, index, cfg.forward_requests)
         self.slots = SlotLog(self.outbox, index)
-        self.execution = ExecutionLog()
+        self.execution = ExecutionLog(cfg.dedup_window, cfg.dedup_clients)
         self.checkpoints = CheckpointLog(self.outbox, index, cfg.checkpoint_interval, cfg.log_window, self.quorum)
+        self.transfer = StateTransfer(
+            self.outbox, self.keys, cfg.app_checkpoints, cfg.catchup_batch, self.checkpoints, self.execution,
+            self.slots, self._stabilised, self._execute_ready,
+        )
         self.heartbeat = Heartbeat(self.outbox, index, cfg)
         self.view_change = ViewChangeState(
             self.outbox, index, self.keys, cfg.log_window, cfg.request_timeout, self.planner
         )
         self._handlers: dict[type, Callable[..., None]] = {
             PrePrepare: self._on_pre_prepare, Prepare: self._on_prepare, Commit: self._on_commit,
-            Checkpoint: self._on_checkpoint, ViewChange: self._on_view_change,
+            Checkpoint: self.transfer.on_checkpoint, ViewChange: self._on_view_change,
             NewView: self._on_new_view, Forward: self._on_forward, Status: self._on_status,
-            CatchUp: self._on_catch_up,
+            CatchUp: self.transfer.on_catch_up, StateProof: self.transfer.on_state_proof,
         }
         self._timer_handlers: dict[TimerKind, Callable[[], None]] = {
             TimerKind.STATUS: self._on_status_timer, TimerKind.REQUEST: self._on_request_timer,
             TimerKind.VIEW_CHANGE: self._on_view_change_timer,
         }
+        if initial is not None:
+            self.state_transferred(initial)
 
     # ============================================================ public API
 
@@ -154,11 +162,24 @@ class Replica:
 
     def install(self, entries: Iterable[CommittedEntry]) -> list[Output]:
         """State transfer: execute certified committed entries this replica lacks."""
-        self._take_entries(entries)
+        self.transfer.take_entries(entries)
+        return self.outbox.flush()
+
+    def checkpoint_ready(self, seq: int, app_digest: str) -> list[Output]:
+        """The driver's answer to ``CheckpointDue(seq)``: its state digest there."""
+        self.transfer.ready(seq, app_digest)
+        return self.outbox.flush()
+
+    def state_transferred(self, checkpoint: StableCheckpoint) -> list[Output]:
+        """The driver installed the state at ``checkpoint`` (from ``FetchState``): resume
+        from there. ValueError when its 2f+1 signatures do not check out."""
+        self.transfer.install(checkpoint)
+        self.requests.drop(self.execution.executed)
+        self.heartbeat.announce(self.view, self.status == NORMAL, self.last_executed, self.h)
         return self.outbox.flush()
 
     def committed_log(self) -> list[Committed]:
-        """Every executed sequence number so far, from 1, with its certificate."""
+        """The executed entries still held (above the stable checkpoint), with certificates."""
         return self.execution.committed()
 
     def committed_entries(self, after: int = 0) -> tuple[CommittedEntry, ...]:
@@ -236,25 +257,14 @@ class Replica:
         self._update_request_timer()
 
     def _on_prepare(self, p: Prepare) -> None:
-        v = p.view
-        if p.sender == self.index or p.sender == v % self.n:
-            return
-        if v < self.view or v > self.view + self.n + 2 or not self.checkpoints.in_window(p.seq):
-            return
-        slot = self.slots.slot(v, p.seq)
-        slot.prepares.setdefault(p.sender, p)
-        if v == self.view and self.status == NORMAL:
-            self._check_slot(v, p.seq, slot)
+        slot = self.slots.add_prepare(p, self.view, self.n, self.checkpoints.in_window(p.seq))
+        if slot is not None and p.view == self.view and self.status == NORMAL:
+            self._check_slot(p.view, p.seq, slot)
 
     def _on_commit(self, c: Commit) -> None:
-        v = c.view
-        if c.sender == self.index or v > self.view + self.n + 2 or not self.checkpoints.in_window(c.seq):
-            return
-        slot = self.slots.get(v, c.seq) if v < self.view else self.slots.slot(v, c.seq)
-        if slot is None:
-            return
-        slot.commits.setdefault(c.sender, c)
-        self._check_slot(v, c.seq, slot)
+        slot = self.slots.add_commit(c, self.view, self.n, self.checkpoints.in_window(c.seq))
+        if slot is not None:
+            self._check_slot(c.view, c.seq, slot)
 
     def _check_slot(self, v: int, seq: int, slot: Slot) -> None:
         """Prepared -> send the commit; committed-local -> queue for execution."""
@@ -269,7 +279,7 @@ class Replica:
 
     def _execute_ready(self) -> None:
         executed_pending = False
-        while (entry := self.execution.execute_next()) is not None:
+        while self.transfer.target is None and (entry := self.execution.execute_next()) is not None:
             s, req = entry.seq, entry.request
             self.heartbeat.executed()
             self.outbox.emit(entry)
@@ -277,20 +287,16 @@ class Replica:
                 executed_pending = True
                 if self.status == NORMAL:
                     self.view_change.reset_timeout()
-            if s % self.cfg.checkpoint_interval == 0 and self.checkpoints.take(s, self.execution.state_digest):
-                self._stabilised(s)
+            if s % self.cfg.checkpoint_interval == 0:
+                self.transfer.executed(s)
         if executed_pending:
             self._update_request_timer(restart=True)
 
     # ============================================================ checkpoints (4.3)
 
-    def _on_checkpoint(self, c: Checkpoint) -> None:
-        if self.checkpoints.accepts(c) and self.checkpoints.add(c):
-            self._stabilised(c.seq)
-
     def _stabilised(self, s: int) -> None:
         """Checkpoint ``s`` became stable: truncate the log; the window slid."""
-        self.slots.truncate(s)
+        self.transfer.stabilised(s)
         if self.status == NORMAL and self.is_primary:
             self.requests.skip_to(s)
             self._try_assign()
@@ -299,7 +305,9 @@ class Replica:
 
     def _on_status_timer(self) -> None:
         normal = self.status == NORMAL
-        self.heartbeat.tick(self.view, normal, self.last_executed, self.h, busy=bool(self.requests) or not normal)
+        busy = bool(self.requests) or not normal or self.last_executed < self.h
+        self.heartbeat.tick(self.view, normal, self.last_executed, self.h, busy)
+        self.transfer.remind()
         if not normal:
             self.view_change.retransmit()
         self.checkpoints.retransmit()
@@ -310,16 +318,8 @@ class Replica:
         self.heartbeat.observe(st, self.execution)
         if self.status == NORMAL and (st.view < self.view or (st.view == self.view and not st.normal)):
             self.view_change.relay_new_view(st.sender)
-        if st.stable_seq < self.h:
+        if min(st.stable_seq, st.last_executed) < self.h:  # below our checkpoint: its proof
             self.checkpoints.send_proof(st.sender)
-
-    def _on_catch_up(self, msg: CatchUp) -> None:
-        self._take_entries(msg.entries)
-
-    def _take_entries(self, entries: Iterable[CommittedEntry]) -> None:
-        limit = self.last_executed + 4 * self.cfg.catchup_batch
-        self.execution.take_certified(entries, self.keys, limit)
-        self._execute_ready()
 
     # ============================================================ view change (4.4)
 

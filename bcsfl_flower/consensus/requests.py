@@ -67,6 +67,10 @@ class RequestQueue:
         """``key`` executed: stop waiting; True when it was pending."""
         return self._pending.pop(key, None) is not None
 
+    def drop(self, executed: Callable[[Key], bool]) -> None:
+        """Stop waiting for the requests that ``executed`` says ran (a state transfer)."""
+        self._pending = {k: r for k, r in self._pending.items() if not executed(k)}
+
     def __bool__(self) -> bool:
         """Some request is pending."""
         return bool(self._pending)

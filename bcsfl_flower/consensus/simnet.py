@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .messages import Broadcast, CancelTimer, Committed, Request, Send, SetTimer, ViewEntered
+from ..crypto import sha256_hex
+from .messages import GENESIS_DIGEST, Broadcast, CancelTimer, Committed, Request, Send, SetTimer, ViewEntered
+from .outputs import FetchState
 
 __all__ = ["FaultSchedule", "Partition", "Crash", "SimNetwork", "CLIENT"]
 
@@ -114,6 +116,7 @@ class SimNetwork:
         self.on_output: Optional[Callable[[int, Any, float], None]] = None
         self._started = False
         self._commits = 0
+        self.state_transfers = 0
         #: Nodes the network adversary favours (a ``rushing`` attribute, set by
         #: :class:`~.byzantine.ByzantineReplica`): messages from and to them arrive at
         #: once (the network adversary colludes with them), so they race correct replicas.
@@ -186,6 +189,9 @@ class SimNetwork:
             elif isinstance(out, ViewEntered):
                 self.views[node] = out.view
                 self.view_changes += 1
+            elif isinstance(out, FetchState):
+                self.state_transfers += 1
+                self._push(self.now + self._delay(), _CALL, ("transfer", node), out.checkpoint)
             if self.on_output is not None:
                 self.on_output(node, out, self.now)
 
@@ -259,6 +265,8 @@ class SimNetwork:
         if kind == _CALL:
             if isinstance(a, _ClientJob):
                 self._client_send(a)
+            elif a[0] == "transfer":
+                self._transfer(a[1], b)
             else:
                 _, node = a
                 self._apply(node, self.nodes[node].start())
@@ -287,6 +295,24 @@ class SimNetwork:
             self._mark("D", node, getattr(b, "sig", b"").hex()[:16])
             self._apply(node, self.nodes[node].receive(b))
 
+    def _transfer(self, node: int, cp: Any) -> None:
+        """The simulated application state is the executed log: a node that must fetch the
+        state at ``cp`` takes the missing entries from a peer whose log leads to
+        ``cp.state_digest`` (the hash chain checks it), then resumes (section 4.3)."""
+        if self.is_down(node, self.now):
+            return  # the replica asks again on its heartbeat
+        mine = self.committed[node]
+        for donor in range(self.n):
+            log = mine + self.committed[donor][len(mine):cp.seq]
+            if len(log) != cp.seq or _chain(log) != cp.state_digest:
+                continue
+            for entry in log[len(mine):]:
+                self.committed[node].append(entry)
+                if entry.request is not None and not entry.noop:
+                    self.executed_by.setdefault(entry.request.key, {})[node] = self.now
+            self._apply(node, self.nodes[node].state_transferred(cp))
+            return
+
     def _mark(self, kind: str, node: int, what: Any) -> None:
         self._trace.update(f"{self.now:.9f}|{kind}|{node}|{what};".encode())
 
@@ -297,3 +323,11 @@ class SimNetwork:
 
     def pending_jobs(self) -> list[Request]:
         return [j.request for j in self._jobs if not j.done]
+
+
+def _chain(log: Sequence[Committed]) -> str:
+    """The execution hash chain over ``log`` (as :class:`~.execution.ExecutionLog` computes it)."""
+    digest = GENESIS_DIGEST
+    for entry in log:
+        digest = sha256_hex(f"{digest}|{entry.seq}|{entry.digest}".encode())
+    return digest

@@ -81,6 +81,26 @@ class SlotLog:
         """The (view, seq) of every slot held."""
         return list(self._slots)
 
+    def add_prepare(self, p: Prepare, view: int, n: int, in_window: bool) -> Optional[Slot]:
+        """A backup's prepare for the current ``view`` or a few ahead (of ``n`` replicas),
+        for a sequence number ``in_window``: its slot, or None when refused."""
+        v = p.view
+        if p.sender in (self._index, v % n) or not in_window or not view <= v <= view + n + 2:
+            return None
+        slot = self.slot(v, p.seq)
+        slot.prepares.setdefault(p.sender, p)
+        return slot
+
+    def add_commit(self, c: Commit, view: int, n: int, in_window: bool) -> Optional[Slot]:
+        """A peer's commit (an earlier view's only into a slot still held): its slot, or None."""
+        v = c.view
+        if c.sender == self._index or v > view + n + 2 or not in_window:
+            return None
+        slot = self._slots.get((v, c.seq)) if v < view else self.slot(v, c.seq)
+        if slot is not None:
+            slot.commits.setdefault(c.sender, c)
+        return slot
+
     # ------------------------------------------------------------------ this replica's votes
 
     def propose(self, view: int, seq: int, req: Request) -> Slot:

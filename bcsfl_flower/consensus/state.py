@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .messages import Checkpoint
+from .messages import Checkpoint
 
 __all__ = ["PBFTConfig", "ReplicaStatus", "StableCheckpoint", "TimerKind"]
 
@@ -48,6 +46,17 @@ class PBFTConfig:
         See ``catchup_lag``.
     forward_requests : bool, default True
         Backups relay client requests to the primary.
+    app_checkpoints : bool, default False
+        The driver's application state is part of each checkpoint (section 4.3): at a
+        checkpoint sequence number the replica emits ``CheckpointDue`` and signs its
+        checkpoint only once the driver calls ``checkpoint_ready`` with the digest of its
+        state there. False: the checkpoint's application digest is "" (simulator, tests).
+        All replicas of a cluster must agree on it, or no checkpoint becomes stable.
+    dedup_window : int, default 64
+        At-most-once record (:mod:`.dedup`): per client, rids more than this far below
+        its highest executed rid count as executed.
+    dedup_clients : int, default 1024
+        At-most-once record: clients kept (the least recently executed one goes first).
     """
 
     checkpoint_interval: int = 16
@@ -60,6 +69,9 @@ class PBFTConfig:
     catchup_lag: int = 4
     catchup_patience: int = 2
     forward_requests: bool = True
+    app_checkpoints: bool = False
+    dedup_window: int = 64
+    dedup_clients: int = 1024
 
 
 class _StrEnum(str, Enum):
@@ -94,9 +106,34 @@ class TimerKind(_StrEnum):
 
 @dataclass(frozen=True)
 class StableCheckpoint:
-    """The replica's stable checkpoint: ``seq`` (the low water mark), the state digest
-    there, and the 2f+1 signed checkpoint messages that prove it (none for seq 0)."""
+    """A stable checkpoint (section 4.3): ``seq`` (the low water mark), ``state_digest``
+    (the execution hash chain there), the 2f+1 signed checkpoint messages that prove it
+    (none for seq 0), the driver's ``app_digest`` they sign ("" without application
+    checkpoints) and ``clients``, the at-most-once table (:mod:`.dedup`) whose digest they
+    sign. A driver persists it (:meth:`to_json`) to restart from it."""
 
     seq: int
     state_digest: str
     proof: tuple[Checkpoint, ...]
+    app_digest: str = ""
+    clients: tuple[tuple[str, int, tuple[int, ...], int], ...] = ()
+
+    def to_json(self) -> dict:
+        """Plain JSON (hex signatures); :meth:`from_json` reverses it."""
+        return {
+            "seq": self.seq, "state_digest": self.state_digest, "app_digest": self.app_digest,
+            "clients": [[c, top, list(gaps), s] for c, top, gaps, s in self.clients],
+            "proof": [{"sender": c.sender, "sig": c.sig.hex()} for c in self.proof],
+            "clients_digest": self.proof[0].clients_digest if self.proof else "",
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> StableCheckpoint:
+        """Rebuild from :meth:`to_json`; the signatures are checked by whoever uses it."""
+        seq, digest, app = int(obj["seq"]), str(obj["state_digest"]), str(obj["app_digest"])
+        clients = tuple((str(c), int(top), tuple(int(g) for g in gaps), int(s)) for c, top, gaps, s in obj["clients"])
+        cd = str(obj["clients_digest"])
+        proof = tuple(
+            Checkpoint(seq, digest, app, cd, int(c["sender"]), bytes.fromhex(c["sig"])) for c in obj["proof"]
+        )
+        return cls(seq, digest, proof, app, clients)

@@ -70,14 +70,22 @@ def digest_ok(pp: PrePrepare) -> bool:
 
 
 def valid_checkpoint_proof(
-    seq: int, digest: str, proof: Sequence[Checkpoint], keys: Sequence[str]
+    seq: int, digest: str, proof: Sequence[Checkpoint], keys: Sequence[str],
+    app_digest: Optional[str] = None, clients_digest: Optional[str] = None,
 ) -> bool:
-    """2f+1 distinct replicas signed Checkpoint(seq, digest); seq 0 is the genesis."""
+    """2f+1 distinct replicas signed one Checkpoint(seq, digest, app, clients); seq 0 is the
+    genesis. ``app_digest`` / ``clients_digest`` (default None: the proof's own) must match."""
     if seq == 0:
-        return digest == GENESIS_DIGEST
+        return digest == GENESIS_DIGEST and app_digest in (None, "")
+    if not proof or not isinstance(proof[0], Checkpoint):
+        return False
+    app = proof[0].app_digest if app_digest is None else app_digest
+    clients = proof[0].clients_digest if clients_digest is None else clients_digest
     signers: set[int] = set()
     for c in proof:
-        if not isinstance(c, Checkpoint) or c.seq != seq or c.state_digest != digest:
+        if not isinstance(c, Checkpoint) or (c.seq, c.state_digest, c.app_digest, c.clients_digest) != (
+            seq, digest, app, clients
+        ):
             return False
         if c.sender in signers:
             continue

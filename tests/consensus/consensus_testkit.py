@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from bcsfl_flower.consensus.messages import (
     Broadcast, CancelTimer, Committed, Request, Send, SetTimer, ViewEntered,
 )
+from bcsfl_flower.consensus.outputs import CheckpointDue, FetchState, Stabilised
 from bcsfl_flower.consensus.replica import PBFTConfig, Replica
 from bcsfl_flower.consensus.scenario import keys_for
 from bcsfl_flower.consensus.state import TimerKind
@@ -38,6 +39,9 @@ class Pump:
         self.sent: list = []
         self.drop: Callable[[int, int, object], bool] = lambda src, dst, msg: False
         self.down: set[int] = set()
+        self.due: list[list[int]] = [[] for _ in self.nodes]
+        self.stabilised: list[list] = [[] for _ in self.nodes]
+        self.fetch: list[list] = [[] for _ in self.nodes]
         for i, node in enumerate(self.nodes):
             self.feed(i, node.start())
 
@@ -61,6 +65,12 @@ class Pump:
                 self.committed[node].append(o)
             elif isinstance(o, ViewEntered):
                 self.views[node] = o.view
+            elif isinstance(o, CheckpointDue):
+                self.due[node].append(o.seq)
+            elif isinstance(o, Stabilised):
+                self.stabilised[node].append(o.checkpoint)
+            elif isinstance(o, FetchState):
+                self.fetch[node].append(o.checkpoint)
             else:
                 raise AssertionError(f"unexpected output {o!r}")
 

@@ -6,7 +6,7 @@ import dataclasses
 
 from consensus_testkit import CLIENT_KEYS, Pump, make_replicas, request
 
-from bcsfl_flower.consensus.messages import CatchUp, PrePrepare, Send, Status, sign
+from bcsfl_flower.consensus.messages import CatchUp, PrePrepare, Send, StateProof, Status, sign
 from bcsfl_flower.consensus.replica import PBFTConfig
 from bcsfl_flower.consensus.scenario import keys_for
 
@@ -40,8 +40,12 @@ def test_a_peer_slightly_behind_and_moving_gets_no_catch_up():
 
 def test_a_peer_far_behind_gets_catch_up_at_once():
     reps, keys = _leader_with_commits(6)
-    sent = _catch_ups(reps[0].receive(sign(Status(0, True, 1, 0, 3, b""), keys[3])))
-    assert len(sent) == 1 and [e.seq for e in sent[0].entries] == [2, 3, 4, 5, 6]
+    out = reps[0].receive(sign(Status(0, True, 1, 0, 3, b""), keys[3]))
+    sent = _catch_ups(out)
+    # Checkpoint 4 is stable: the log up to it is gone, the peer gets its proof and the rest.
+    assert len(sent) == 1 and [e.seq for e in sent[0].entries] == [5, 6]
+    (proof,) = [o.msg for o in out if isinstance(o, Send) and isinstance(o.msg, StateProof)]
+    assert proof.seq == 4 and proof.state_digest == reps[0].stable_checkpoint().state_digest
 
 
 def test_pre_prepare_signature_binds_the_request_through_its_digest():

@@ -10,7 +10,8 @@ from consensus_testkit import CLIENT_KEYS, Pump, make_replicas, request
 
 from bcsfl_flower.consensus import replica as replica_module
 from bcsfl_flower.consensus.checkpoint import CheckpointLog, Heartbeat
-from bcsfl_flower.consensus.messages import Broadcast, Checkpoint, SetTimer, Status, sign
+from bcsfl_flower.consensus.dedup import table_digest
+from bcsfl_flower.consensus.messages import Broadcast, Checkpoint, SetTimer, StateProof, Status, sign
 from bcsfl_flower.consensus.outbox import Outbox
 from bcsfl_flower.consensus.replica import NORMAL, PBFTConfig, Replica
 from bcsfl_flower.consensus.scenario import keys_for
@@ -19,8 +20,8 @@ from bcsfl_flower.consensus.state import ReplicaStatus, TimerKind
 PACKAGE = Path(replica_module.__file__).parent
 CLIENTS = {f"client-{i}": k.public_hex for i, k in enumerate(CLIENT_KEYS)}
 # The replica's parts: none of them may reach back into the replica.
-PARTS = ("checkpoint", "execution", "messages", "outbox", "outputs", "quorum", "requests",
-         "slots", "state", "viewchange")
+PARTS = ("checkpoint", "dedup", "execution", "messages", "outbox", "outputs", "quorum", "requests",
+         "slots", "state", "transfer", "viewchange")
 
 
 def _imported_modules(name: str) -> set[str]:
@@ -61,16 +62,25 @@ def test_checkpoint_log_moves_the_water_marks_on_a_quorum():
     outbox = Outbox(keys[3], 3)
     log = CheckpointLog(outbox, 3, interval=4, log_window=8, quorum=3)
     assert (log.low, log.high) == (0, 8) and log.in_window(8) and not log.in_window(9)
-    votes = [sign(Checkpoint(4, "d" * 64, i), keys[i]) for i in range(3)]
-    assert log.accepts(votes[0]) and not log.accepts(sign(Checkpoint(5, "d" * 64, 0), keys[0]))
+    table = (("client-0", 3, (), 4),)
+    votes = [sign(Checkpoint(4, "d" * 64, "", table_digest(table), i), keys[i]) for i in range(3)]
+    assert log.accepts(votes[0]) and not log.accepts(sign(Checkpoint(5, "d" * 64, "", "", 0), keys[0]))
     assert not log.add(votes[0]) and not log.add(votes[1]) and log.add(votes[2])
     assert (log.low, log.high) == (4, 12) and log.stable.proof == tuple(votes)
+    assert not log.complete  # stable by votes: the at-most-once table there is not known here
     assert not log.advance(4, "e" * 64, ())  # not above h
     assert outbox.flush() == []  # counting votes sends nothing
-    assert not log.take(8, "f" * 64)  # its own checkpoint: broadcast, one vote of three
-    assert [type(o.msg) for o in outbox.flush()] == [Checkpoint]
+    log.executed(8, "f" * 64, table)
+    assert not log.take(8, "app")  # its own checkpoint: broadcast, one vote of three
+    sent = [o.msg for o in outbox.flush()]
+    assert [type(m) for m in sent] == [Checkpoint] and sent[0].app_digest == "app"
     log.send_proof(0)
-    assert [(o.to, o.msg) for o in outbox.flush()] == [(0, v) for v in votes]
+    assert outbox.flush() == []  # no table at h: nothing to prove with
+    log.executed(4, "d" * 64, table)  # executing 4 fills it in
+    assert log.complete and log.stable.clients == table
+    log.send_proof(0)
+    (out,) = outbox.flush()
+    assert out.to == 0 and isinstance(out.msg, StateProof) and out.msg.proof == tuple(votes)
 
 
 def test_heartbeat_rearms_its_timer_and_is_quiet_when_idle():
