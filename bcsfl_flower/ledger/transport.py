@@ -5,6 +5,14 @@ peer, reconnecting with backoff. Sending never blocks the caller: frames queue p
 peer (bounded in bytes; the oldest are dropped past the bound, as PBFT tolerates
 loss and retransmits what matters through its status heartbeat). Frames that arrive
 are handed to one callback on the event loop, in arrival order per connection.
+
+Given the node's key and every node's public key, links are authenticated
+(:mod:`~.peer_auth`): each new connection starts with a signed challenge-response in
+both directions, and a listener hands on frames only from a connection that proved it
+comes from another node of the cluster. A connection that does not (wrong bytes, a bad
+or missing signature, no handshake within ``handshake_timeout``) is closed before any
+of its frames is read, and counted in :meth:`PeerTransport.stats`. The handshake costs
+two signatures and two verifications per connection, nothing per frame.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from bcsfl_flower.crypto import SigningKey
+
+from .peer_auth import CHALLENGE_SIZE, HELLO_SIZE, PROOF_SIZE, AuthError, PeerAuth
 from .wire import MAX_FRAME, encode_frame
 
 __all__ = ["PeerTransport"]
@@ -24,13 +35,15 @@ log = logging.getLogger(__name__)
 
 FrameHandler = Callable[[int, bytes], None]
 _BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_HANDSHAKE_ERRORS = (AuthError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError)
 
 
 class _Link:
     """The outgoing side towards one peer: a queue and the task that drains it."""
 
-    def __init__(self, addr: tuple[str, int], max_bytes: int,
+    def __init__(self, peer: int, addr: tuple[str, int], max_bytes: int,
                  on_connect: Callable[[], None] | None = None) -> None:
+        self.peer = peer
         self.addr = addr
         self.on_connect = on_connect
         self.max_bytes = max_bytes
@@ -39,6 +52,9 @@ class _Link:
         self.wake = asyncio.Event()
         self.connected = False
         self.dropped = 0
+        self.auth: PeerAuth | None = None
+        self.handshake_timeout = 5.0
+        self.auth_failed = 0  # connections on which the peer did not prove it is the peer
         self.task: asyncio.Task[None] | None = None
 
     def push(self, frame: bytes) -> None:
@@ -59,6 +75,17 @@ class _Link:
                 await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
                 attempt += 1
                 continue
+            if self.auth is not None:
+                try:
+                    await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
+                except _HANDSHAKE_ERRORS as err:
+                    self.auth_failed += 1
+                    log.warning("link to node %d at %s not authenticated: %s", self.peer, self.addr,
+                                err or type(err).__name__)
+                    writer.transport.abort()
+                    await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                    attempt += 1
+                    continue
             attempt = 0
             self.connected = True
             if self.on_connect is not None:
@@ -76,6 +103,16 @@ class _Link:
                     task.cancel()
                 writer.transport.abort()  # never wait to flush towards a dead peer
             await asyncio.sleep(_BACKOFF[0])
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """HELLO, check the peer's CHALLENGE, PROOF (see :mod:`~.peer_auth`)."""
+        assert self.auth is not None
+        hello, nonce = self.auth.hello(self.peer)
+        writer.write(hello)
+        await writer.drain()
+        challenge = await reader.readexactly(CHALLENGE_SIZE)
+        writer.write(self.auth.proof(self.peer, nonce, challenge))
+        await writer.drain()
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -104,6 +141,13 @@ class PeerTransport:
         Bound on the bytes queued for one peer that is slow or down.
     on_connect : Callable[[int], None] | None (default: None)
         Called with the peer's index each time the connection to it (re)opens.
+    key : SigningKey | None (default: None)
+        This node's key; with ``peer_keys``, links are authenticated (see
+        :meth:`authenticate`). None: no handshake (every node of a cluster must agree).
+    peer_keys : Sequence[str] | None (default: None)
+        Every node's public key (hex) in index order.
+    handshake_timeout : float (default: 5.0)
+        Seconds a new connection has to complete the handshake.
     """
 
     def __init__(
@@ -113,17 +157,47 @@ class PeerTransport:
         on_frame: FrameHandler,
         max_queue_bytes: int = 256 * 1024 * 1024,
         on_connect: Callable[[int], None] | None = None,
+        key: SigningKey | None = None,
+        peer_keys: Sequence[str] | None = None,
+        handshake_timeout: float = 5.0,
     ) -> None:
         self.index = index
         self.addrs = list(addrs)
         self.on_frame = on_frame
         self._links = {
-            j: _Link(addr, max_queue_bytes, functools.partial(on_connect, j) if on_connect else None)
+            j: _Link(j, addr, max_queue_bytes, functools.partial(on_connect, j) if on_connect else None)
             for j, addr in enumerate(self.addrs) if j != index
         }
         self._server: asyncio.AbstractServer | None = None
         self._readers: set[asyncio.Task[None]] = set()
+        self._by_peer: dict[int, asyncio.Task[None]] = {}  # the authenticated connection of each peer
         self.received = 0
+        self.auth: PeerAuth | None = None
+        self.handshake_timeout = handshake_timeout
+        self.auth_accepted = 0
+        self.auth_refused = 0
+        self.refused_why: dict[str, int] = {}
+        if key is not None and peer_keys is not None:
+            self.authenticate(key, peer_keys)
+
+    def authenticate(self, key: SigningKey, peer_keys: Sequence[str]) -> None:
+        """Authenticate every link from now on with this node's ``key`` and the nodes' ``peer_keys``.
+
+        Call before :meth:`start`. Incoming connections must prove they come from
+        another node; outgoing ones that the peer is who it should be.
+
+        Parameters
+        ----------
+        key : SigningKey
+            This node's key; its public key must be ``peer_keys[index]``.
+        peer_keys : Sequence[str]
+            Every node's public key (hex), in index order, one per address.
+        """
+        if len(peer_keys) != len(self.addrs):
+            raise ValueError(f"{len(peer_keys)} keys for {len(self.addrs)} nodes")
+        self.auth = PeerAuth(self.index, key, peer_keys)
+        for link in self._links.values():
+            link.auth, link.handshake_timeout = self.auth, self.handshake_timeout
 
     async def start(self) -> None:
         """Listen on this node's address and start connecting to the peers."""
@@ -149,16 +223,57 @@ class PeerTransport:
         return sorted(j for j, link in self._links.items() if link.connected)
 
     def stats(self) -> dict[str, object]:
-        """Frames received, and per peer: connected, queued bytes, frames dropped."""
+        """Frames received; incoming connections authenticated and refused (with why); and per
+        peer: connected, queued bytes, frames dropped, connections whose peer failed to authenticate."""
         return {"received": self.received,
-                "links": {j: {"up": link.connected, "queued": link.queued,
-                              "dropped": link.dropped} for j, link in self._links.items()}}
+                "auth": {"enabled": self.auth is not None, "accepted": self.auth_accepted,
+                         "refused": self.auth_refused, "refused_why": dict(self.refused_why)},
+                "links": {j: {"up": link.connected, "queued": link.queued, "dropped": link.dropped,
+                              "auth_failed": link.auth_failed} for j, link in self._links.items()}}
+
+    def _refuse(self, why: str) -> None:
+        self.auth_refused += 1
+        self.refused_why[why] = self.refused_why.get(why, 0) + 1
+
+    async def _authenticate_incoming(self, reader: asyncio.StreamReader,
+                                     writer: asyncio.StreamWriter) -> int | None:
+        """The authenticated peer of a new connection, or None (refused and counted)."""
+        assert self.auth is not None
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                hello = await reader.readexactly(HELLO_SIZE)
+                peer, peer_nonce, nonce, challenge = self.auth.challenge(hello)
+                writer.write(challenge)
+                await writer.drain()
+                self.auth.check_proof(peer, peer_nonce, nonce, await reader.readexactly(PROOF_SIZE))
+        except AuthError as err:
+            self._refuse("bad handshake")
+            log.warning("refused a PBFT connection: %s", err)
+            return None
+        except (asyncio.TimeoutError, TimeoutError):
+            self._refuse("no handshake in time")
+            return None
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            self._refuse("closed during handshake")
+            return None
+        self.auth_accepted += 1
+        return peer
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._readers.add(task)
+        peer: int | None = None
         try:
+            if self.auth is not None:
+                peer = await self._authenticate_incoming(reader, writer)
+                if peer is None:
+                    return  # not one of the nodes: closed before any frame is read
+                old = self._by_peer.get(peer)
+                if old is not None and old is not task:
+                    old.cancel()  # the peer reconnected: its earlier connection is dead or stale
+                if task is not None:
+                    self._by_peer[peer] = task
             while True:
                 header = await reader.readexactly(5)
                 size, kind = int.from_bytes(header[:4], "big"), header[4]
@@ -176,6 +291,8 @@ class PeerTransport:
         finally:
             if task is not None:
                 self._readers.discard(task)
+                if peer is not None and self._by_peer.get(peer) is task:
+                    del self._by_peer[peer]
             writer.close()
 
     async def close(self) -> None:

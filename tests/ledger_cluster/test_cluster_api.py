@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from bcsfl_flower.ledger.upload import CLIENT_HEADER, SIGN_HEADER, upload_signat
 from bcsfl_flower.ledger.wire import APP, encode_frame
 
 from .cluster_helpers import chain, converge, federation, start_cluster
+from .peer_link import node_link
 
 MAX_BODY = 1024 * 1024
 MAX_MODEL = 64 * 1024
@@ -279,7 +279,7 @@ def test_forged_transaction_forwarded_by_a_faulty_node_never_commits(
     primary = httpx.get(f"{url}/health", timeout=10).json()["primary"]
     frame = encode_frame(APP, json.dumps({"type": "txs", "txs": [good[0], forged, first, second, good[1]],
                                           "hops": 1}).encode())
-    with socket.create_connection(("127.0.0.1", cluster.peers[primary].pbft_port)) as sock:
+    with node_link(cluster, (primary + 1) % cluster.n, primary) as sock:  # as a faulty node, with its key
         sock.sendall(frame)
     resp = _post_json(f"{cluster.urls[3]}/postModelUpdate", {"transactions": good})
     assert resp.status_code == 200, resp.text
