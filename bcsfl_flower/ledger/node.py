@@ -15,11 +15,13 @@ whether a transaction is already on the chain, so a transaction re-sent after a 
 is answered with its original block instead of being batched again.
 
 Crash recovery: only the SQLite file (and one number, see :mod:`~.recovery`)
-survives a crash. A restarted node's replica starts empty; the peers' status
-heartbeats hand it the committed entries it lacks (each with its 2f+1 commit
-certificate), idempotent execution skips what the file already holds, and a
-:class:`~.recovery.Fence` keeps the forgetful replica from contradicting votes it cast
-before the crash.
+survives a crash. The file holds the last stable checkpoint (:mod:`~.snapshot`), from
+which a restarted node's replica resumes; the peers' status heartbeats hand it the
+committed entries above it (each with its 2f+1 commit certificate), idempotent
+execution skips what the file already holds, and a :class:`~.recovery.Fence` keeps the
+forgetful replica from contradicting votes it cast before the crash. Peers drop their
+log below each stable checkpoint, so a node behind one fetches the blocks it lacks
+over HTTP instead (state transfer, checked against the checkpoint's 2f+1 signatures).
 
 Liveness: client requests go to every node (as PBFT clients retransmit), so every
 backup times a primary that does not order them. Transactions are not PBFT requests
@@ -58,6 +60,7 @@ from .block import Block, LedgerError
 from .chain_view import ChainView
 from .ops import Op, apply_op, parse_op
 from .recovery import Fence, RecoveryWatch
+from .snapshot import SNAPSHOT_OUTPUTS, SnapshotDriver, pbft_settings
 from .sqlite import SqliteLedger
 from .transport import PeerTransport
 from .wire import APP, PBFT, WireError, decode_message, encode_message
@@ -82,10 +85,10 @@ class NodeConfig:
     pbft: dict[str, Any] = field(default_factory=dict)
 
     def pbft_config(self) -> PBFTConfig:
-        """The replica's configuration in this node's time units."""
+        """The replica's configuration in this node's time units (checkpoints: :func:`~.snapshot.pbft_settings`)."""
         base: dict[str, Any] = {"request_timeout": self.request_timeout,
                                 "max_timeout": 16 * self.request_timeout,
-                                "status_interval": self.status_interval}
+                                "status_interval": self.status_interval, **pbft_settings()}
         base.update(self.pbft)
         return PBFTConfig(**base)
 
@@ -143,8 +146,9 @@ class LedgerNode:
         except BaseException:
             self.ledger.close()
             raise
+        self.snapshot = SnapshotDriver(self)
         self.replica = Replica(index, key, self.keys, validate=self._validate,
-                               config=self.cfg.pbft_config())
+                               config=self.cfg.pbft_config(), initial=self.snapshot.initial())
         self.transport = PeerTransport(index, pbft_addrs, self._on_frame,
                                        on_connect=self._hello)
         self.batcher = BatchDriver(Batcher(index, key, BatchConfig.of(self.cfg)), self)
@@ -175,6 +179,7 @@ class LedgerNode:
             handle.cancel()
         self._timers.clear()
         self.batcher.close()
+        self.snapshot.close()
         await self.transport.close()
         for fut in self._waiters.values():
             if not fut.done():
@@ -197,6 +202,8 @@ class LedgerNode:
                     self.transport.send(out.to, PBFT, encode_message(out.msg))
             elif isinstance(out, Committed):
                 self._execute(out)
+            elif isinstance(out, SNAPSHOT_OUTPUTS):
+                self.snapshot.on_output(out)
             elif isinstance(out, SetTimer):
                 self._arm(out)
             elif isinstance(out, CancelTimer):
@@ -402,8 +409,8 @@ class LedgerNode:
         return {"status": "recovering" if self.recovering else "ok", "node": self.index,
                 "nodes": self.n, "public": self.key.public_hex,
                 "height": self.chain.head.sequence_no + 1, "head": self.chain.head.hash, "view": rep.view,
-                "primary": rep.primary, "pbft_status": rep.status,
-                "last_executed": rep.last_executed, "recovering": self.recovering,
+                "primary": rep.primary, "pbft_status": rep.status, "last_executed": rep.last_executed,
+                "stable_seq": rep.h, "snapshot": dict(self.snapshot.stats), "recovering": self.recovering,
                 "peers_connected": self.transport.connected_peers(),
                 "transport": self.transport.stats(), "pool": len(self.batcher.pool),
                 "stats": dict(self.stats), "signature_checks": verify_cache_stats()}

@@ -1,8 +1,10 @@
 """Fencing a PBFT replica that may have forgotten what it sent before a crash.
 
-A ledger node keeps its chain in SQLite, but its replica's log lives in memory: after a
-SIGKILL the node restarts with an empty replica. PBFT assumes replicas never forget
-their own votes, so the driver enforces what the replica can no longer know:
+A ledger node keeps its chain and its last stable checkpoint in SQLite, but its
+replica's log above that checkpoint lives in memory: after a SIGKILL the node restarts
+with a replica that resumes from the checkpoint (:mod:`~.snapshot`) and remembers no
+vote it cast since. PBFT assumes replicas never forget their own votes, so the driver
+enforces what the replica can no longer know:
 
 * it never proposes again in a view it may have proposed in before (the highest such
   view is written to ``node-I.pbft.json`` and fsynced *before* the first pre-prepare

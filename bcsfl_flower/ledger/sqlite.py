@@ -13,6 +13,10 @@ impossible: ``append`` refuses a block holding an id already on the chain, on ev
 node alike (their chains are the same), and :meth:`SqliteLedger.committed` tells a
 node, even one just restarted, which block a re-sent transaction is in. A file written
 before the table existed gets it filled from its blocks when first opened for writing.
+
+A ledger node also keeps a few values of its own in the ``meta`` table (``key`` ->
+text): its last stable PBFT checkpoint (:mod:`~.snapshot`), so that a restarted node
+resumes from its own file instead of from sequence number 1.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ CREATE TABLE blocks (
 CREATE TABLE models (hash TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 _TXS_SCHEMA = "CREATE TABLE IF NOT EXISTS txs (id TEXT PRIMARY KEY, sequence_no INTEGER NOT NULL) WITHOUT ROWID"
+_META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
 _LOOKUP_CHUNK = 500  # ids per ``IN (...)`` query (SQLite's variable limit)
 _COLUMNS = "sequence_no, hash, last_hash, timestamp, data, public, sign"
 _BUSY_TIMEOUT_S = 30.0
@@ -314,6 +319,22 @@ class SqliteLedger(Ledger):
 
     def model_digests(self) -> list[str]:
         return [str(r[0]) for r in self._query("SELECT hash FROM models ORDER BY hash")]
+
+    # -- node metadata ---------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        """The value stored under ``key`` in the ``meta`` table (None: none, or no table)."""
+        with self._lock:
+            if not self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+                return None  # no checkpoint was ever written to this file (opened read-only)
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` (replacing it), durably, in one SQLite transaction."""
+        with self._write() as conn:
+            conn.execute(_META_SCHEMA)  # made on first use: a plain ledger file has no such table
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     # -- raw access ----------------------------------------------------------------
     def block_rows(self) -> Iterator[BlockRow]:
