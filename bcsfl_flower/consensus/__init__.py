@@ -6,7 +6,8 @@ requests while up to f are Byzantine. The replica, :class:`~.replica.Replica`, i
 over small state objects, each in its module with the paper's section:
 
 - ``requests``   pending client requests, relaying to the primary, request timer (4.1, 4.4)
-- ``slots``      pre-prepares, prepares, commits, prepared certificates (4.2)
+- ``slots``      pre-prepares, prepares, commits, prepared certificates, request bodies (4.2)
+- ``bodies``     fetching a request body by digest (view changes carry digests only, 4.4)
 - ``execution``  in-order execution, the executed log above the stable checkpoint,
   state digest (4.2)
 - ``dedup``      the bounded at-most-once record by (client, rid) (4.1), part of checkpoints
@@ -20,7 +21,8 @@ over small state objects, each in its module with the paper's section:
 
 Around them: ``state`` (:class:`~.state.PBFTConfig`, the :class:`~.state.ReplicaStatus`
 and :class:`~.state.TimerKind` enums), ``messages`` and ``outputs`` (wire types,
-canonical encoding, signatures; what the replica asks its driver to do), ``quorum``
+canonical encoding, signatures; what the replica asks its driver to do), ``limits``
+(every message type's size bound), ``quorum``
 (2f+1 and the commit quorum certificate anyone can check), ``simnet`` (discrete-event
 network with faults), ``byzantine`` (misbehaving replicas), ``scenario`` (random fault
 schedules and the safety / liveness oracle), ``bugs`` (planted bugs the fuzzer must

@@ -37,7 +37,7 @@ class CommitOnFPlus1Prepares(Replica):
 def plan_dropping_prepared(vcs: Sequence[ViewChange]) -> NewViewPlan:
     """:func:`~.viewchange.plan_new_view` with every entry of O made the null request."""
     good = plan_new_view(vcs)
-    entries = tuple((seq, NULL_DIGEST, None) for seq, _d, _r in good.entries)
+    entries = tuple((seq, NULL_DIGEST) for seq, _d in good.entries)
     return NewViewPlan(good.min_s, good.stable_digest, good.stable_proof, good.max_s, entries)
 
 

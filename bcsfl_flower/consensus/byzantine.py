@@ -21,14 +21,16 @@ to a set of behaviours:
 ``hide-prepared`` its view-changes claim that nothing prepared (empty P set);
 ``noise``         prepares/commits for random digests, wrong checkpoints, validly
                   signed view-changes for views nobody else wants, catch-up entries
-                  with forged certificates;
+                  with forged certificates, fetches of unknown request bodies and
+                  bodies nobody asked for;
 ``omit``          drops each outgoing message with probability 1/2;
 ``tamper-relay``  relays every pre-prepare a correct primary sends it to the other
                   backups with the carried request (which the primary's signature does
                   not cover) altered: value changed, client signature garbled, request
                   stripped or swapped for another; it stays silent as primary (drops its
                   own pre-prepares and new-views) and withholds its prepares and commits,
-                  so a single backup misled by a copy stalls the slot. It is *rushing*:
+                  so a single backup misled by a copy stalls the slot; a request-body
+                  fetch it answers at once with another request. It is *rushing*:
                   :class:`~.simnet.SimNetwork` delivers what it sends and what is sent
                   to it at once (the network adversary colludes with it), so its copies
                   arrive before the primary's own.
@@ -46,8 +48,8 @@ from typing import Any
 
 from ..crypto import SigningKey
 from .messages import (
-    GENESIS_DIGEST, Broadcast, CatchUp, Checkpoint, Commit, CommittedEntry, NewView, Prepare,
-    PrePrepare, Request, Send, Signed, ViewChange,
+    GENESIS_DIGEST, NULL_DIGEST, Broadcast, CatchUp, Checkpoint, Commit, CommittedEntry, NewView, Prepare,
+    PrePrepare, Request, RequestBody, RequestFetch, Send, Signed, ViewChange,
 )
 from .quorum import QuorumCertificate
 from .replica import Replica
@@ -211,7 +213,7 @@ class ByzantineReplica:
         self.rng.shuffle(pool)
         alt_vcs = tuple(pool[: inner.quorum])
         plan = inner.planner(alt_vcs)
-        pps = tuple(self._sign(PrePrepare(nv.view, s, d, r, self.index)) for s, d, r in plan.entries)
+        pps = tuple(self._sign(PrePrepare(nv.view, s, d, None, self.index)) for s, d in plan.entries)
         alt = self._sign(NewView(nv.view, alt_vcs, pps, self.index))
         others = self._others()
         self.rng.shuffle(others)
@@ -231,7 +233,10 @@ class ByzantineReplica:
         return self._sign(PrePrepare(pp.view, pp.seq, bad.digest, bad, self.index))
 
     def _tampered_relay(self, msg: Signed) -> list:
-        """Copies of a correct primary's pre-prepare, request altered, to the other backups."""
+        """Copies of a correct primary's pre-prepare, request altered, to the other backups;
+        a wrong body for a body fetch."""
+        if isinstance(msg, RequestFetch) and msg.sender != self.index:
+            return [Send(msg.sender, self._sign(RequestBody(self._byz_request(), self.index)))]
         if not isinstance(msg, PrePrepare) or msg.sender == self.index or msg.request is None:
             return []
         req = msg.request
@@ -250,7 +255,7 @@ class ByzantineReplica:
 
     def _bad_new_view(self, nv: NewView) -> NewView:
         pps = tuple(
-            self._sign(PrePrepare(p.view, p.seq, "0" * 64 if p.request else p.digest, p.request, self.index))
+            self._sign(PrePrepare(p.view, p.seq, "0" * 64 if p.digest != NULL_DIGEST else p.digest, None, self.index))
             if self.rng.random() < 0.5 else p
             for p in nv.pre_prepares[:-1]
         )
@@ -282,4 +287,6 @@ class ByzantineReplica:
         own = self._sign(Commit(v, seq, req.digest, self.index))
         fake_cert = QuorumCertificate(v, seq, req.digest, (own,) * inner.quorum)
         msgs.append(self._sign(CatchUp((CommittedEntry(seq, req, fake_cert),), self.index)))
+        msgs.append(self._sign(RequestFetch(digest, seq, self.index)))
+        msgs.append(self._sign(RequestBody(req, self.index)))
         return [Broadcast(m) for m in msgs]

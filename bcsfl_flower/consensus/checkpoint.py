@@ -22,15 +22,13 @@ from typing import Optional
 
 from .dedup import Snapshot, table_digest
 from .execution import ExecutionLog
+from .limits import MAX_APP_DIGEST
 from .messages import GENESIS_DIGEST, CatchUp, Checkpoint, StateProof, Status
 from .outbox import Outbox
 from .state import PBFTConfig, StableCheckpoint, TimerKind
 from .viewchange import valid_checkpoint_proof
 
-__all__ = ["MAX_APP_DIGEST", "CheckpointLog", "Heartbeat", "valid_stable"]
-
-#: Longest application digest a driver may sign into a checkpoint.
-MAX_APP_DIGEST = 512
+__all__ = ["CheckpointLog", "Heartbeat", "valid_stable"]
 
 
 def valid_stable(cp: StableCheckpoint, keys: Sequence[str]) -> bool:
@@ -197,16 +195,26 @@ class Heartbeat:
         """Broadcast this replica's status now."""
         self._outbox.broadcast(self._outbox.sign(Status(view, normal, last_executed, stable_seq, self._index)))
 
-    def observe(self, st: Status, execution: ExecutionLog) -> None:
-        """Peer ``st.sender`` reported ``st``: send it the entries it lacks, if it needs them.
+    def observe(self, st: Status, execution: ExecutionLog, checkpoints: CheckpointLog) -> None:
+        """Peer ``st.sender`` reported ``st``: send it the entries it lacks, if it needs them,
+        and the proof of our stable checkpoint if it is below it.
 
-        A peer far behind gets them at once; one at most ``catchup_lag`` behind only
-        after ``catchup_patience`` statuses in a row without progress.
+        A peer far behind gets entries at once; one at most ``catchup_lag`` behind only
+        after ``catchup_patience`` statuses in a row without progress. A catch-up message
+        holds at most ``catchup_bytes`` of entries (at least one).
         """
         missing = self._missing(st, execution.last_executed)
         if missing is not None:
-            entries = execution.entries(*missing)
-            self._outbox.send(st.sender, self._outbox.sign(CatchUp(entries, self._index)))
+            batch, size = [], 0
+            for entry in execution.entries(*missing):
+                size += len(entry.encoded())
+                if batch and size > self.cfg.catchup_bytes:
+                    break
+                batch.append(entry)
+            if batch:
+                self._outbox.send(st.sender, self._outbox.sign(CatchUp(tuple(batch), self._index)))
+        if min(st.stable_seq, st.last_executed) < checkpoints.low:  # below our checkpoint
+            checkpoints.send_proof(st.sender)
 
     def _missing(self, st: Status, last_executed: int) -> Optional[tuple[int, int]]:
         j = st.sender

@@ -20,7 +20,7 @@ from typing import Optional
 
 from ..crypto import sha256_hex
 from .dedup import ClientTable, Snapshot
-from .messages import GENESIS_DIGEST, CommittedEntry, Request
+from .messages import GENESIS_DIGEST, NULL_DIGEST, CommittedEntry, Request
 from .outputs import Committed
 from .quorum import QuorumCertificate, entry_matches, verify
 
@@ -44,16 +44,33 @@ class ExecutionLog:
         return self.clients.executed(key)
 
     def ready(self, seq: int, view: int, digest: str, request: Optional[Request], cert: QuorumCertificate) -> bool:
-        """``seq`` committed: queue it for execution unless executed or queued already."""
+        """``seq`` committed: queue it for execution unless executed or queued already.
+        ``request`` None for a digest other than the null one: the body is still missing."""
         if seq > self.last_executed and seq not in self._ready:
             self._ready[seq] = (view, digest, request, cert)
             return True
         return False
 
+    def fill(self, req: Request) -> None:
+        """A missing body arrived: the queued entries with its digest have it now."""
+        for s, (v, d, r, cert) in list(self._ready.items()):
+            if r is None and d == req.digest:
+                self._ready[s] = (v, d, req, cert)
+
+    def body(self, seq: int, digest: str) -> Optional[Request]:
+        """The body of ``digest`` if held at ``seq`` (executed or queued), else None."""
+        done = self._log.get(seq)
+        queued = self._ready.get(seq)
+        for req in (done.request if done else None, queued[2] if queued else None):
+            if req is not None and req.digest == digest:
+                return req
+        return None
+
     def execute_next(self) -> Optional[Committed]:
-        """Execute the next sequence number when it is ready; None when it is not."""
+        """Execute the next sequence number when it is ready (with its body); else None."""
         s = self.last_executed + 1
-        if s not in self._ready:
+        queued = self._ready.get(s)
+        if queued is None or (queued[2] is None and queued[1] != NULL_DIGEST):
             return None
         v, d, req, cert = self._ready.pop(s)
         noop = req is None or self.clients.executed(req.key)
@@ -85,8 +102,9 @@ class ExecutionLog:
         for e in entries:
             if not isinstance(e, CommittedEntry) or not self.last_executed < e.seq <= limit:
                 continue
-            if e.seq in self._ready:
-                continue
+            queued = self._ready.get(e.seq)
+            if queued is not None and (queued[2] is not None or queued[1] == NULL_DIGEST):
+                continue  # queued with its body already
             cert = e.certificate
             if not isinstance(cert, QuorumCertificate) or not entry_matches(cert, e.seq, e.request):
                 continue

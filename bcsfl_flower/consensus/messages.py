@@ -4,8 +4,11 @@ The messages of Castro & Liskov, "Practical Byzantine Fault Tolerance" (OSDI 199
 REQUEST (section 4.1), PRE-PREPARE / PREPARE / COMMIT (4.2), CHECKPOINT (4.3),
 VIEW-CHANGE with its prepared certificates and NEW-VIEW (4.4); plus this package's
 Forward (a backup relays a request to the primary, 4.1), Status and CatchUp (heartbeat
-and state transfer from certified committed entries). Signatures stand in for the
-paper's MACs, as in the OSDI paper's signed variant.
+and state transfer from certified committed entries), StateProof (a stable checkpoint
+for a replica behind it, 4.3), RequestFetch and RequestBody (a request body by digest:
+view changes carry prepared requests by digest only, as in the TOCS 2002 article).
+Signatures stand in for the paper's MACs, as in the OSDI paper's signed variant.
+Every type has a size bound (:mod:`.limits`).
 
 Every message is a frozen dataclass. Its *body* is a length-prefixed canonical
 encoding of the type tag and every field except ``sig``; the sender signs the body
@@ -35,7 +38,7 @@ from ..crypto import (
 __all__ = [
     "NULL_DIGEST", "GENESIS_DIGEST", "Message", "Signed", "Request", "PrePrepare", "Prepare",
     "Commit", "Checkpoint", "PreparedCert", "ViewChange", "NewView", "Forward", "Status",
-    "CommittedEntry", "CatchUp", "StateProof", "Send", "Broadcast", "Committed", "SetTimer", "CancelTimer",
+    "CommittedEntry", "CatchUp", "StateProof", "RequestFetch", "RequestBody", "Send", "Broadcast", "Committed", "SetTimer", "CancelTimer",
     "ViewEntered", "Output", "canonical", "check_signature", "set_verify_cache",
     "verify_cache_stats", "sign", "signed_by", "cache_enabled",
 ]
@@ -276,11 +279,34 @@ class Forward(Signed):
     sig: bytes = b""
 
 
+@dataclass(frozen=True)
+class RequestFetch(Signed):
+    """``sender`` needs the body of the request with ``digest``, ordered at ``seq``."""
+
+    TAG: ClassVar[str] = "request-fetch"
+    digest: str
+    seq: int
+    sender: int
+    sig: bytes = b""
+
+
+@dataclass(frozen=True)
+class RequestBody(Signed):
+    """The answer to a :class:`RequestFetch`; the asker checks the request's digest."""
+
+    TAG: ClassVar[str] = "request-body"
+    request: Request
+    sender: int
+    sig: bytes = b""
+
+
 # --------------------------------------------------------------------- view change
 
 @dataclass(frozen=True)
 class PreparedCert(Message):
-    """P_m of the paper: a pre-prepare and 2f matching prepares from distinct backups."""
+    """P_m of the paper: a pre-prepare and 2f matching prepares from distinct backups.
+    The pre-prepare carries no request (its signature covers the digest only), so a
+    view change stays small whatever the requests' size."""
 
     TAG: ClassVar[str] = "prepared"
     pre_prepare: PrePrepare
@@ -303,7 +329,8 @@ class ViewChange(Signed):
 
 @dataclass(frozen=True)
 class NewView(Signed):
-    """New primary's proof (2f+1 view-changes) and its re-issued pre-prepares (O)."""
+    """New primary's proof (2f+1 view-changes) and its re-issued pre-prepares (O), by
+    digest: they carry no request."""
 
     TAG: ClassVar[str] = "new-view"
     view: int

@@ -30,6 +30,10 @@ class Outbox:
         self._sig_memo: dict[bytes, bytes] = {}
         self._timers: dict[TimerKind, int] = {}
         self._timer_seq = 0
+        #: Size bound per message tag (:func:`~.limits.message_bounds`; empty: none).
+        self.bounds: dict[str, int] = {}
+        #: Messages not sent because they were over their bound (a bug if ever non-zero).
+        self.oversize = 0
 
     def sign(self, msg: Signed) -> Signed:
         """``msg`` (built with ``sig=b""``) signed with this replica's key."""
@@ -39,12 +43,21 @@ class Outbox:
         self._out.append(output)
 
     def broadcast(self, msg: Signed) -> None:
-        self._out.append(Broadcast(msg))
+        if self._fits(msg):
+            self._out.append(Broadcast(msg))
 
     def send(self, to: int, msg: Signed) -> None:
         """Send ``msg`` to replica ``to`` (nothing when that is this replica)."""
-        if to != self.index:
+        if to != self.index and self._fits(msg):
             self._out.append(Send(to, msg))
+
+    def _fits(self, msg: Signed) -> bool:
+        """Within its size bound: a peer's decoder would refuse it otherwise."""
+        bound = self.bounds.get(msg.TAG)
+        if bound is None or len(msg.encoded()) <= bound:
+            return True
+        self.oversize += 1
+        return False
 
     def flush(self) -> list[Output]:
         """Everything emitted since the last flush, in order."""

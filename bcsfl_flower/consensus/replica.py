@@ -1,13 +1,10 @@
 """A sans-IO PBFT replica (Castro & Liskov, "Practical Byzantine Fault Tolerance", OSDI
 1999; sections are that paper's), in the style of h11 / etcd raft: no socket, thread, clock
-or random source. A driver calls :meth:`Replica.start` once, then feeds ``submit``
-(client requests), ``receive`` (protocol messages), ``on_timer`` (a timer it asked for
-fired) and the answers to its checkpoint outputs; each returns :mod:`.outputs`.
-
-:class:`Replica` is one dispatcher over small state objects that own their fields (see
-the package docstring): it routes messages and timers to them and carries out what
-crosses them: the normal case of section 4.2, a checkpoint becoming stable (section
-4.3), entering a view (4.4).
+or random source. A driver calls :meth:`Replica.start` once, then feeds ``submit``,
+``receive``, ``on_timer`` and the answers to its checkpoint outputs; each returns
+:mod:`.outputs`. :class:`Replica` is one dispatcher over small state objects (see the
+package docstring) that carries out what crosses them: the normal case of section 4.2,
+a checkpoint becoming stable (4.3), entering a view (4.4).
 """
 
 from __future__ import annotations
@@ -16,16 +13,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import ClassVar, Optional
 
 from ..crypto import SigningKey
+from .bodies import RequestBodies
 from .checkpoint import CheckpointLog, Heartbeat
 from .execution import ExecutionLog
+from .limits import message_bounds
 from .messages import (
-    CatchUp, Checkpoint, Commit, CommittedEntry, Forward, NewView, Prepare, PrePrepare, Request,
-    Signed, StateProof, Status, ViewChange, signed_by,
+    CatchUp, Checkpoint, Commit, CommittedEntry, Forward, NewView, Prepare, PrePrepare,
+    Request, RequestBody, RequestFetch, Signed, StateProof, Status, ViewChange, signed_by,
 )
 from .outbox import Outbox
 from .outputs import Committed, Output, ViewEntered
 from .quorum import max_faulty, quorum_size
-from .requests import RequestQueue, request_ok
+from .requests import RequestQueue
 from .slots import Slot, SlotLog
 from .state import PBFTConfig, ReplicaStatus, StableCheckpoint, TimerKind
 from .transfer import StateTransfer
@@ -75,30 +74,32 @@ class Replica:
         self.commit_threshold = self.quorum
         self.validate = validate
         self.client_keys = dict(client_keys) if client_keys is not None else None
-        self.cfg = config or PBFTConfig()
-        if self.cfg.log_window < self.cfg.checkpoint_interval:
+        self.cfg = cfg = config or PBFTConfig()
+        if cfg.log_window < cfg.checkpoint_interval:
             raise ValueError("log_window must be at least checkpoint_interval")
         self.view = 0
         self.status = ReplicaStatus.NORMAL
-        cfg = self.cfg
         self.outbox = Outbox(signing_key, index)
-        self.requests = RequestQueue(self.outbox, index, cfg.forward_requests)
+        self.outbox.bounds = message_bounds(cfg, self.n)
+        self.requests = RequestQueue(
+            self.outbox, index, cfg.forward_requests, self.client_keys, validate, cfg.max_request_bytes
+        )
         self.slots = SlotLog(self.outbox, index)
         self.execution = ExecutionLog(cfg.dedup_window, cfg.dedup_clients)
+        self.bodies = RequestBodies(self.outbox, index, self.n, self.f, self.slots, self.execution, self._execute_ready)
         self.checkpoints = CheckpointLog(self.outbox, index, cfg.checkpoint_interval, cfg.log_window, self.quorum)
         self.transfer = StateTransfer(
             self.outbox, self.keys, cfg.app_checkpoints, cfg.catchup_batch, self.checkpoints, self.execution,
             self.slots, self._stabilised, self._execute_ready,
         )
         self.heartbeat = Heartbeat(self.outbox, index, cfg)
-        self.view_change = ViewChangeState(
-            self.outbox, index, self.keys, cfg.log_window, cfg.request_timeout, self.planner
-        )
+        self.view_change = ViewChangeState(self.outbox, index, self.keys, cfg.log_window, cfg.request_timeout, self.planner)
         self._handlers: dict[type, Callable[..., None]] = {
             PrePrepare: self._on_pre_prepare, Prepare: self._on_prepare, Commit: self._on_commit,
             Checkpoint: self.transfer.on_checkpoint, ViewChange: self._on_view_change,
             NewView: self._on_new_view, Forward: self._on_forward, Status: self._on_status,
             CatchUp: self.transfer.on_catch_up, StateProof: self.transfer.on_state_proof,
+            RequestFetch: self.bodies.on_fetch, RequestBody: self.bodies.on_body,
         }
         self._timer_handlers: dict[TimerKind, Callable[[], None]] = {
             TimerKind.STATUS: self._on_status_timer, TimerKind.REQUEST: self._on_request_timer,
@@ -192,7 +193,7 @@ class Replica:
     # ============================================================ requests (4.1, 4.4)
 
     def _on_request(self, req: Request, from_client: bool) -> None:
-        if self.execution.executed(req.key) or not request_ok(req, self.client_keys, self.validate):
+        if self.execution.executed(req.key) or not self.requests.ok(req):
             return
         self.requests.add(req)
         if self.status == NORMAL:
@@ -220,7 +221,8 @@ class Replica:
         for key, req in self.requests.pending():
             if self.requests.next_seq >= self.high_water_mark:
                 break
-            if self.requests.assignment(key) is not None or self.execution.executed(key):
+            done = self.requests.assignment(key) is not None or self.execution.executed(key)
+            if done or self.slots.ordered(req.digest, self.view):  # or by digest in a NEW-VIEW's O
                 continue
             seq = self.requests.assign_next(key)
             self._check_slot(self.view, seq, self.slots.propose(self.view, seq, req))
@@ -247,7 +249,7 @@ class Replica:
         assigned = self.requests.assignment(req.key)
         # The signed digest covers the request and its client signature: this is what the
         # primary proposed. Invalid, or one request ordered twice in a view: suspect it.
-        if not request_ok(req, self.client_keys, self.validate) or assigned not in (None, pp.seq):
+        if not self.requests.ok(req) or assigned not in (None, pp.seq):
             self._start_view_change(self.view + 1)
             return
         self.requests.assign(req.key, pp.seq)
@@ -274,7 +276,8 @@ class Replica:
         if v == self.view and self.status == NORMAL:
             self.slots.commit(v, seq, slot)
         cert = slot.certify(v, seq, self.commit_threshold, self.quorum)
-        if cert is not None and self.execution.ready(seq, v, pp.digest, pp.request, cert):
+        body = self.bodies.of(seq, pp)  # a NEW-VIEW's pre-prepare has none: fetched by digest
+        if cert is not None and self.execution.ready(seq, v, pp.digest, body, cert):
             self._execute_ready()
 
     def _execute_ready(self) -> None:
@@ -292,7 +295,7 @@ class Replica:
         if executed_pending:
             self._update_request_timer(restart=True)
 
-    # ============================================================ checkpoints (4.3)
+    # ============================================================ checkpoints (4.3), heartbeat
 
     def _stabilised(self, s: int) -> None:
         """Checkpoint ``s`` became stable: truncate the log; the window slid."""
@@ -301,13 +304,12 @@ class Replica:
             self.requests.skip_to(s)
             self._try_assign()
 
-    # ============================================================ heartbeat / catch-up
-
     def _on_status_timer(self) -> None:
         normal = self.status == NORMAL
         busy = bool(self.requests) or not normal or self.last_executed < self.h
         self.heartbeat.tick(self.view, normal, self.last_executed, self.h, busy)
         self.transfer.remind()
+        self.bodies.retry()
         if not normal:
             self.view_change.retransmit()
         self.checkpoints.retransmit()
@@ -315,11 +317,9 @@ class Replica:
     def _on_status(self, st: Status) -> None:
         if st.sender == self.index:
             return
-        self.heartbeat.observe(st, self.execution)
+        self.heartbeat.observe(st, self.execution, self.checkpoints)
         if self.status == NORMAL and (st.view < self.view or (st.view == self.view and not st.normal)):
             self.view_change.relay_new_view(st.sender)
-        if min(st.stable_seq, st.last_executed) < self.h:  # below our checkpoint: its proof
-            self.checkpoints.send_proof(st.sender)
 
     # ============================================================ view change (4.4)
 
@@ -375,11 +375,11 @@ class Replica:
         self.requests.new_view(next_seq=max(plan.max_s, self.h) if primary == self.index else None)
         self.slots.drop_views_below(w)
         self.outbox.emit(ViewEntered(w, primary))
-        for pp in nv.pre_prepares:
-            if pp.seq <= self.h:
-                continue
-            if pp.request is not None:
-                self.requests.assign(pp.request.key, pp.seq)
+        for pp in (p for p in nv.pre_prepares if p.seq > self.h):
+            body = self.slots.body(pp.digest) or self.requests.find(pp.digest)  # O is by digest
+            if body is not None:
+                self.requests.assign(body.key, pp.seq)
+                self.slots.keep_body(pp.seq, body)
             self.slots.accept(pp)
         for key in self.slots.buffered_up_to(w):
             pp = self.slots.take_buffered(key)  # None: a checkpoint an earlier replay made stable truncated it

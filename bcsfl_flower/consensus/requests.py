@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Optional
 
+from .limits import MAX_CLIENT_ID
 from .messages import Forward, Request, check_signature
 from .outbox import Outbox
 from .state import TimerKind
@@ -26,10 +27,15 @@ def request_ok(
     req: Request,
     client_keys: Optional[Mapping[str, str]],
     validate: Optional[Callable[[str], bool]],
+    max_bytes: Optional[int] = None,
 ) -> bool:
-    """``req`` is a request with a string value, signed by its client when ``client_keys``
-    are given, whose value ``validate`` (when given) accepts; a crashing hook refuses."""
-    if not isinstance(req, Request) or not isinstance(req.value, str):
+    """``req`` is a request with a string value and a client id of at most
+    :data:`~.limits.MAX_CLIENT_ID` characters, encoded in at most ``max_bytes`` (default
+    None: any size), signed by its client when ``client_keys`` are given, whose value
+    ``validate`` (when given) accepts; a crashing hook refuses."""
+    if not isinstance(req, Request) or not isinstance(req.value, str) or not isinstance(req.client, str):
+        return False
+    if len(req.client) > MAX_CLIENT_ID or (max_bytes is not None and len(req.encoded()) > max_bytes):
         return False
     if client_keys is not None:
         pub = client_keys.get(req.client)
@@ -46,18 +52,28 @@ def request_ok(
 class RequestQueue:
     """Pending requests of replica ``index``, their assignments in the current view, the
     next free number; the request timer and the relaying to the primary (when
-    ``forward_requests``) go through ``outbox``."""
+    ``forward_requests``, default True) go through ``outbox``. ``client_keys``,
+    ``validate`` and ``max_bytes`` (default None each) are :func:`request_ok`'s."""
 
-    def __init__(self, outbox: Outbox, index: int, forward_requests: bool = True) -> None:
+    def __init__(
+        self, outbox: Outbox, index: int, forward_requests: bool = True,
+        client_keys: Optional[Mapping[str, str]] = None, validate: Optional[Callable[[str], bool]] = None,
+        max_bytes: Optional[int] = None,
+    ) -> None:
         self._outbox = outbox
         self._index = index
         self._forward_requests = forward_requests
+        self._checks = (client_keys, validate, max_bytes)
         self._pending: dict[Key, Request] = {}
         self._assigned: dict[Key, int] = {}
         #: The primary's last assigned sequence number.
         self.next_seq = 0
 
     # ------------------------------------------------------------------ pending
+
+    def ok(self, req: Request) -> bool:
+        """:func:`request_ok` with this replica's checks."""
+        return request_ok(req, *self._checks)
 
     def add(self, req: Request) -> None:
         """Wait for ``req`` (the first copy of a key is kept)."""
@@ -66,6 +82,10 @@ class RequestQueue:
     def done(self, key: Key) -> bool:
         """``key`` executed: stop waiting; True when it was pending."""
         return self._pending.pop(key, None) is not None
+
+    def find(self, digest: str) -> Optional[Request]:
+        """The pending request with ``digest``, if any."""
+        return next((r for r in self._pending.values() if r.digest == digest), None)
 
     def drop(self, executed: Callable[[Key], bool]) -> None:
         """Stop waiting for the requests that ``executed`` says ran (a state transfer)."""

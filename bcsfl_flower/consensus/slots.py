@@ -10,6 +10,7 @@ it is truncated at each stable checkpoint (section 4.3) and at each new view.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from .messages import Commit, Prepare, PreparedCert, PrePrepare, Request
@@ -63,6 +64,7 @@ class SlotLog:
         self._slots: dict[tuple[int, int], Slot] = {}
         self._prepared: dict[int, PreparedCert] = {}
         self._future: dict[tuple[int, int], PrePrepare] = {}
+        self._bodies: dict[str, tuple[int, Request]] = {}  # digest -> (highest seq, request)
 
     # ------------------------------------------------------------------ slots
 
@@ -106,6 +108,7 @@ class SlotLog:
     def propose(self, view: int, seq: int, req: Request) -> Slot:
         """As primary of ``view``: pre-prepare ``req`` at ``seq`` and broadcast it."""
         pp = self._outbox.sign(PrePrepare(view, seq, req.digest, req, self._index))
+        self.keep_body(seq, req)
         slot = self.slot(view, seq)
         slot.pp = pp
         self._outbox.broadcast(pp)
@@ -115,6 +118,8 @@ class SlotLog:
         """Accept the pre-prepare ``pp`` in its slot and, as a backup, broadcast a prepare."""
         slot = self.slot(pp.view, pp.seq)
         slot.pp = pp
+        if pp.request is not None:
+            self.keep_body(pp.seq, pp.request)
         if pp.sender != self._index and self._index not in slot.prepares:
             p = self._outbox.sign(Prepare(pp.view, pp.seq, pp.digest, self._index))
             slot.prepares[self._index] = p
@@ -129,9 +134,26 @@ class SlotLog:
             slot.commits[self._index] = c
             self._outbox.broadcast(c)
 
+    def ordered(self, digest: str, view: int) -> bool:
+        """A pre-prepare of ``view`` held here orders the request with ``digest``."""
+        return any(s.pp is not None and s.pp.digest == digest for (v, _q), s in self._slots.items() if v == view)
+
     def of_view(self, view: int) -> list[tuple[int, Slot]]:
         """(seq, slot) of ``view`` in sequence order: a snapshot, safe to act on."""
         return [(s, slot) for (v, s), slot in sorted(self._slots.items()) if v == view]
+
+    # ------------------------------------------------------------------ request bodies
+
+    def keep_body(self, seq: int, req: Request) -> None:
+        """Remember the body of ``req``, ordered at ``seq``, until a checkpoint passes it."""
+        cur = self._bodies.get(req.digest)
+        if cur is None or cur[0] < seq:
+            self._bodies[req.digest] = (seq, req)
+
+    def body(self, digest: str) -> Optional[Request]:
+        """The request with ``digest`` if a pre-prepare here carried it (or it was fetched)."""
+        found = self._bodies.get(digest)
+        return found[1] if found is not None else None
 
     # ------------------------------------------------------------------ prepared certificates
 
@@ -149,7 +171,8 @@ class SlotLog:
         cur = self._prepared.get(seq)
         if cur is None or cur.pre_prepare.view < view:
             backups.sort(key=lambda p: p.sender)
-            self._prepared[seq] = PreparedCert(slot.pp, tuple(backups[:keep]))
+            pp = slot.pp if slot.pp.request is None else dataclasses.replace(slot.pp, request=None)
+            self._prepared[seq] = PreparedCert(pp, tuple(backups[:keep]))  # by digest: small
         return True
 
     def prepared_above(self, seq: int) -> tuple[PreparedCert, ...]:
@@ -180,6 +203,7 @@ class SlotLog:
         self._slots = {k: v for k, v in self._slots.items() if k[1] > stable_seq}
         self._prepared = {q: c for q, c in self._prepared.items() if q > stable_seq}
         self._future = {k: v for k, v in self._future.items() if k[1] > stable_seq}
+        self._bodies = {d: b for d, b in self._bodies.items() if b[0] > stable_seq}
 
     def drop_views_below(self, view: int) -> None:
         """A new view was installed: slots of earlier views are done with."""

@@ -36,7 +36,10 @@ class PBFTConfig:
     idle_status_every : int, default 4
         When idle, a heartbeat only every this many periods.
     catchup_batch : int, default 64
-        Committed entries per CatchUp message.
+        Committed entries per CatchUp message, at most.
+    catchup_bytes : int, default 8 MiB
+        Encoded size of a CatchUp message's entries, at most (one entry always goes,
+        whatever its size: it is bounded by ``max_request_bytes``).
     catchup_lag : int, default 4
         A peer behind by at most this many executed requests is sent CatchUp only after
         ``catchup_patience`` statuses in a row without progress: a peer a few slots behind
@@ -57,6 +60,11 @@ class PBFTConfig:
         its highest executed rid count as executed.
     dedup_clients : int, default 1024
         At-most-once record: clients kept (the least recently executed one goes first).
+    max_request_bytes : int, default 24 MiB
+        Encoded size of a client request (value, ids, signature), at most: larger ones
+        are refused. The default holds a 16 MiB model base64-encoded (21.3 MiB) plus the
+        ledger's JSON envelope; every message's size bound follows (:mod:`.limits`),
+        the largest one (a pre-prepare) well under the 64 MiB frame of a ledger node.
     """
 
     checkpoint_interval: int = 16
@@ -66,12 +74,14 @@ class PBFTConfig:
     status_interval: float = 15.0
     idle_status_every: int = 4
     catchup_batch: int = 64
+    catchup_bytes: int = 8 * 1024 * 1024
     catchup_lag: int = 4
     catchup_patience: int = 2
     forward_requests: bool = True
     app_checkpoints: bool = False
     dedup_window: int = 64
     dedup_clients: int = 1024
+    max_request_bytes: int = 24 * 1024 * 1024
 
 
 class _StrEnum(str, Enum):

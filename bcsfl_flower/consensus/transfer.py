@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
-from .checkpoint import MAX_APP_DIGEST, CheckpointLog, valid_stable
+from .checkpoint import CheckpointLog, valid_stable
 from .execution import ExecutionLog
+from .limits import MAX_APP_DIGEST
 from .messages import CatchUp, Checkpoint, CommittedEntry, StateProof
 from .outbox import Outbox
 from .outputs import CheckpointDue, FetchState, Stabilised

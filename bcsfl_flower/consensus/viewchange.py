@@ -12,7 +12,8 @@ Safety across views rests on three rules implemented here:
 * a VIEW-CHANGE carries the sender's stable checkpoint (with 2f+1 signed checkpoint
   messages) and its P set: for every sequence number above the checkpoint that prepared
   at the sender, the pre-prepare and 2f matching prepares of the *highest* view in which
-  it prepared;
+  it prepared. Pre-prepares here and in a NEW-VIEW carry no request (the signature
+  covers its digest): a replica fetches a body it lacks (:mod:`.bodies`);
 * the new primary computes O from 2f+1 valid view-changes: min-s is the highest stable
   checkpoint among them, max-s the highest prepared sequence number; every number in
   (min-s, max-s] gets the digest of the highest-view certificate for it, or the null
@@ -129,7 +130,7 @@ def _valid_view_change(vc: ViewChange, keys: Sequence[str], log_window: int) -> 
             return False
         if not vc.stable_seq < pp.seq <= vc.stable_seq + log_window:
             return False
-        if not 0 <= pp.view < vc.view or pp.sender != pp.view % n or not digest_ok(pp):
+        if not 0 <= pp.view < vc.view or pp.sender != pp.view % n or pp.request is not None:
             return False
         if not signed_by(pp, keys):
             return False
@@ -156,7 +157,7 @@ class NewViewPlan:
     stable_digest: str
     stable_proof: tuple[Checkpoint, ...]
     max_s: int
-    entries: tuple[tuple[int, str, Optional[Request]], ...]  # (seq, digest, request)
+    entries: tuple[tuple[int, str], ...]  # (seq, digest) of O
 
 
 def plan_new_view(vcs: Sequence[ViewChange]) -> NewViewPlan:
@@ -175,10 +176,7 @@ def plan_new_view(vcs: Sequence[ViewChange]) -> NewViewPlan:
             if cur is None or pp.view > cur.view or (pp.view == cur.view and pp.digest < cur.digest):
                 chosen[pp.seq] = pp
     max_s = max(chosen, default=min_s)
-    entries = tuple(
-        (s, chosen[s].digest, chosen[s].request) if s in chosen else (s, NULL_DIGEST, None)
-        for s in range(min_s + 1, max_s + 1)
-    )
+    entries = tuple((s, chosen[s].digest if s in chosen else NULL_DIGEST) for s in range(min_s + 1, max_s + 1))
     return NewViewPlan(min_s, best.stable_digest, best.checkpoint_proof, max_s, entries)
 
 
@@ -209,12 +207,12 @@ def valid_new_view(
     plan = planner(nv.view_changes)
     if len(plan.entries) != len(nv.pre_prepares):
         return None
-    for pp, (seq, digest, _req) in zip(nv.pre_prepares, plan.entries):
-        if not isinstance(pp, PrePrepare):
+    for pp, (seq, digest) in zip(nv.pre_prepares, plan.entries):
+        if not isinstance(pp, PrePrepare) or pp.request is not None:
             return None
         if (pp.view, pp.seq, pp.digest, pp.sender) != (nv.view, seq, digest, nv.sender):
             return None
-        if not digest_ok(pp) or not signed_by(pp, keys):
+        if not signed_by(pp, keys):
             return None
     return plan
 
@@ -324,7 +322,7 @@ class ViewChangeState:
         chosen = tuple([vcs[self._index]] + others[: self._quorum - 1])
         plan = self._planner(chosen)
         sign = self._outbox.sign
-        pps = tuple(sign(PrePrepare(view, seq, digest, req, self._index)) for seq, digest, req in plan.entries)
+        pps = tuple(sign(PrePrepare(view, seq, digest, None, self._index)) for seq, digest in plan.entries)
         nv = sign(NewView(view, chosen, pps, self._index))
         self._nv_sent = view
         self._outbox.broadcast(nv)

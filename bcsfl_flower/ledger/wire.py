@@ -9,6 +9,9 @@ that could crash the replica. Signatures are *not* checked here: the replica doe
 
 A frame is ``length (4 bytes, big-endian) | kind (1 byte) | payload``; ``kind`` is
 :data:`PBFT` (an encoded message) or :data:`APP` (a JSON object between node drivers).
+Every PBFT message type has a size bound (:func:`~bcsfl_flower.consensus.limits.message_bounds`,
+all well under :data:`MAX_FRAME`); :func:`decode_message` reads the type tag first and
+refuses a message over its type's bound before parsing the rest.
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ from __future__ import annotations
 import dataclasses
 import struct
 import typing
-from typing import Any, Union
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 from bcsfl_flower.consensus import messages as pbft_messages
 from bcsfl_flower.consensus import quorum as pbft_quorum
+from bcsfl_flower.consensus.limits import message_bounds
 from bcsfl_flower.consensus.messages import CommittedEntry, Message
 from bcsfl_flower.consensus.quorum import QuorumCertificate
+from bcsfl_flower.consensus.state import PBFTConfig
 
 __all__ = [
     "APP",
     "MAX_FRAME",
+    "MESSAGE_BOUNDS",
     "PBFT",
     "WireError",
     "decode_message",
@@ -37,6 +44,13 @@ PBFT = 0x50  # "P"
 APP = 0x41  # "A"
 MAX_FRAME = 64 * 1024 * 1024
 """Largest frame a node accepts (a PBFT message carrying a batch block or a model)."""
+
+#: Size bound per message tag that :func:`decode_message` applies by default: the
+#: consensus defaults (``PBFTConfig()``, requests up to 24 MiB) for clusters of up to 16
+#: replicas with a log window up to 256. A node with other settings passes its own
+#: (``message_bounds(config, n)``).
+MESSAGE_BOUNDS: dict[str, int] = message_bounds(PBFTConfig(log_window=256), 16)
+assert max(MESSAGE_BOUNDS.values()) < MAX_FRAME // 2, "a message bound near the frame limit"
 
 _HEADER = struct.Struct(">IB")
 _MAX_DEPTH = 8
@@ -189,7 +203,7 @@ def _conforms(value: Any, hint: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_conforms(v, args[0]) for v in value)
-        return len(args) == len(value) and all(_conforms(v, a) for v, a in zip(args, value))
+        return len(args) == len(value) and all(_conforms(v, a) for v, a in zip(value, args))
     if hint is type(None):
         return value is None
     if hint is int:
@@ -204,13 +218,29 @@ def _conforms(value: Any, hint: Any) -> bool:
 _CLASSES = _message_classes()
 
 
-def decode_message(data: bytes) -> Message:
+def message_tag(data: bytes) -> str:
+    """The type tag an encoded message starts with (``m<len>:<tag>``), read without
+    parsing the rest; :class:`WireError` when there is none."""
+    colon = data.find(b":", 1, 12)
+    if data[:1] != b"m" or colon < 0 or not data[1:colon].isdigit():
+        raise WireError("frame is not a message")
+    size = int(data[1:colon])
+    tag = data[colon + 1 : colon + 1 + size]
+    if size > 64 or len(tag) != size:
+        raise WireError("bad message tag")
+    return tag.decode("ascii", "replace")
+
+
+def decode_message(data: bytes, bounds: Optional[Mapping[str, int]] = None) -> Message:
     """Decode one PBFT message from its canonical encoding.
 
     Parameters
     ----------
     data : bytes
         What :func:`encode_message` produced (one message, nothing after it).
+    bounds : Mapping[str, int], optional
+        Largest size per message tag; default :data:`MESSAGE_BOUNDS`. A message over
+        its type's bound is refused before it is parsed.
 
     Returns
     -------
@@ -220,8 +250,13 @@ def decode_message(data: bytes) -> Message:
     Raises
     ------
     WireError
-        If the bytes are not exactly one well-typed message of a known kind.
+        If the bytes are not exactly one well-typed message of a known kind, or the
+        message is larger than its type's bound.
     """
+    tag = message_tag(data)
+    bound = (MESSAGE_BOUNDS if bounds is None else bounds).get(tag)
+    if bound is not None and len(data) > bound:
+        raise WireError(f"{tag} message of {len(data)} bytes exceeds its bound of {bound}")
     reader = _Reader(bytes(data))
     msg = reader.value()
     if not isinstance(msg, Message) or reader.pos != len(reader.data):

@@ -20,8 +20,8 @@ from bcsfl_flower.consensus.state import ReplicaStatus, TimerKind
 PACKAGE = Path(replica_module.__file__).parent
 CLIENTS = {f"client-{i}": k.public_hex for i, k in enumerate(CLIENT_KEYS)}
 # The replica's parts: none of them may reach back into the replica.
-PARTS = ("checkpoint", "dedup", "execution", "messages", "outbox", "outputs", "quorum", "requests",
-         "slots", "state", "transfer", "viewchange")
+PARTS = ("bodies", "checkpoint", "dedup", "execution", "limits", "messages", "outbox", "outputs", "quorum",
+         "requests", "slots", "state", "transfer", "viewchange")
 
 
 def _imported_modules(name: str) -> set[str]:

@@ -133,7 +133,7 @@ def test_view_change_timeouts_back_off():
 def _cert(keys, view, seq, req, backups):
     digest = req.digest if req else NULL_DIGEST
     primary = view % len(keys)
-    pp = sign(PrePrepare(view, seq, digest, req, primary), keys[primary])
+    pp = sign(PrePrepare(view, seq, digest, None, primary), keys[primary])  # by digest
     prepares = tuple(sign(Prepare(view, seq, digest, b), keys[b]) for b in backups)
     return PreparedCert(pp, prepares)
 
@@ -152,9 +152,14 @@ def test_new_view_o_set_keeps_highest_prepared_and_fills_gaps():
     ]
     assert all(valid_view_change(vc, pubs, 8) for vc in vcs)
     plan = plan_new_view(vcs)
-    assert [(s, d) for s, d, _ in plan.entries] == [(1, r1.digest), (2, NULL_DIGEST), (3, r3.digest)]
-    pps = tuple(sign(PrePrepare(2, s, d, r, 2), keys[2]) for s, d, r in plan.entries)
+    assert plan.entries == ((1, r1.digest), (2, NULL_DIGEST), (3, r3.digest))
+    pps = tuple(sign(PrePrepare(2, s, d, None, 2), keys[2]) for s, d in plan.entries)
     assert valid_new_view(sign(NewView(2, tuple(vcs), pps, 2), keys[2]), pubs, 8) == plan
+    # Prepared requests travel by digest only: a certificate or O carrying a body is refused.
+    heavy = PreparedCert(sign(PrePrepare(1, 3, r3.digest, r3, 1), keys[1]), third.prepares)
+    assert not valid_view_change(sign(ViewChange(2, 0, GENESIS_DIGEST, (), (heavy,), 2), keys[2]), pubs, 8)
+    bodied = pps[:2] + (sign(PrePrepare(2, 3, r3.digest, r3, 2), keys[2]),)
+    assert valid_new_view(sign(NewView(2, tuple(vcs), bodied, 2), keys[2]), pubs, 8) is None
     # A new primary that drops a prepared request, or shows too few view-changes, is refused.
     dropped = (sign(PrePrepare(2, 1, NULL_DIGEST, None, 2), keys[2]),) + pps[1:]
     assert valid_new_view(sign(NewView(2, tuple(vcs), dropped, 2), keys[2]), pubs, 8) is None
