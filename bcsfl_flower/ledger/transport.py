@@ -172,6 +172,7 @@ class PeerTransport:
         self._readers: set[asyncio.Task[None]] = set()
         self._by_peer: dict[int, asyncio.Task[None]] = {}  # the authenticated connection of each peer
         self.received = 0
+        self.received_from: dict[int, int] = {}  # frames per authenticated peer
         self.auth: PeerAuth | None = None
         self.handshake_timeout = handshake_timeout
         self.auth_accepted = 0
@@ -223,10 +224,12 @@ class PeerTransport:
         return sorted(j for j, link in self._links.items() if link.connected)
 
     def stats(self) -> dict[str, object]:
-        """Frames received; incoming connections authenticated and refused (with why); and per
-        peer: connected, queued bytes, frames dropped, connections whose peer failed to authenticate."""
+        """Frames received (and from which authenticated peer); incoming connections authenticated
+        and refused (with why); and per peer: connected, queued bytes, frames dropped, connections
+        whose peer failed to authenticate."""
         return {"received": self.received,
                 "auth": {"enabled": self.auth is not None, "accepted": self.auth_accepted,
+                         "received_from": dict(self.received_from),
                          "refused": self.auth_refused, "refused_why": dict(self.refused_why)},
                 "links": {j: {"up": link.connected, "queued": link.queued, "dropped": link.dropped,
                               "auth_failed": link.auth_failed} for j, link in self._links.items()}}
@@ -282,6 +285,8 @@ class PeerTransport:
                     return
                 payload = await reader.readexactly(size - 1)
                 self.received += 1
+                if peer is not None:
+                    self.received_from[peer] = self.received_from.get(peer, 0) + 1
                 try:
                     self.on_frame(kind, payload)
                 except Exception:  # noqa: BLE001 - one bad frame must not stop the node

@@ -110,6 +110,7 @@ def test_transport_accepts_nodes_and_drops_strangers_unread() -> None:
             assert stats["refused"] == 3 and stats["accepted"] >= 2, stats
             assert stats["refused_why"] == {"bad handshake": 2, "no handshake in time": 1}
             assert got == [(APP, b'{"from": 1}')]  # no stranger's frame reached the handler
+            assert stats["received_from"] == {1: 1}  # attributed to the node that proved who it is
             nodes[2].send(0, APP, b"still up")
             await _until(lambda: got[-1] == (APP, b"still up"))
         finally:
