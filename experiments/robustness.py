@@ -1,7 +1,7 @@
 """Fig. 4 and past it: accuracy under poisoning, BCS-FL against robust baselines.
 
     python -m experiments.robustness --quick                  # digits, a few runs, minutes
-    python -m experiments.robustness                          # the whole grid (days on 2 cores)
+    python -m experiments.robustness                          # the whole grid (a GPU machine's job)
     python -m experiments.robustness --datasets mnist --alphas 0.5 --fractions 0,0.3 \\
         --strategies bcsfl,fedavg,krum                        # a slice
     python -m experiments.robustness --plot-only              # re-plot the CSV
@@ -16,35 +16,50 @@ runs once per strategy with attack "none". Rows already in the CSV are skipped, 
 interrupted grid resumes where it stopped. ``--jobs N`` runs N cells at a time (each its
 own subprocess; this process alone appends each row as its cell finishes), best with
 ``--engine inprocess`` (no Ray; clients of a cell train one after another) and
-``--threads 1``; each row's ``machine`` column says engine, device and parallelism. Plots: accuracy per round, one panel per
-attack and one line per strategy (the paper's Fig. 4), per setting; and a heat map of
-the worst-case final accuracy (minimum over attacks) per strategy and setting.
+``--threads 1``; each row's ``machine`` column says engine, device and parallelism.
+
+The full grid: MNIST and Fashion-MNIST, alpha 0.5 and 0.1, 0/10/30% malicious, seeds 7, 8
+and 9, the seven partial-knowledge attacks (:data:`ATTACKS`) and the five full-knowledge
+ones (:data:`FULL_KNOWLEDGE_ATTACKS`: the attackers know the round's honest updates, an
+evaluation device in the ServerApp, :mod:`bcsfl_flower.omniscient`), against BCS-FL and
+eight baselines (Flower's one-pass Bulyan and the paper's, ``bulyan-paper``, both).
+
+Summary (:mod:`.robustness_summary`): per cell the mean final accuracy over seeds and its
+spread, written to ``robustness_summary.csv``; per strategy and setting the worst case,
+the minimum over attacks of the mean over seeds; per clean setting the share of honest
+client-rounds rejected with no attacker. Plots: accuracy per round, one panel per attack
+and one line per strategy (the paper's Fig. 4), per setting; and a heat map of the worst
+case per strategy and setting.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from statistics import mean
 
-from . import common
+from . import common, robustness_summary
 
+#: Partial-knowledge attacks (ALIE, IPM and min-max estimate honest statistics from the
+#: attackers' own data); other experiments (compression.py) take this set as theirs.
 ATTACKS = ("label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max")
-STRATEGIES = ("bcsfl", "fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "fltrust")
+#: Full-knowledge attacks: the attackers know the round's honest updates (an evaluation
+#: device in the ServerApp, bcsfl_flower/omniscient.py; committee "server", dense uploads).
+FULL_KNOWLEDGE_ATTACKS = ("alie-full", "ipm-full", "ipm100-full", "minmax-full", "scaling-max")
+GRID_ATTACKS = ATTACKS + FULL_KNOWLEDGE_ATTACKS
+STRATEGIES = ("bcsfl", "fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "bulyan-paper",
+              "fltrust")
 FULL = dict(datasets="mnist,fashion-mnist", alphas="0.5,0.1", fractions="0,0.1,0.3",
-            attacks=",".join(ATTACKS), strategies=",".join(STRATEGIES), seeds="7", num_clients=20, rounds=10,
-            local_epochs=1, lr=0.05)
+            attacks=",".join(GRID_ATTACKS), strategies=",".join(STRATEGIES), seeds="7,8,9", num_clients=20,
+            rounds=10, local_epochs=1, lr=0.05)
 QUICK = dict(datasets="digits", alphas="0.5", fractions="0,0.3", attacks="sign-flip,ipm",
              strategies="bcsfl,fedavg,krum", seeds="7", num_clients=10, rounds=5, local_epochs=3, lr=0.05)
 FIELDS = ("dataset", "alpha", "malicious_fraction", "attack", "strategy", "seed", "num_clients", "rounds",
           "local_epochs", "lr", "final_accuracy", "accuracy_per_round", "seconds", "malicious_rejected", "honest_rejected",
           "aggregate_seconds", "machine")
-TRACKS_REJECTIONS = ("bcsfl", "fltrust")  # strategies whose metrics say who was left out
+TRACKS_REJECTIONS = ("bcsfl", "fltrust", "bulyan-paper")  # strategies whose metrics say who was left out
 
 
 def _key(dataset, alpha, fraction, attack, strategy, seed, clients, rounds, epochs=1, lr=0.05) -> tuple:
@@ -58,14 +73,15 @@ def row_key(r: dict) -> tuple:
 
 
 def plan(a: argparse.Namespace) -> list[tuple]:
-    """Every run of the grid, settings first, so a partial grid compares strategies."""
+    """Every run of the grid, settings first, then seed by seed, so a partial grid compares strategies
+    (and a setting's first seed covers every attack before the next seed starts)."""
     runs = []
     for dataset in common.words(a.datasets):
         for alpha in common.floats(a.alphas):
             for fraction in common.floats(a.fractions):
                 attacks = ["none"] if fraction == 0 else common.words(a.attacks)
-                for attack in attacks:
-                    for seed in common.floats(a.seeds):
+                for seed in common.floats(a.seeds):
+                    for attack in attacks:
                         for strategy in common.words(a.strategies):
                             runs.append(_key(dataset, alpha, fraction, attack, strategy, seed,
                                              a.num_clients, a.rounds, a.local_epochs, a.lr))
@@ -94,147 +110,9 @@ def run_one(key: tuple, a: argparse.Namespace) -> dict:
     return row
 
 
-# ---------------------------------------------------------------- plots and summary
-def _setting(r: dict) -> tuple:
-    """What a plot compares strategies in: (dataset, alpha, fraction, clients, rounds, epochs, lr)."""
-    return (r["dataset"], float(r["alpha"]), float(r["malicious_fraction"]), int(r["num_clients"]),
-            int(r["rounds"]), int(r.get("local_epochs") or 1), float(r.get("lr") or 0.05))
-
-
-def _clean(s: tuple) -> tuple:
-    return (s[0], s[1], 0.0, *s[3:])
-
-
-def _label(s: tuple) -> str:
-    dataset, alpha, fraction, clients, rounds, epochs, lr = s
-    return f"{dataset} a={alpha:g} {fraction:.0%} ({clients}c,{rounds}r,{epochs}e,lr{lr:g})"
-
-
-def aggregate(rows: list[dict]) -> dict:
-    """{setting: {attack: {strategy: (mean final acc, mean curve)}}}, averaged over seeds."""
-    acc = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in rows:
-        acc[_setting(r)][r["attack"]][r["strategy"]].append(
-            (float(r["final_accuracy"]), json.loads(r["accuracy_per_round"])))
-    out = {}
-    for s, by_attack in acc.items():
-        out[s] = {}
-        for attack, by_strategy in by_attack.items():
-            out[s][attack] = {}
-            for strategy, runs in by_strategy.items():
-                curves = [c for _, c in runs]
-                n = min(len(c) for c in curves)
-                out[s][attack][strategy] = (mean(f for f, _ in runs), [mean(c[i] for c in curves) for i in range(n)])
-    return out
-
-
-def _order(strategies) -> list[str]:
-    return sorted(strategies, key=lambda s: (STRATEGIES.index(s) if s in STRATEGIES else 99, s))
-
-
-def plot_rounds(agg: dict, outdir: Path) -> list[Path]:
-    """One figure per attacked setting: a panel per attack, a line per strategy."""
-    plt = common.plt()
-    paths = []
-    for s, by_attack in sorted(agg.items()):
-        dataset, alpha, fraction, clients, rounds, epochs, lr = s
-        attacks = [a for a in ATTACKS if a in by_attack] + sorted(set(by_attack) - set(ATTACKS) - {"none"})
-        if fraction == 0 or not attacks:
-            continue
-        clean = agg.get(_clean(s), {}).get("none", {}).get("fedavg")
-        cols = min(4, len(attacks))
-        rows_n = math.ceil(len(attacks) / cols)
-        fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 2.9 * rows_n), squeeze=False, sharey=True)
-        for ax, attack in zip(axes.flat, attacks):
-            for strategy in _order(by_attack[attack]):
-                curve = by_attack[attack][strategy][1]
-                ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=2.5, lw=1.4 if strategy != "bcsfl" else 2.4,
-                        label=strategy)
-            if clean:
-                ax.plot(range(1, len(clean[1]) + 1), clean[1], "k--", lw=1, label="fedavg, no attack")
-            ax.set_title(attack)
-            ax.set_xlabel("round")
-            ax.set_ylim(0, 1)
-            ax.grid(alpha=0.3)
-        for ax in axes.flat[len(attacks):]:
-            ax.axis("off")
-        axes[0][0].set_ylabel("test accuracy")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(9, len(labels)), fontsize=8, frameon=False)
-        fig.suptitle(f"{dataset}, Dirichlet alpha {alpha:g}, {fraction:.0%} malicious, {clients} clients, "
-                     f"{epochs} local epoch(s), lr {lr:g}", fontsize=10)
-        fig.tight_layout(rect=(0, 0.07, 1, 1))
-        path = outdir / f"robustness_rounds_{dataset}_a{alpha:g}_f{fraction:g}_n{clients}_r{rounds}_e{epochs}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def worst_case(agg: dict) -> dict:
-    """{setting: {strategy: (min over attacks of final acc, that attack, attacks seen)}}."""
-    out = {}
-    for s, by_attack in agg.items():
-        per = defaultdict(list)
-        for attack, by_strategy in by_attack.items():
-            for strategy, (final, _) in by_strategy.items():
-                per[strategy].append((final, attack))
-        out[s] = {k: (*min(v), len(v)) for k, v in per.items()}
-    return out
-
-
-def plot_heatmap(worst: dict, outdir: Path) -> Path | None:
-    if not worst:
-        return None
-    import numpy as np
-
-    plt = common.plt()
-    settings = sorted(worst)
-    strategies = _order({k for w in worst.values() for k in w})
-    grid = np.full((len(strategies), len(settings)), np.nan)
-    for j, s in enumerate(settings):
-        for i, k in enumerate(strategies):
-            if k in worst[s]:
-                grid[i, j] = worst[s][k][0]
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.4 + 1.15 * len(settings)), 2.2 + 0.45 * len(strategies)))
-    im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    for i in range(len(strategies)):
-        for j in range(len(settings)):
-            if not np.isnan(grid[i, j]):
-                n = worst[settings[j]][strategies[i]][2]
-                partial = f"\nof {n} attack{'s' if n > 1 else ''}" if settings[j][2] > 0 and n < len(ATTACKS) else ""
-                ax.text(j, i, f"{grid[i, j]:.2f}{partial}", ha="center", va="center", fontsize=7 if partial else 8,
-                        color="white" if grid[i, j] < 0.6 else "black")
-    ax.set_xticks(range(len(settings)), [_label(s).replace(" (", "\n(") for s in settings], rotation=45,
-                  ha="right", fontsize=7)
-    ax.set_yticks(range(len(strategies)), strategies)
-    ax.set_title("worst-case final accuracy (min over attacks; 0%: no attack)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    path = outdir / "robustness_worstcase.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def summarise(rows: list[dict], outdir: Path) -> None:
-    agg = aggregate(rows)
-    worst = worst_case(agg)
-    for s in sorted(worst):
-        clean = agg.get(_clean(s), {}).get("none", {}).get("fedavg")
-        ref = f"; clean fedavg {clean[0]:.4f}" if clean else ""
-        print(f"{_label(s)}{ref}")
-        for k in _order(worst[s]):
-            acc, attack, n = worst[s][k]
-            print(f"  {k:14s} worst {acc:.4f} ({attack}, {n} attack(s))")
-    try:
-        paths = plot_rounds(agg, outdir) + [plot_heatmap(worst, outdir)]
-    except ImportError as exc:  # a grid machine without matplotlib still gets its CSV
-        print(f"no plots ({exc}); pip install matplotlib, then --plot-only")
-        return
-    for path in paths:
-        if path:
-            print(f"wrote {path.relative_to(common.REPO) if path.is_relative_to(common.REPO) else path}")
+    """Mean and spread per cell, worst case per strategy, clean honest rejections; plots (:mod:`.robustness_summary`)."""
+    robustness_summary.summarise(rows, outdir, GRID_ATTACKS, STRATEGIES)
 
 
 def run_grid(todo: list[tuple], a: argparse.Namespace, csv_path: Path) -> int:

@@ -36,6 +36,8 @@ from ..data import load_dataset
 from ..models import build_model
 from ..package import PACKAGE_KEY, arrays_to_numpy
 from ..settings import STRATEGIES, RunSettings
+from ..baselines.bulyan import BulyanPaper
+from ..client.attacks import FULL_KNOWLEDGE
 from ..committee.filter import FilterConfig
 from ..strategy import BCSFL
 from .task import client_ids, make_root_set, malicious_ids
@@ -47,8 +49,19 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
     """The strategy named by ``s.strategy``, sized for ``num_clients`` nodes.
 
     BCS-FL on a ledger with certified rounds continues from its head when
-    ``s.resume`` (run-config ``resume``) and refuses to start otherwise.
+    ``s.resume`` (run-config ``resume``) and refuses to start otherwise. A
+    full-knowledge attack wraps the strategy in its evaluation device
+    (:mod:`bcsfl_flower.omniscient`).
     """
+    strategy = _chosen_strategy(s, num_clients)
+    if s.attack in FULL_KNOWLEDGE:  # simulation only: the attackers see the round's honest updates
+        from ..omniscient import attach_full_knowledge
+
+        attach_full_knowledge(strategy, s, num_clients)
+    return strategy
+
+
+def _chosen_strategy(s: RunSettings, num_clients: int) -> Strategy:
     common = dict(fraction_evaluate=0.0, min_train_nodes=num_clients, min_available_nodes=num_clients)
     f = max(1, round(s.malicious_fraction * num_clients))
     if s.strategy == "bcsfl":
@@ -73,6 +86,7 @@ def build_strategy(s: RunSettings, num_clients: int) -> Strategy:
         "krum": lambda: Krum(**common, num_malicious_nodes=f),
         "multikrum": lambda: MultiKrum(**common, num_malicious_nodes=f, num_nodes_to_select=max(1, num_clients - f)),
         "bulyan": lambda: Bulyan(**common, num_malicious_nodes=min(f, (num_clients - 3) // 4)),
+        "bulyan-paper": lambda: BulyanPaper(**common, num_malicious_nodes=min(f, (num_clients - 3) // 4)),
         "fedmedian": lambda: FedMedian(**common),
         "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=0.2),
     }

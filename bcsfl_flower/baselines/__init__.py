@@ -1,5 +1,6 @@
-"""Robust-aggregation baselines that Flower does not ship (FLTrust)."""
+"""Robust-aggregation baselines that Flower does not ship (FLTrust), or ships otherwise (Bulyan)."""
 
+from .bulyan import BulyanPaper
 from .fltrust import FLTrust
 
-__all__ = ["FLTrust"]
+__all__ = ["BulyanPaper", "FLTrust"]

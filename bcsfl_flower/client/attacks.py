@@ -4,9 +4,16 @@ Every model attack acts on a flat 1-D update vector ``update = local - global``
 (float32 or float64; the result keeps the input dtype). Data attacks (label flipping)
 act on the training labels instead, through :func:`flip_labels`.
 
-Attacks in :data:`NEEDS_REFERENCE` are *omniscient / partial-knowledge* attacks: they
-need a ``(k, d)`` array of honest-update estimates (for instance the colluding
-clients' own benign updates, as in the original papers).
+Attacks in :data:`NEEDS_REFERENCE` are *partial-knowledge* attacks: they need a
+``(k, d)`` array of honest-update *estimates*, which the attackers compute from shards
+of their own data (they know nothing of the other clients).
+
+Attacks in :data:`FULL_KNOWLEDGE` are the *omniscient* variants the original papers
+evaluate: the colluding attackers know the honest updates of the very round
+(:func:`full_knowledge_update` computes the vector from them). A client cannot learn
+those, so in simulation the clients train honestly and a server-side evaluation device
+(:mod:`bcsfl_flower.omniscient`) replaces the attackers' replies once every honest
+reply of the round is in.
 """
 
 from __future__ import annotations
@@ -19,10 +26,15 @@ import torch
 __all__ = [
     "ATTACKS",
     "DATA_ATTACKS",
+    "FULL_KNOWLEDGE",
+    "IPM_EPSILON",
     "NEEDS_REFERENCE",
+    "SCALING_MAX_MARGIN",
     "alie_z",
     "flip_labels",
+    "full_knowledge_update",
     "poison_update",
+    "scaling_max_norm",
 ]
 
 ATTACKS: tuple[str, ...] = (
@@ -34,9 +46,19 @@ ATTACKS: tuple[str, ...] = (
     "alie",
     "ipm",
     "min-max",
+    "alie-full",
+    "ipm-full",
+    "ipm100-full",
+    "minmax-full",
+    "scaling-max",
 )
 DATA_ATTACKS: frozenset[str] = frozenset({"label-flip"})
 NEEDS_REFERENCE: frozenset[str] = frozenset({"alie", "ipm", "min-max"})
+FULL_KNOWLEDGE: frozenset[str] = frozenset({"alie-full", "ipm-full", "ipm100-full", "minmax-full", "scaling-max"})
+#: IPM's epsilon per full-knowledge variant: 0.5 and 100, the two values Xie et al. evaluate.
+IPM_EPSILON: dict[str, float] = {"ipm-full": 0.5, "ipm100-full": 100.0}
+#: scaling-max lands this fraction below the clip bound (float32 rounding must not push it over).
+SCALING_MAX_MARGIN = 1e-4
 
 
 def flip_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -65,7 +87,7 @@ def flip_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def alie_z(num_clients: int, num_malicious: int) -> float:
-    """Return the ALIE perturbation factor ``z_max`` of Baruah et al. (2019).
+    """Return the ALIE perturbation factor ``z_max`` of Baruch et al. (2019).
 
     ``s = floor(n / 2 + 1) - m`` and ``z = Phi^{-1}((n - s) / n)``. When this gives
     ``z <= 0`` (``m`` already a majority, so ``s <= 0``; or ``(n - s) / n <= 1/2``) the
@@ -130,6 +152,110 @@ def _min_max(ref: np.ndarray) -> np.ndarray:
     return mu - gamma * perturb
 
 
+def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: float = 2.0) -> float:
+    """The largest norm BCS-FL's filter keeps unclipped when ``num_malicious`` updates share it.
+
+    The filter (:mod:`bcsfl_flower.committee.filter`, step 3) clips kept updates to
+    ``norm_bound`` times the median norm of the kept updates, the attackers' own
+    included. With the attackers' norm ``c`` above every honest norm the median is an
+    order statistic of the honest norms alone (computed here with the attackers at
+    ``+inf``), and ``c = norm_bound * median`` does not move it (``c`` is at least the
+    upper middle value), so ``c`` is exactly the bound. When the attackers hold half
+    the updates or more the median is theirs and no bound exists: ``norm_bound`` times
+    the largest honest norm is returned instead.
+
+    Parameters
+    ----------
+    honest_norms : np.ndarray
+        L2 norms of the round's honest updates (at least one).
+    num_malicious : int
+        Number of attackers ``m`` submitting an update of the same norm.
+    norm_bound : float, optional
+        The filter's ``FilterConfig.norm_bound``, default 2.0.
+
+    Returns
+    -------
+    float
+        The clip bound the attackers' norm may reach.
+    """
+    h = np.asarray(honest_norms, dtype=np.float64).ravel()
+    if h.size < 1 or num_malicious < 0 or norm_bound <= 0:
+        raise ValueError("need at least one honest norm, num_malicious >= 0 and norm_bound > 0")
+    median = float(np.median(np.concatenate([h, np.full(int(num_malicious), np.inf)])))
+    return norm_bound * (median if np.isfinite(median) else float(h.max()))
+
+
+def full_knowledge_update(
+    attack: str,
+    honest: np.ndarray,
+    *,
+    own: np.ndarray | None = None,
+    num_clients: int = 20,
+    num_malicious: int = 6,
+    norm_bound: float = 2.0,
+) -> np.ndarray:
+    """The vector a full-knowledge (omniscient) attacker submits, from the round's honest updates.
+
+    Parameters
+    ----------
+    attack : str
+        One of :data:`FULL_KNOWLEDGE`:
+
+        - ``"alie-full"``: ``mean(honest) - z * std(honest)`` per coordinate (population
+          std), "A Little Is Enough" (Baruch et al., NeurIPS 2019) with the true
+          statistics of the round; ``z`` from :func:`alie_z`.
+        - ``"ipm-full"``, ``"ipm100-full"``: ``-epsilon * mean(honest)``,
+          inner-product manipulation (Xie et al., "Fall of Empires", UAI 2020), with
+          the paper's ``epsilon`` 0.5 and 100 (:data:`IPM_EPSILON`).
+        - ``"minmax-full"``: AGR-agnostic Min-Max (Shejwalkar & Houmansadr, NDSS
+          2021), ``mean - gamma * std`` with the largest ``gamma`` whose distance to
+          every honest update is at most the largest pairwise distance between honest
+          updates (solved exactly, as for ``"min-max"``).
+        - ``"scaling-max"``: boosting (Bhagoji et al., ICML 2019) to the worst norm
+          BCS-FL still accepts unclipped: ``own`` rescaled to ``(1 -``
+          :data:`SCALING_MAX_MARGIN` ``) *`` :func:`scaling_max_norm` (an all-zero
+          ``own`` takes the honest mean's direction).
+    honest : np.ndarray
+        ``(k, d)`` honest updates of the round (``k >= 2``; one is enough for
+        ``"scaling-max"``).
+    own : np.ndarray, optional
+        The attacker's own benign update (``d``); required for ``"scaling-max"``.
+    num_clients : int, optional
+        ``n`` for ALIE, default 20.
+    num_malicious : int, optional
+        ``m`` for ALIE and for the median behind scaling-max's bound, default 6.
+    norm_bound : float, optional
+        The filter's clip multiple for ``"scaling-max"``, default 2.0
+        (``FilterConfig.norm_bound``).
+
+    Returns
+    -------
+    np.ndarray
+        A float64 vector of length ``d``.
+    """
+    if attack not in FULL_KNOWLEDGE:
+        raise ValueError(f"{attack!r} is not a full-knowledge attack; choose from {', '.join(sorted(FULL_KNOWLEDGE))}")
+    ref = np.asarray(honest, dtype=np.float64)
+    if attack == "scaling-max":
+        if ref.ndim != 2 or ref.shape[0] < 1 or own is None or np.shape(own) != (ref.shape[1],):
+            raise ValueError("scaling-max needs honest updates of shape (k >= 1, d) and the attacker's own (d,) update")
+        x = np.asarray(own, dtype=np.float64)
+        norm = float(np.linalg.norm(x))
+        if norm == 0.0:  # no direction of its own: boost the honest mean instead
+            x = ref.mean(axis=0)
+            norm = float(np.linalg.norm(x))
+        if norm == 0.0:
+            return np.zeros(ref.shape[1])
+        target = scaling_max_norm(np.linalg.norm(ref, axis=1), num_malicious, norm_bound)
+        return x * ((1.0 - SCALING_MAX_MARGIN) * target / norm)
+    ref = _check_reference(ref, ref.shape[-1] if ref.ndim == 2 else -1, attack)
+    if attack == "alie-full":
+        return ref.mean(axis=0) - alie_z(num_clients, num_malicious) * ref.std(axis=0)
+    if attack in IPM_EPSILON:
+        return -IPM_EPSILON[attack] * ref.mean(axis=0)
+    return _min_max(ref)  # minmax-full
+
+
 def poison_update(
     attack: str,
     update: np.ndarray,
@@ -160,7 +286,7 @@ def poison_update(
         - ``"scaling"``: ``scale * update``, boosting / model replacement
           (Bhagoji et al., ICML 2019; Bagdasaryan et al., AISTATS 2020).
         - ``"alie"``: ``mean(reference) - z * std(reference)`` per coordinate, "A
-          Little Is Enough" (Baruah et al., NeurIPS 2019), ``z`` from
+          Little Is Enough" (Baruch et al., NeurIPS 2019), ``z`` from
           :func:`alie_z` (``n = num_clients``, ``m = num_malicious``; falls back
           to 1.0 when the formula gives ``z <= 0``). ``std`` is the population std.
         - ``"ipm"``: ``-scale * mean(reference)``, inner-product manipulation
@@ -174,6 +300,14 @@ def poison_update(
           paper finds ``gamma`` by binary search; each constraint is a quadratic in
           ``gamma``, so it is solved here in closed form (the exact limit of that
           search, shrunk by 1e-9 relative to absorb rounding). ``scale`` is unused.
+        - :data:`FULL_KNOWLEDGE` attacks (``"alie-full"``, ``"ipm-full"``,
+          ``"ipm100-full"``, ``"minmax-full"``, ``"scaling-max"``): with
+          ``reference`` (the round's true honest updates) the vector of
+          :func:`full_knowledge_update` (``update`` as the attacker's own); without
+          it, a copy of ``update``: the client's half of the attack is honest
+          training, and the evaluation device (:mod:`bcsfl_flower.omniscient`)
+          replaces the reply once the round's honest updates are known. ``scale``
+          is unused.
     update : np.ndarray
         1-D update vector (``local - global``).
     rng : np.random.Generator
@@ -182,7 +316,8 @@ def poison_update(
         Attack strength (see above), default 4.0.
     reference : np.ndarray, optional
         ``(k, d)`` honest-update estimates, ``k >= 2``; required for
-        :data:`NEEDS_REFERENCE` attacks, ignored otherwise.
+        :data:`NEEDS_REFERENCE` attacks; the round's honest updates for
+        :data:`FULL_KNOWLEDGE` ones (optional, see above); ignored otherwise.
     num_clients : int, optional
         ``n`` for ALIE, default 20.
     num_malicious : int, optional
@@ -207,8 +342,10 @@ def poison_update(
     dtype = vec.dtype if np.issubdtype(vec.dtype, np.floating) else np.dtype(np.float64)
     x = vec.astype(np.float64, copy=False)
 
-    if attack in ("none", "label-flip"):
+    if attack in ("none", "label-flip") or (attack in FULL_KNOWLEDGE and reference is None):
         out = x.copy()
+    elif attack in FULL_KNOWLEDGE:
+        out = full_knowledge_update(attack, reference, own=x, num_clients=num_clients, num_malicious=num_malicious)
     elif attack == "sign-flip":
         out = -scale * x
     elif attack == "scaling":

@@ -12,10 +12,14 @@ from hypothesis.extra.numpy import arrays
 from bcsfl_flower.client.attacks import (
     ATTACKS,
     DATA_ATTACKS,
+    FULL_KNOWLEDGE,
     NEEDS_REFERENCE,
+    SCALING_MAX_MARGIN,
     alie_z,
     flip_labels,
+    full_knowledge_update,
     poison_update,
+    scaling_max_norm,
 )
 
 D = 2_000
@@ -42,10 +46,12 @@ def reference(rng: np.random.Generator) -> np.ndarray:
 
 def test_names() -> None:
     assert set(ATTACKS) == {
-        "none", "label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max"
+        "none", "label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max",
+        "alie-full", "ipm-full", "ipm100-full", "minmax-full", "scaling-max",
     }
     assert DATA_ATTACKS == {"label-flip"}
     assert NEEDS_REFERENCE == {"alie", "ipm", "min-max"}
+    assert FULL_KNOWLEDGE == {"alie-full", "ipm-full", "ipm100-full", "minmax-full", "scaling-max"}
 
 
 def test_unknown_attack_lists_valid_names(rng: np.random.Generator, update: np.ndarray) -> None:
@@ -77,7 +83,7 @@ def test_identity_attacks(attack: str, rng: np.random.Generator) -> None:
     assert out is not upd
 
 
-@pytest.mark.parametrize("attack", sorted(set(ATTACKS) - NEEDS_REFERENCE))
+@pytest.mark.parametrize("attack", sorted(set(ATTACKS) - NEEDS_REFERENCE - FULL_KNOWLEDGE))
 def test_dtype_kept(attack: str, rng: np.random.Generator, update: np.ndarray) -> None:
     out = poison_update(attack, update.astype(np.float32), rng=rng)
     assert out.dtype == np.float32 and out.shape == (D,)
