@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from bcsfl_flower.crypto import SigningKey
-from bcsfl_flower.ledger import SqliteLedger, make_transaction, verify_chain
+from bcsfl_flower.ledger import SqliteLedger, make_transaction, open_ledger, verify_chain
 from bcsfl_flower.ledger.cluster import LocalCluster
 
 from .cluster_helpers import chain, converge, federation, health, start_cluster
@@ -169,7 +169,9 @@ def test_a_restarted_node_catches_up_by_snapshot_not_by_replaying_the_log(cluste
     with SqliteLedger(cluster.db_path(victim), read_only=True) as local:
         had = local.height()  # what the victim's file holds
     live = [u for j, u in enumerate(cluster.urls) if j != victim]
-    commit(live, key, model, 8 * INTERVAL, "while down")  # several checkpoints: the peers' log is cut
+    with open_ledger(live[0], uploader=("writer", key)) as remote:
+        fresh = remote.put_model(b"a model uploaded while the victim is down")
+    commit(live, key, fresh, 8 * INTERVAL, "while down")  # several checkpoints: the peers' log is cut
     assert min(health(u)["stable_seq"] for u in live) > 4 * INTERVAL
     cluster.start(victim)
     cluster.wait_ready(60, nodes=[victim])
@@ -188,6 +190,7 @@ def test_a_restarted_node_catches_up_by_snapshot_not_by_replaying_the_log(cluste
     assert had > 3 and last["from_height"] >= had, (last, had)
     assert snap["blocks_fetched"] == last["height"] - last["from_height"] >= 2 * INTERVAL, snap
     assert last["height"] < len(chains[0])
+    assert snap["models_fetched"] == 1 and snap["model_set_differs"] == 0, snap  # the one its blocks need
     # Not replayed: each fetched block stands for at least one sequence number it never executed.
     executed = heads[victim]["stats"]["executed_ops"]
     assert executed <= heads[victim]["last_executed"] - persisted - snap["blocks_fetched"], (executed, snap)
