@@ -24,6 +24,15 @@ Three things follow (:class:`SnapshotDriver`, the node's hooks):
   (``state_transferred``);
 * the counts of transfers, blocks, models and bytes fetched are in ``GET /health``.
 
+Limits. A transfer holds the blocks it fetched in memory until the certified head
+has checked them (``FetchLimits.max_total_bytes`` bounds it). The store's models are
+content-addressed, so any peer's bytes are checked by their digest; the models no block
+references yet (uploaded for a round in progress) are taken from a peer's list, which
+may hold more than the checkpoint did if that peer stored more since: the node then
+stores a superset (``model_set_differs`` in the stats). A node whose file is ahead of
+its replica after a restart signs another digest at the checkpoints its replica replays
+below the file's head; its vote does not count there, and it agrees again past them.
+
 Nothing here touches the replica's internals: the outputs ``CheckpointDue``,
 ``Stabilised`` and ``FetchState`` and the calls ``checkpoint_ready``, ``state_transferred``
 and ``Replica(initial=...)`` are the consensus package's interface to its driver.
@@ -266,7 +275,13 @@ class SnapshotDriver:
         self._running = cp is not None and not self._stop.is_set()
         if not self._running or cp is None:
             return
-        target = AppDigest.parse(cp.app_digest)
+        try:
+            target = AppDigest.parse(cp.app_digest)
+        except ValueError:  # 2f+1 replicas signed it, so a node of another version: nothing to fetch by
+            log.error("node %d: checkpoint %d certifies no ledger state (%r)", self.node.index, cp.seq,
+                      cp.app_digest[:80])
+            self._running = False
+            return
         urls = peer_order(self.node.http_urls, self.node.index, self._attempt)
         self._attempt += 1  # a retry starts at the next peer
         log.info("node %d: state transfer to checkpoint %d (height %d)", self.node.index, cp.seq, target.height)
