@@ -12,7 +12,9 @@ noise messages, omissions, and ``tamper-relay``: a rushing replica that relays c
 primaries' pre-prepares with the carried request altered and is silent as primary),
 permanent crashes so that Byzantine + crashed <= f, and
 until GST: loss, delay, duplication, reordering, healing partitions and temporary
-crashes. SAFETY: correct replicas never execute different requests at one sequence
+crashes (runs also go through log truncation at stable checkpoints, state transfer to
+a checkpoint, and request bodies fetched by digest after a view change). SAFETY:
+correct replicas never execute different requests at one sequence
 number (prefixes agree), every certificate verifies, no request runs twice. LIVENESS:
 every correct client's request is executed by every correct replica still up, within
 the bound after GST. The last line is ``K schedules, X safety violations, Y liveness

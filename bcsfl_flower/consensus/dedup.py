@@ -56,8 +56,8 @@ class ClientTable:
         if rec is None:
             # Lower rids of a new client may still be in flight: they are gaps.
             top, gaps = rid, frozenset(range(max(0, rid - self.window + 1), rid))
-        elif rid > rec[0]:
-            top, gaps = rid, rec[1] | frozenset(range(rec[0] + 1, rid))
+        elif rid > rec[0]:  # only the window below the new top can hold gaps (a huge jump)
+            top, gaps = rid, rec[1] | frozenset(range(max(rec[0] + 1, rid - self.window + 1), rid))
         else:
             top, gaps = rec[0], rec[1] - {rid}
         self._clients[client] = (top, frozenset(g for g in gaps if g > top - self.window), seq)

@@ -37,6 +37,7 @@ class ExecutionLog:
         self.state_digest = GENESIS_DIGEST
         self.clients = ClientTable(window, max_clients)
         self._log: dict[int, Committed] = {}
+        self._floor = 0  # the log is truncated up to here
         self._ready: dict[int, tuple[int, str, Optional[Request], QuorumCertificate]] = {}
 
     def executed(self, key: tuple[str, int]) -> bool:
@@ -77,17 +78,20 @@ class ExecutionLog:
         if not noop:
             self.clients.record(req.key, s)
         self.state_digest = sha256_hex(f"{self.state_digest}|{s}|{d}".encode())
-        entry = self._log[s] = Committed(s, v, d, req, noop, cert)
+        entry = Committed(s, v, d, req, noop, cert)
+        if s > self._floor:  # executed after its checkpoint became stable: not kept
+            self._log[s] = entry
         self.last_executed = s
         return entry
 
     def truncate(self, seq: int) -> None:
         """Checkpoint ``seq`` is stable: forget the executed entries up to it."""
+        self._floor = max(self._floor, seq)
         self._log = {s: e for s, e in self._log.items() if s > seq}
 
     def jump(self, seq: int, state_digest: str, clients: Snapshot) -> None:
         """State transfer: the state is now that of checkpoint ``seq``."""
-        self.last_executed, self.state_digest = seq, state_digest
+        self.last_executed, self.state_digest, self._floor = seq, state_digest, max(self._floor, seq)
         self.clients = ClientTable(self.clients.window, self.clients.max_clients, clients)
         self._log = {}
         self._ready = {s: r for s, r in self._ready.items() if s > seq}

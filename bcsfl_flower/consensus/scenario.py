@@ -26,7 +26,7 @@ from typing import Optional
 
 from ..crypto import SigningKey
 from .byzantine import BEHAVIOURS, ByzantineReplica
-from .messages import Request
+from .messages import Committed, Request
 from .quorum import entry_matches, max_faulty, verify
 from .replica import PBFTConfig, Replica
 from .simnet import Crash, FaultSchedule, Partition, SimNetwork
@@ -169,7 +169,20 @@ def run_scenario(sc: Scenario, replica_cls: ReplicaFactory = Replica, keep_net: 
     last_request = max(t for t, *_ in sc.requests)
     start_checks = max(sc.schedule.gst, last_request)
 
+    # A conflicting commit settles the run: stop there instead of waiting out the deadline
+    # (diverged replicas never agree on a checkpoint again, so a planted bug would stall).
+    first: dict[int, str] = {}
+    conflict = [False]
+
+    def watch(node: int, out: object, _now: float) -> None:
+        if isinstance(out, Committed) and node in correct:
+            conflict[0] |= first.setdefault(out.seq, out.digest) != out.digest
+
+    net.on_output = watch
+
     def done() -> bool:
+        if conflict[0]:
+            return True
         if net.now < start_checks:
             return False
         for key in needed:

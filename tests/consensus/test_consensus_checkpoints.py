@@ -8,6 +8,7 @@ import pytest
 from consensus_testkit import CLIENT_KEYS, Pump, make_replicas, request
 
 from bcsfl_flower.consensus import FetchState, PBFTConfig, Replica, Stabilised, StableCheckpoint
+from bcsfl_flower.consensus.dedup import ClientTable
 from bcsfl_flower.consensus.scenario import keys_for
 from bcsfl_flower.consensus.state import TimerKind
 
@@ -140,3 +141,18 @@ def test_replicas_that_disagree_on_the_application_state_never_stabilise(digests
 
 def test_fetch_state_is_an_output_of_the_package():
     assert FetchState.__module__.endswith("outputs") and Stabilised.__module__.endswith("outputs")
+
+
+def test_the_at_most_once_record_is_bounded_per_client_and_in_clients():
+    table = ClientTable(window=4, max_clients=2)
+    table.record(("a", 2), 1)  # rids 0 and 1 of a new client may still be in flight
+    assert table.executed(("a", 2)) and not table.executed(("a", 1)) and not table.executed(("a", 3))
+    table.record(("a", 10**12), 2)  # a huge jump keeps only the window below it as gaps
+    assert table.snapshot() == (("a", 10**12, tuple(range(10**12 - 3, 10**12)), 2),)
+    assert table.executed(("a", 1)) and not table.executed(("a", 10**12 - 1))  # too old / a gap
+    table.record(("a", 10**12 - 1), 3)
+    assert table.executed(("a", 10**12 - 1))
+    table.record(("b", 0), 4)
+    table.record(("c", 0), 5)  # a third client: the least recently executed one goes
+    assert len(table) == 2 and not table.executed(("a", 10**12))
+    assert ClientTable(4, 2, table.snapshot()).snapshot() == table.snapshot()
