@@ -37,7 +37,14 @@ __all__ = ["BlockFetch", "Diverged", "FetchLimits", "Transfer", "TransferError",
 
 
 class TransferError(Exception):
-    """A peer's answer cannot be used (unreachable, malformed, too large or not the certified chain)."""
+    """A peer's answer cannot be used (unreachable, malformed, too large or not the certified chain).
+
+    ``status`` is the HTTP status of a refused request (None for anything else).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -170,7 +177,7 @@ def read_bounded(client: httpx.Client, url: str, limit: int, budget: _Budget | N
     try:
         with client.stream("GET", url, params=params) as resp:
             if resp.status_code != 200:
-                raise TransferError(f"GET {url}: HTTP {resp.status_code}")
+                raise TransferError(f"GET {url}: HTTP {resp.status_code}", resp.status_code)
             parts, size = [], 0
             for chunk in resp.iter_bytes():
                 size += len(chunk)
@@ -195,8 +202,14 @@ def fetch_blocks(client: httpx.Client, url: str, plan: BlockFetch, budget: _Budg
         If the peer cannot be read or serves anything but the certified chain.
     """
     while (ask := plan.next_page()) is not None:
-        body = read_bounded(client, f"{url}/getBlockchain", budget.limits.max_response_bytes, budget,
-                            params={"from": ask[0], "limit": ask[1]})
+        try:
+            body = read_bounded(client, f"{url}/getBlockchain", budget.limits.max_response_bytes, budget,
+                                params={"from": ask[0], "limit": ask[1]})
+        except TransferError as err:
+            if err.status != 422 or plan.page == 1:
+                raise
+            plan.page //= 2  # a page over the peer's max_page: ask for less
+            continue
         try:
             plan.take(parse_json(body))
         except LedgerError as err:

@@ -289,7 +289,7 @@ class _Liar:
 def test_a_peer_serving_a_wrong_block_is_detected_and_the_next_peer_used(tmp_path: Path) -> None:
     from bcsfl_flower.ledger.statefetch import FetchLimits, transfer
 
-    cluster = start_cluster(tmp_path / "liar", 4)
+    cluster = start_cluster(tmp_path / "liar", 4, "--page-size", "2", "--max-page", "2")  # asked 5: refused
     liars: list[_Liar] = []
     try:
         fed = federation(cluster, cluster.urls[0], uploader="writer")
@@ -299,11 +299,11 @@ def test_a_peer_serving_a_wrong_block_is_detected_and_the_next_peer_used(tmp_pat
         top = converge(cluster.urls)[0]
         height, head = top["height"], top["head"]
         models = len(httpx.get(f"{cluster.urls[0]}/models", timeout=10).json()["models"])
-        liars = [_Liar(cluster.urls[1], 5, "tamper"), _Liar(cluster.urls[2], 6, "forge")]
+        liars = [_Liar(cluster.urls[1], 5, "tamper"), _Liar(cluster.urls[2], 7, "forge")]
         with SqliteLedger(tmp_path / "fresh.db") as fresh:
             fresh.install_charter(cluster.charter)
             done = transfer(fresh, height, head, models, [liars[0].url, liars[1].url, cluster.urls[3]],
-                            FetchLimits(page=3))
+                            FetchLimits(page=5))
             assert [lie.served for lie in liars] == [1, 1]
             assert done.peer == cluster.urls[3] and len(done.errors) == 2, done.errors
             assert "does not hash" in done.errors[0] and "lastHash" in done.errors[1], done.errors
