@@ -74,6 +74,14 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dp-max-grad-norm", type=float, default=d.dp_max_grad_norm,
                    help="Opacus per-example gradient clipping norm (with --dp-noise)")
     p.add_argument("--prune", type=float, default=d.prune, help="fraction of weights pruned by magnitude, in [0, 1)")
+    p.add_argument("--compression", choices=("none", "topk"), default=d.compression,
+                   help="upload compression: none (dense model) or topk (the largest entries of the update, "
+                        "the rest carried to the next round as error feedback)")
+    p.add_argument("--topk-fraction", type=float, default=d.topk_fraction,
+                   help="with --compression topk: share of the update's entries sent, in (0, 0.4]")
+    p.add_argument("--quantize-bits", type=int, choices=(0, 2, 8), default=d.quantize_bits,
+                   help="with --compression topk: 0 sends float32 values, 8 int8 codes and one scale, 2 ternary "
+                        "codes (each value's sign times their mean magnitude)")
     p.add_argument("--root-size", type=int, default=d.root_size,
                    help="examples the coordinators hold as root set (0: none)")
     p.add_argument("--example-cap", type=float, default=d.example_cap,
@@ -123,7 +131,8 @@ def _settings(args: argparse.Namespace, out: Path) -> RunSettings:
         learning_rate=args.lr, batch_size=args.batch_size, dirichlet_alpha=args.dirichlet_alpha,
         seed=args.seed, malicious_fraction=args.malicious_fraction, attack=args.attack,
         attack_scale=args.attack_scale, dp_noise=args.dp_noise, dp_max_grad_norm=args.dp_max_grad_norm,
-        prune=args.prune, root_size=args.root_size, example_cap=args.example_cap,
+        prune=args.prune, compression=args.compression, topk_fraction=args.topk_fraction,
+        quantize_bits=args.quantize_bits, root_size=args.root_size, example_cap=args.example_cap,
         committee_size=args.committee_size, committee=args.committee,
         byzantine_coordinators=args.byzantine_coordinators,
         bcsfl_ledger=args.ledger or f"sqlite:///{out / 'ledger.db'}",

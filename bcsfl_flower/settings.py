@@ -49,6 +49,12 @@ class RunSettings:
     dp_noise: float = 0.0
     dp_max_grad_norm: float = 1.0
     prune: float = 0.0
+    # upload compression (bcsfl_flower.compression): "none" sends the dense model; "topk"
+    # sends the topk-fraction largest entries of update + residual (error feedback), values
+    # as float32 (quantize-bits 0), int8 with a scale (8) or ternary sign x mean magnitude (2)
+    compression: str = "none"
+    topk_fraction: float = 0.05
+    quantize_bits: int = 0
     root_size: int = 100
     example_cap: float = 3.0  # a client's declared examples count at most this x the round's median (0: no cap)
     committee_size: int = 4
@@ -154,6 +160,11 @@ class RunSettings:
               "must be greater than 0")
         check("prune", finite("prune") and 0 <= self.prune < 1, "must be in [0, 1)",
               ": it is the share of weights pruned")
+        one_of("compression", ("none", "topk"))
+        check("topk_fraction", finite("topk_fraction") and 0 < self.topk_fraction <= 0.4, "must be in (0, 0.4]",
+              "; past 0.4 the encoding nears the dense model's size")
+        check("quantize_bits", self.quantize_bits in (0, 2, 8), "must be 0, 2 or 8",
+              "; 0: float32 values, 8: int8, 2: ternary")
         check("root_size", self.root_size >= 0, "must be at least 0", "; 0: no root set")
         check("example_cap", finite("example_cap") and self.example_cap >= 0, "must be at least 0", "; 0: no cap")
         if "committee_size" not in wrong_type:

@@ -2,7 +2,9 @@
 
 Each node trains on its Dirichlet partition, optionally with Opacus DP-SGD and
 magnitude pruning; nodes drawn as malicious (``malicious-fraction``) run the
-configured attack. ``bcsfl_mod`` then signs the reply as a model package.
+configured attack. With ``compression="topk"`` the reply carries the update's top-k
+encoding instead of the dense model (error feedback in ``context.state``;
+:mod:`bcsfl_flower.compression`). ``bcsfl_mod`` then signs the reply as a model package.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..client.attacks import DATA_ATTACKS, NEEDS_REFERENCE, flip_labels, poison_update
@@ -28,6 +30,7 @@ from .task import client_data, make_root_set, malicious_ids
 __all__ = ["app", "make_client_app"]
 
 _STATE_KEY = "bcsfl.privacy"
+_RESIDUAL_KEY = "bcsfl.residual"  # error feedback: what top-k compression has not sent yet
 _REFERENCE_SHARDS = 4
 
 
@@ -99,6 +102,22 @@ def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Contex
     return local_w, metrics
 
 
+def _compress(s: RunSettings, global_w, local_w, context: Context, metrics: dict[str, Any]) -> ArrayRecord:
+    """The top-k encoding of this round's update (:mod:`bcsfl_flower.compression`); the residual stays in
+    ``context.state`` for the next round. ``metrics`` gains the upload's and the dense model's payload bytes."""
+    from ..compression import compress, payload_bytes, to_record
+
+    kept = context.state.array_records.get(_RESIDUAL_KEY)
+    residual = kept["residual"].numpy() if kept is not None else None
+    blob, residual = compress(_flat(local_w) - _flat(global_w), residual, fraction=s.topk_fraction,
+                              bits=s.quantize_bits)
+    context.state[_RESIDUAL_KEY] = ArrayRecord({"residual": Array(residual)})
+    record = to_record(blob)
+    metrics["upload-bytes"] = payload_bytes(record)
+    metrics["dense-bytes"] = payload_bytes(numpy_to_arrays(local_w))
+    return record
+
+
 def _settings_mod(overrides: Mapping[str, Any] | None):
     """``bcsfl_mod`` configured from this app's run settings (ledger, keys, enrolment key, committee, root set)."""
 
@@ -132,8 +151,12 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         s = RunSettings.from_context(context, overrides)
         arrays: ArrayRecord = msg.content["arrays"]
         server_round = int(msg.content["config"].get("server-round", 0))
-        local_w, metrics = local_train(s, arrays_to_numpy(arrays), context, server_round)
-        content = RecordDict({"arrays": numpy_to_arrays(local_w), "metrics": MetricRecord(metrics)})
+        global_w = arrays_to_numpy(arrays)
+        local_w, metrics = local_train(s, global_w, context, server_round)
+        upload = numpy_to_arrays(local_w)
+        if s.compression == "topk":
+            upload = _compress(s, global_w, local_w, context, metrics)
+        content = RecordDict({"arrays": upload, "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

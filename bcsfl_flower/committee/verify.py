@@ -13,6 +13,9 @@ Two places check packages, cheap checks first in both:
   examples, then the parameters from the model store (size before decoding, shapes,
   finiteness). A failing pooled package becomes a :class:`Rejection` that goes onto
   the ledger with its packet id.
+
+Both decode a top-k upload (:mod:`bcsfl_flower.compression`) onto the global model
+they check against (the certified one), refusing a malformed encoding with its reason.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..crypto import sha256_hex
 from ..federation import PooledPackage
 from ..package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, canonical_bytes, canonical_size, metrics_hash
 from ..package import parse_canonical_bytes
+from ..compression import decode_record, decode_stored, is_compressed, is_stored_compressed
 
 __all__ = ["PackageVerifier", "Rejection", "VerifiedUpdate", "StoreReader", "verify_pool", "verify_round"]
 
@@ -122,6 +126,8 @@ class PackageVerifier:
             return Rejection(cid, "non-positive num-examples", pid)
         if self.arrayrecord_key not in content.array_records:
             return Rejection(cid, f"no ArrayRecord '{self.arrayrecord_key}'", pid)
+        if is_compressed(content.array_records[self.arrayrecord_key]):  # a top-k upload: decoded onto the reference
+            return self._verify_compressed(package, content, reference)
         problem = _header_problem(content.array_records[self.arrayrecord_key], reference)
         if problem:  # refused unread: nothing of an oversized or misshapen package is decoded
             return Rejection(cid, problem, pid)
@@ -142,6 +148,19 @@ class PackageVerifier:
         self.seen_packets.add(pid)
         nested = {n: dict(r) for n, r in content.metric_records.items()}
         return VerifiedUpdate(package=package, tensors=ordered, metrics=_flat(nested), blob=blob,
+                              pooled=package.pooled(nested))
+
+
+    def _verify_compressed(self, package: ModelPackage, content: RecordDict, reference: Mapping[str, np.ndarray]
+                           ) -> VerifiedUpdate | Rejection:
+        """A top-k encoding (:mod:`bcsfl_flower.compression`): size, signed hash, then the decode."""
+        try:
+            tensors, blob = decode_record(content.array_records[self.arrayrecord_key], reference, package.model_hash)
+        except ValueError as err:
+            return Rejection(package.client_id, f"bad compressed update: {err}", package.packet_id)
+        self.seen_packets.add(package.packet_id)
+        nested = {n: dict(r) for n, r in content.metric_records.items()}
+        return VerifiedUpdate(package=package, tensors=tensors, metrics=_flat(nested), blob=blob,
                               pooled=package.pooled(nested))
 
 
@@ -218,12 +237,15 @@ class StoreReader:
                  known: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
         self.get_bytes, self.known, self.bytes_read = get_bytes, dict(known or {}), 0
         self.size = canonical_size(reference)
+        self.reference = reference  # a top-k upload decodes onto it (the certified global model)
 
     def __call__(self, digest: str) -> dict[str, np.ndarray]:
         if digest in self.known:
             return dict(self.known[digest])
         blob = self.get_bytes(digest)
         self.bytes_read += len(blob)
+        if is_stored_compressed(blob):  # bounded by the dense size before it is parsed
+            return decode_stored(blob, self.reference)
         if len(blob) != self.size:
             raise ValueError(f"{len(blob)} bytes where the model's encoding has {self.size} (refused unread)")
         return parse_canonical_bytes(blob)

@@ -113,6 +113,9 @@ class ByzantineReplica:
         # reaction to received messages, two noisy replicas would feed each other.
         return self._mangle(self.inner.on_timer(timer_id)) + self._unsolicited()
 
+    def checkpoint_ready(self, seq: int, app_digest: str) -> list:
+        return self._mangle(self.inner.checkpoint_ready(seq, app_digest))
+
     def state_transferred(self, checkpoint) -> list:
         return self._mangle(self.inner.state_transferred(checkpoint))
 

@@ -78,7 +78,7 @@ class Scenario:
             f"down-for-good={list(self.crashed_for_good)} gst={s.gst:.0f} loss={s.loss} "
             f"dup={s.dup} delay={s.delay} partitions={len(s.partitions)} "
             f"crashes={len(s.crashes)} requests={len(self.requests)} "
-            f"K={self.config.checkpoint_interval}"
+            f"K={self.config.checkpoint_interval} app-checkpoints={self.config.app_checkpoints}"
         )
 
 
@@ -131,6 +131,7 @@ def draw_scenario(seed: int, n: int) -> Scenario:
     config = PBFTConfig(
         checkpoint_interval=k, log_window=2 * k, request_timeout=40.0, max_timeout=640.0,
         status_interval=10.0, idle_status_every=4,
+        app_checkpoints=seed % 2 == 1,  # odd seeds: the simulated application signs checkpoints too
     )
     requests = []
     for rid in range(rng.randint(1, 6)):

@@ -11,6 +11,10 @@ model of Castro & Liskov, OSDI 1999, section 2 (an asynchronous network that may
 deliver, delay, duplicate or reorder messages), with the eventual synchrony their
 liveness argument (section 4.5.2) needs.
 
+The simulated application state is the executed log: the network answers a replica's
+``CheckpointDue`` with :func:`app_digest` of its log and a ``FetchState`` with the log
+of a peer that leads to the checkpoint's digests (section 4.3's state transfer).
+
 Everything random is drawn from one ``random.Random(schedule.seed)``, so a schedule
 replays exactly; :attr:`SimNetwork.trace_digest` fingerprints the whole run.
 """
@@ -26,9 +30,9 @@ from typing import Any, Optional
 
 from ..crypto import sha256_hex
 from .messages import GENESIS_DIGEST, Broadcast, CancelTimer, Committed, Request, Send, SetTimer, ViewEntered
-from .outputs import FetchState
+from .outputs import CheckpointDue, FetchState
 
-__all__ = ["FaultSchedule", "Partition", "Crash", "SimNetwork", "CLIENT"]
+__all__ = ["FaultSchedule", "Partition", "Crash", "SimNetwork", "CLIENT", "app_digest"]
 
 #: Source id used for client-to-replica messages.
 CLIENT = -1
@@ -189,6 +193,8 @@ class SimNetwork:
             elif isinstance(out, ViewEntered):
                 self.views[node] = out.view
                 self.view_changes += 1
+            elif isinstance(out, CheckpointDue):
+                self._push(self.now + self._delay(), _CALL, ("checkpoint", node), out.seq)
             elif isinstance(out, FetchState):
                 self.state_transfers += 1
                 self._push(self.now + self._delay(), _CALL, ("transfer", node), out.checkpoint)
@@ -267,6 +273,8 @@ class SimNetwork:
                 self._client_send(a)
             elif a[0] == "transfer":
                 self._transfer(a[1], b)
+            elif a[0] == "checkpoint":
+                self._checkpoint(a[1], b)
             else:
                 _, node = a
                 self._apply(node, self.nodes[node].start())
@@ -295,6 +303,17 @@ class SimNetwork:
             self._mark("D", node, getattr(b, "sig", b"").hex()[:16])
             self._apply(node, self.nodes[node].receive(b))
 
+    def _checkpoint(self, node: int, seq: int) -> None:
+        """The simulated application answers ``CheckpointDue(seq)`` (once its node is up)
+        with a digest of its state there, :func:`app_digest` of the log."""
+        up = self._up_again(node, self.now)
+        if up is None:
+            return
+        if up > self.now:
+            self._push(up, _CALL, ("checkpoint", node), seq)
+            return
+        self._apply(node, self.nodes[node].checkpoint_ready(seq, app_digest(self.committed[node][:seq])))
+
     def _transfer(self, node: int, cp: Any) -> None:
         """The simulated application state is the executed log: a node that must fetch the
         state at ``cp`` takes the missing entries from a peer whose log leads to
@@ -306,6 +325,8 @@ class SimNetwork:
             log = mine + self.committed[donor][len(mine):cp.seq]
             if len(log) != cp.seq or _chain(log) != cp.state_digest:
                 continue
+            if cp.app_digest and app_digest(log) != cp.app_digest:
+                continue  # the state the checkpoint's application digest names, or none
             for entry in log[len(mine):]:
                 self.committed[node].append(entry)
                 if entry.request is not None and not entry.noop:
@@ -331,3 +352,8 @@ def _chain(log: Sequence[Committed]) -> str:
     for entry in log:
         digest = sha256_hex(f"{digest}|{entry.seq}|{entry.digest}".encode())
     return digest
+
+
+def app_digest(log: Sequence[Committed]) -> str:
+    """The simulated application's state digest after ``log``: the executed values."""
+    return sha256_hex("|".join(str(c.value) for c in log).encode())
