@@ -169,9 +169,10 @@ def test_a_restarted_node_catches_up_by_snapshot_not_by_replaying_the_log(cluste
     with SqliteLedger(cluster.db_path(victim), read_only=True) as local:
         had = local.height()  # what the victim's file holds
     live = [u for j, u in enumerate(cluster.urls) if j != victim]
-    with open_ledger(live[0], uploader=("writer", key)) as remote:
+    commit(live, key, model, 6 * INTERVAL, "while down")  # several checkpoints: the peers' log is cut
+    with open_ledger(live[0], uploader=("writer", key)) as remote:  # late: not among frames queued for it
         fresh = remote.put_model(b"a model uploaded while the victim is down")
-    commit(live, key, fresh, 8 * INTERVAL, "while down")  # several checkpoints: the peers' log is cut
+    commit(live, key, fresh, 2 * INTERVAL, "while down, new model")
     assert min(health(u)["stable_seq"] for u in live) > 4 * INTERVAL
     cluster.start(victim)
     cluster.wait_ready(60, nodes=[victim])
@@ -314,3 +315,23 @@ def test_a_peer_serving_a_wrong_block_is_detected_and_the_next_peer_used(tmp_pat
         for lie in liars:
             lie.close()
         cluster.stop()
+
+
+@pytest.mark.slow
+@needs_state_proofs
+def test_the_whole_cluster_restarts_from_its_persisted_checkpoints(cluster: LocalCluster) -> None:
+    fed = federation(cluster, cluster.urls[0], uploader="writer")
+    with fed.ledger:
+        model = fed.ledger.put_model(b"full restart model")
+    commit(cluster.urls, fed.keys["writer"], model, 3 * INTERVAL + 1, "before")
+    before = converge(cluster.urls)
+    cluster.stop()  # SIGTERM to every node
+    cluster.start()
+    cluster.wait_ready(60)
+    resumed = [health(u)["snapshot"].get("resumed_from") for u in cluster.urls]
+    assert all(r and r >= 2 * INTERVAL for r in resumed), resumed
+    commit(cluster.urls, fed.keys["writer"], model, 2 * INTERVAL, "after")
+    after = converge(cluster.urls)
+    assert after[0]["height"] == before[0]["height"] + 2 * INTERVAL
+    chains = [chain(u) for u in cluster.urls]
+    assert all(c == chains[0] for c in chains), "nodes hold different chains"
