@@ -42,6 +42,7 @@ class RequestBodies:
         self._ex = execution
         self._resume = resume
         self._wanted: dict[str, tuple[int, int]] = {}  # digest -> (seq, peers asked so far)
+        self._answered: set[tuple[int, str]] = set()  # (peer, digest) since the last heartbeat
 
     def of(self, seq: int, pp: PrePrepare) -> Optional[Request]:
         """The request of ``pp`` (at ``seq``): carried, known, or asked for (None then,
@@ -54,6 +55,7 @@ class RequestBodies:
 
     def retry(self) -> None:
         """The heartbeat: ask the next peers for the bodies still missing (and executable)."""
+        self._answered.clear()
         self._wanted = {d: w for d, w in self._wanted.items() if w[0] > self._ex.last_executed}
         for digest in list(self._wanted):
             self._ask(digest)
@@ -66,9 +68,13 @@ class RequestBodies:
         self._wanted[digest] = (seq, asked + self._f + 1)
 
     def on_fetch(self, msg: RequestFetch) -> None:
-        """A peer asks for a body: answer when this replica holds it."""
+        """A peer asks for a body: answer when this replica holds it, once per heartbeat
+        (a body may be 24 MiB: repeated fetches must not make this replica repeat it)."""
+        if (msg.sender, msg.digest) in self._answered:
+            return
         body = self._slots.body(msg.digest) or self._ex.body(msg.seq, msg.digest)
         if body is not None:
+            self._answered.add((msg.sender, msg.digest))
             self._outbox.send(msg.sender, self._outbox.sign(RequestBody(body, self._index)))
 
     def on_body(self, msg: RequestBody) -> None:

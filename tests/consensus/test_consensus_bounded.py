@@ -68,6 +68,7 @@ def test_a_fetched_body_counts_only_when_its_digest_matches():
     fetch = sign(RequestFetch(request(1).digest, 1, 3), keys[3])
     (answer,) = [o.msg for o in reps[1].receive(fetch) if isinstance(o, Send)]
     assert isinstance(answer, RequestBody) and answer.request == body
+    assert reps[1].receive(fetch) == []  # asked again before its next heartbeat: no second copy
     # Nobody asked replica 2 for anything: an unsolicited body changes nothing.
     assert reps[2].receive(sign(RequestBody(request(7), 0), keys[0])) == []
     assert reps[2].receive(sign(RequestFetch("0" * 64, 1, 0), keys[0])) == []  # unknown digest
@@ -140,3 +141,14 @@ def test_new_message_types_round_trip_on_the_wire():
     for msg in (proof, vc, sign(RequestFetch("a" * 64, 3, 2), keys[2]), sign(RequestBody(request(1), 1), keys[1])):
         back = decode_message(encode_message(msg))
         assert back == msg and back.encoded() == msg.encoded()
+
+
+def test_a_16_mib_model_upload_fits_a_request_and_its_pre_prepare_decodes():
+    model = "A" * (16 * MIB * 4 // 3 + 4)  # 16 MiB base64-encoded
+    req = request(1, '{"op": "upload", "model": "' + model + '"}')
+    cfg = PBFTConfig()
+    assert len(req.encoded()) <= cfg.max_request_bytes
+    pp = sign(PrePrepare(0, 1, req.digest, req, 0), keys_for(4)[0])
+    data = encode_message(pp)
+    assert len(data) <= MESSAGE_BOUNDS["pre-prepare"] < MAX_FRAME
+    assert decode_message(data).request.digest == req.digest
