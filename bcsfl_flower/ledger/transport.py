@@ -80,8 +80,10 @@ class _Link:
                     await asyncio.wait_for(self._handshake(reader, writer), self.handshake_timeout)
                 except _HANDSHAKE_ERRORS as err:
                     self.auth_failed += 1
-                    log.warning("link to node %d at %s not authenticated: %s", self.peer, self.addr,
-                                err or type(err).__name__)
+                    # a peer restarting resets the connection: only a wrong answer is news
+                    log.log(logging.WARNING if isinstance(err, AuthError) else logging.DEBUG,
+                            "link to node %d at %s not authenticated: %s", self.peer, self.addr,
+                            err or type(err).__name__)
                     writer.transport.abort()
                     await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
                     attempt += 1
