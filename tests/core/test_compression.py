@@ -241,3 +241,28 @@ def test_a_compressed_run_trains_with_the_committee_on_the_nodes(tmp_path):
     assert all(r["committed"] and r["accepted"] for r in metrics["rounds"])
     assert not any("compressed" in str(why) for r in metrics["rounds"] for why in r.get("rejections", {}).values())
     assert metrics["rounds"][-1]["accuracy"] > metrics["rounds"][0]["accuracy"]
+
+
+def test_a_round_of_compressed_replies_commits_without_the_malformed_one_and_records_why(tmp_path):
+    from message_kit import chartered_strategy, reply
+
+    from core.test_strategy import honest_replies, run_round
+
+    clients = [f"client-{i}" for i in range(6)]
+    g = global_model()
+    strategy, keys, _ = chartered_strategy(tmp_path, clients, g)
+    replies = []
+    for i, dense in enumerate(honest_replies(keys, g, 1)):  # sparsify each honest update, sign the encoding
+        cid = dense.content.config_records[PACKAGE_KEY]["client-id"]
+        local = {n: a.numpy() for n, a in dense.content["arrays"].items()}
+        blob, _ = compress(_flat(local) - _flat(g), fraction=0.5, bits=8)
+        if cid == "client-5":
+            blob = MALFORMED["repeated index"][0]  # well signed, badly formed
+        replies.append(reply(signed_content(keys[cid], {COMPRESSED_KEY: np.frombuffer(blob, np.uint8)},
+                                            client_id=cid, server_round=1, metrics={"train_loss": 1.0}),
+                             node_id=i + 1))
+    arrays, _ = run_round(strategy, g, 1, replies)
+    record = strategy.rounds[-1]
+    assert arrays is not None and record["committed"]
+    assert "client-5" not in record["accepted"] and len(record["accepted"]) >= 4
+    assert record["rejections"]["client-5"].startswith("bad compressed update: a zero index gap")
