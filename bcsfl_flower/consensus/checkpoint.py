@@ -200,11 +200,12 @@ class Heartbeat:
         and the proof of our stable checkpoint if it is below it.
 
         A peer far behind gets entries at once; one at most ``catchup_lag`` behind only
-        after ``catchup_patience`` statuses in a row without progress. A catch-up message
-        holds at most ``catchup_bytes`` of entries (at least one).
+        after ``catchup_patience`` statuses in a row without progress; one below our
+        checkpoint none (it can run none before its state transfer, and they may be large).
+        A catch-up message holds at most ``catchup_bytes`` of entries (at least one).
         """
         missing = self._missing(st, execution.last_executed)
-        if missing is not None:
+        if missing is not None and st.last_executed >= checkpoints.low:
             batch, size = [], 0
             for entry in execution.entries(*missing):
                 size += len(entry.encoded())

@@ -41,11 +41,14 @@ def test_a_peer_slightly_behind_and_moving_gets_no_catch_up():
 def test_a_peer_far_behind_gets_catch_up_at_once():
     reps, keys = _leader_with_commits(6)
     out = reps[0].receive(sign(Status(0, True, 1, 0, 3, b""), keys[3]))
-    sent = _catch_ups(out)
-    # Checkpoint 4 is stable: the log up to it is gone, the peer gets its proof and the rest.
-    assert len(sent) == 1 and [e.seq for e in sent[0].entries] == [5, 6]
+    # Checkpoint 4 is stable: the log up to it is gone, the peer gets its proof (to fetch
+    # the state there) and no entries yet: it could run none of them before that.
+    assert _catch_ups(out) == []
     (proof,) = [o.msg for o in out if isinstance(o, Send) and isinstance(o.msg, StateProof)]
     assert proof.seq == 4 and proof.state_digest == reps[0].stable_checkpoint().state_digest
+    after = sign(Status(0, True, 4, 4, 3, b""), keys[3])  # transferred; 2 behind: patience
+    sent = [_catch_ups(reps[0].receive(after)) for _ in range(3)]
+    assert sent[:2] == [[], []] and [e.seq for e in sent[2][0].entries] == [5, 6]
 
 
 def test_pre_prepare_signature_binds_the_request_through_its_digest():
