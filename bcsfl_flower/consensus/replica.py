@@ -300,8 +300,8 @@ class Replica:
     def _stabilised(self, s: int) -> None:
         """Checkpoint ``s`` became stable: truncate the log; the window slid."""
         self.transfer.stabilised(s)
+        self.requests.stable(s, primary=self.status == NORMAL and self.is_primary)
         if self.status == NORMAL and self.is_primary:
-            self.requests.skip_to(s)
             self._try_assign()
 
     def _on_status_timer(self) -> None:

@@ -121,6 +121,10 @@ class RequestQueue:
         """The sequence number ``key`` was given in the current view, if any."""
         return self._assigned.get(key)
 
+    def assigned(self) -> int:
+        """How many assignments are held."""
+        return len(self._assigned)
+
     def assign(self, key: Key, seq: int) -> None:
         self._assigned[key] = seq
 
@@ -130,9 +134,13 @@ class RequestQueue:
         self._assigned[key] = self.next_seq
         return self.next_seq
 
-    def skip_to(self, seq: int) -> None:
-        """Primary: the next assigned number is above ``seq`` (a stable checkpoint)."""
-        self.next_seq = max(self.next_seq, seq)
+    def stable(self, seq: int, primary: bool) -> None:
+        """Checkpoint ``seq`` is stable: forget the assignments up to it (they executed, and
+        executed keys are never ordered again), so a long view does not grow them; as the
+        ``primary``, the next assigned number is above ``seq``."""
+        self._assigned = {k: s for k, s in self._assigned.items() if s > seq}
+        if primary:
+            self.next_seq = max(self.next_seq, seq)
 
     def new_view(self, next_seq: Optional[int] = None) -> None:
         """A new view starts: assignments of the previous one no longer bind; as its

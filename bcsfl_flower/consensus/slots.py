@@ -150,6 +150,9 @@ class SlotLog:
         if cur is None or cur[0] < seq:
             self._bodies[req.digest] = (seq, req)
 
+    def bodies_held(self) -> int:
+        return len(self._bodies)
+
     def body(self, digest: str) -> Optional[Request]:
         """The request with ``digest`` if a pre-prepare here carried it (or it was fetched)."""
         found = self._bodies.get(digest)

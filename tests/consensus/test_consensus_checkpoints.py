@@ -39,6 +39,7 @@ def test_truncation_keeps_the_log_and_the_at_most_once_record_bounded():
         assert r.execution.held() <= CFG.log_window and len(r.committed_log()) <= CFG.log_window
         assert all(seq > r.h for (_v, seq) in r.slots.keys())
         assert len(r.execution.clients) == 1  # one client: one record, whatever it sent
+        assert r.requests.assigned() <= CFG.log_window and r.slots.bodies_held() <= CFG.log_window
         assert [c.seq for c in pump.stabilised[i]] == list(range(4, 101, 4))
     # A request re-sent after its entry was dropped still executes at most once.
     out = reps[0].submit(request(3))
