@@ -121,7 +121,10 @@ class CheckpointLog:
         """Count the vote ``c``; True when it made checkpoint ``c.seq`` stable. Votes match
         on every digest: replicas that disagree on the application state never agree."""
         key = (c.state_digest, c.app_digest, c.clients_digest)
-        votes = self._votes.setdefault(c.seq, {}).setdefault(key, {})
+        by_key = self._votes.setdefault(c.seq, {})
+        if any(c.sender in v for k, v in by_key.items() if k != key):
+            return False  # one vote per replica and seq: a faulty one cannot fill memory
+        votes = by_key.setdefault(key, {})
         votes.setdefault(c.sender, c)
         if len(votes) >= self.quorum:
             proof = tuple(sorted(votes.values(), key=lambda m: m.sender)[: self.quorum])

@@ -109,3 +109,13 @@ def test_state_objects_answer_what_tests_used_to_read_privately():
     assert r.slots.keys() == [(0, 1)] and r.slots.prepared_seqs() == [1]
     assert r.last_executed == r.execution.last_executed == 1
     assert not r.requests and r.view_change.mine is None
+
+
+def test_checkpoint_votes_count_once_per_replica_and_seq():
+    keys = keys_for(4)
+    log = CheckpointLog(Outbox(keys[3], 3), 3, interval=4, log_window=8, quorum=3)
+    noise = [sign(Checkpoint(4, f"{i:064x}", "", "", 0), keys[0]) for i in range(50)]
+    assert not any(log.add(c) for c in noise)  # a faulty replica's many digests: one vote kept
+    good = [sign(Checkpoint(4, "d" * 64, "", "", i), keys[i]) for i in (0, 1, 2)]
+    assert [log.add(c) for c in good] == [False, False, False]  # replica 0 voted already
+    assert log.add(sign(Checkpoint(4, "d" * 64, "", "", 3), keys[3])) and log.low == 4
