@@ -34,6 +34,7 @@ from .agree import AgreementResult, agree
 from .messages import (
     Broadcast, CancelTimer, Committed, CommittedEntry, Request, Send, SetTimer, ViewEntered,
 )
+from .limits import message_bounds
 from .outputs import CheckpointDue, FetchState, Stabilised
 from .quorum import QuorumCertificate, max_faulty, quorum_size, verify
 from .replica import PBFTConfig, Replica, StableCheckpoint
@@ -42,7 +43,7 @@ from .state import ReplicaStatus, TimerKind
 
 __all__ = [
     "AgreementResult", "agree", "Broadcast", "CancelTimer", "Committed", "CommittedEntry",
-    "Request", "Send", "SetTimer", "ViewEntered", "CheckpointDue", "FetchState", "Stabilised",
+    "Request", "Send", "SetTimer", "ViewEntered", "CheckpointDue", "FetchState", "Stabilised", "message_bounds",
     "QuorumCertificate", "max_faulty",
     "quorum_size", "verify", "PBFTConfig", "Replica", "StableCheckpoint", "Crash",
     "FaultSchedule", "Partition", "SimNetwork", "ReplicaStatus", "TimerKind",

@@ -33,7 +33,7 @@ def table_digest(snapshot: Snapshot) -> str:
 
 class ClientTable:
     """Executed (client, rid) keys; ``window`` gaps per client (default 64), at most
-    ``max_clients`` clients (default 1024)."""
+    ``max_clients`` clients (default 1024), starting from ``snapshot`` (default empty)."""
 
     def __init__(self, window: int = 64, max_clients: int = 1024, snapshot: Snapshot = ()) -> None:
         self.window = window
