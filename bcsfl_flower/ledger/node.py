@@ -277,14 +277,19 @@ class LedgerNode:
     # ------------------------------------------------------------------ recovery
     @property
     def recovering(self) -> bool:
-        """Whether the node is still catching up after a (re)start."""
-        return self.watch.recovering
+        """Whether the node is still catching up after a (re)start, or fetching state (it leads nothing)."""
+        return self.watch.recovering or self.snapshot.busy
 
     def _check_recovered(self) -> None:
         why = self.watch.done(self.replica.last_executed, time.monotonic())
-        if why is None:
+        if why is not None:
+            log.info("node %d: recovered (%s); chain height %d", self.index, why, self.ledger.height())
+            self.resume()
+
+    def resume(self) -> None:
+        """Once neither recovering nor fetching state: order the requests held, let the batcher propose."""
+        if self.recovering:
             return
-        log.info("node %d: recovered (%s); chain height %d", self.index, why, self.ledger.height())
         held, self._held = self._held, []
         for req in held:
             self._call(self.replica.submit, req)

@@ -317,6 +317,7 @@ class SnapshotDriver:
         self._persist(cp)
         self.node._call(self.node.replica.state_transferred, cp)
         self.node._check_recovered()
+        self.node.resume()  # a node that lagged while running was never 'recovering' by the watch
 
     def _account(self, done: Transfer, cp: StableCheckpoint, target: AppDigest) -> None:
         mine = self.digest()
