@@ -101,7 +101,10 @@ class CheckpointDue:
 class Stabilised:
     """``checkpoint`` is this replica's new stable checkpoint (the log below it is gone):
     persist it, with the application state at ``checkpoint.seq``, to restart from it
-    (``Replica(..., initial=checkpoint)``)."""
+    (``Replica(..., initial=checkpoint)``). It comes once the replica holds the
+    checkpoint's at-most-once table; if it has not executed up to ``checkpoint.seq``
+    (``Replica.last_executed``), a ``FetchState`` follows, and after the transfer the same
+    checkpoint comes again."""
 
     checkpoint: StableCheckpoint
 
