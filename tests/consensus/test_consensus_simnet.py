@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from consensus_testkit import CLIENT_KEYS, make_replicas, request
 
 from bcsfl_flower.consensus.agree import agree
 from bcsfl_flower.consensus.replica import PBFTConfig
 from bcsfl_flower.consensus.scenario import keys_for
-from bcsfl_flower.consensus.simnet import Crash, FaultSchedule, Partition, SimNetwork
+from bcsfl_flower.consensus.simnet import Crash, FaultSchedule, Partition, SimNetwork, app_digest
 
 CLIENTS = {f"client-{i}": k.public_hex for i, k in enumerate(CLIENT_KEYS)}
 CFG = PBFTConfig(checkpoint_interval=4, log_window=8, request_timeout=40.0, status_interval=10.0)
@@ -63,3 +65,17 @@ def test_abstaining_member_still_commits_the_decision():
     keys = keys_for(4, "coordinator")
     res = agree(keys, [None, "aa" * 32, "aa" * 32, "aa" * 32], instance="round-9")
     assert res.ok and res.value == "aa" * 32 and res.view == 1 and res.committed_by == (0, 1, 2, 3)
+
+
+def test_a_replica_down_for_many_checkpoints_comes_back_by_state_transfer():
+    cfg = dataclasses.replace(CFG, app_checkpoints=True)
+    reps = make_replicas(4, client_keys=CLIENTS, config=cfg)
+    net = SimNetwork(reps, FaultSchedule(seed=5, gst=0.0, crashes=(Crash(2, 1.0, 800.0),)))
+    reqs = [request(i) for i in range(30)]
+    for i, r in enumerate(reqs):
+        net.submit_at(10.0 * i, r)
+    assert net.run(20_000.0, stop=lambda: all(len(net.executed_by.get(r.key, {})) == 4 for r in reqs))
+    assert net.state_transfers >= 1 and reps[2].h >= 20  # peers dropped the log it missed
+    assert [c.digest for c in net.committed[2]] == [c.digest for c in net.committed[0]]
+    assert reps[2].stable_checkpoint().app_digest == app_digest(net.committed[0][: reps[2].h])
+    assert all(r.execution.held() <= cfg.log_window for r in reps)
