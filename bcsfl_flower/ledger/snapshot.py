@@ -18,10 +18,10 @@ Three things follow (:class:`SnapshotDriver`, the node's hooks):
   entries above it, and execution skips the blocks the file already holds;
 * when the replica holds a stable checkpoint's proof beyond what it executed
   (``FetchState``: the peers truncated their logs below it), the node fetches the
-  blocks it lacks and the models they reference over HTTP (:mod:`~.statefetch`, in a
-  worker thread so the event loop keeps running), appends each through the ledger's
-  every rule, checks its state against the certified digest, and tells the replica
-  (``state_transferred``);
+  blocks it lacks and the models they reference over HTTP (:mod:`~.transfer_plan`
+  plans and checks, :mod:`~.statefetch` reads, in a worker thread so the event loop
+  keeps running), appends each through the ledger's every rule, checks its state
+  against the certified digest, and tells the replica (``state_transferred``);
 * the counts of transfers, blocks, models and bytes fetched are in ``GET /health``.
 
 Limits. A transfer holds the blocks it fetched in memory until the certified head
@@ -60,7 +60,8 @@ from bcsfl_flower.federation.certificate import digest_json
 
 from .block import Block, LedgerError
 from .sqlite import SqliteLedger
-from .statefetch import Diverged, FetchLimits, Transfer, TransferError, peer_order, transfer
+from .statefetch import Diverged, Transfer, transfer
+from .transfer_plan import FetchLimits, TransferError, peer_order
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import LedgerNode

@@ -128,7 +128,7 @@ def test_a_persisted_checkpoint_needs_its_2f_plus_1_signatures() -> None:
 def test_block_fetch_takes_only_the_certified_chain(tmp_path: Path) -> None:
     from ledger_kit import Federation
 
-    from bcsfl_flower.ledger.statefetch import BlockFetch, TransferError
+    from bcsfl_flower.ledger.transfer_plan import BlockFetch, TransferError
 
     with SqliteLedger(tmp_path / "l.db") as led:
         fed = Federation.start(led)
@@ -288,7 +288,8 @@ class _Liar:
 
 @pytest.mark.slow
 def test_a_peer_serving_a_wrong_block_is_detected_and_the_next_peer_used(tmp_path: Path) -> None:
-    from bcsfl_flower.ledger.statefetch import FetchLimits, transfer
+    from bcsfl_flower.ledger.statefetch import transfer
+    from bcsfl_flower.ledger.transfer_plan import FetchLimits
 
     cluster = start_cluster(tmp_path / "liar", 4, "--page-size", "2", "--max-page", "2")  # asked 5: refused
     liars: list[_Liar] = []
