@@ -37,6 +37,11 @@ a block the answer named, and the chains must be equal. Node RSS is sampled ever
 second (psutil if installed, else ``/proc/PID/status``); memory is called unbounded
 when the last third's peak exceeds 1.5 times the first third's plus 64 MiB.
 
+Long runs: the soak keeps every acknowledged transaction id in memory (about 150 bytes
+each) and reads every chain in full at the end, so an hour at 4,000 tx/s holds some
+14 million ids (about 2 GiB) and reads about 7 GB of JSON per node; lower ``--load``
+for runs of many hours on a small machine.
+
 The last line is ``committed=N lost=L duplicated=D max_stall_s=S node_rss_mib_max=M``.
 Exit 1 if anything acknowledged is lost, duplicated or in another block, a stored model
 is missing on a node, the chains differ, a stall after the faults exceeds 10 s, memory
@@ -63,7 +68,7 @@ from typing import Any
 import httpx
 
 from bcsfl_flower.crypto import SigningKey, sha256_hex
-from bcsfl_flower.ledger import make_enrolment
+from bcsfl_flower.ledger import SqliteLedger, make_enrolment
 from bcsfl_flower.ledger.cluster import LocalCluster
 from bcsfl_flower.ledger.upload import CLIENT_HEADER, SIGN_HEADER, upload_signature
 from experiments.ledger_soak_checks import ChainAudit, abuse_verdict, fault_plan, rss_growth, rss_mib, rss_reader, \
@@ -118,6 +123,7 @@ class Soak:
         self.uploads: list[tuple[str, str]] = []
         self.frozen: int | None = None
         self.recovering: dict[int, bool] = {}
+        self.hit: dict[int, float] = {}  # node -> when a fault last hit it
         self.faults_start = self.faults_end = self.load_end = 0.0
         self.done = asyncio.Event()
 
@@ -173,18 +179,20 @@ class Soak:
         proc = self.cluster.procs[j]
         return proc is not None and proc.poll() is None and j != self.frozen
 
-    def _backup(self, k: int) -> int:
+    def _backup(self) -> int:
+        """The backup hit longest ago (never: lowest index first), so every node takes its turn."""
         others = [j for j in range(NODES) if j != self.primary]
-        return others[k % len(others)]
+        return min(others, key=lambda j: (self.hit.get(j, -1.0), j))
 
     async def faults(self, uploader: SigningKey) -> None:
         """Run the fault plan and the bursts; note when the last fault ended."""
         t0 = self.faults_start = time.monotonic()
         bursts = [asyncio.ensure_future(self._burst(uploader, t0 + 5 + k * self.burst_every))
                   for k in range(int((self.fault_s - 5) // self.burst_every) + 1)] if self.burst_every else []
-        for k, (at, action) in enumerate(fault_plan(self.fault_s, self.kill_every, self.partition_every)):
+        for at, action in fault_plan(self.fault_s, self.kill_every, self.partition_every):
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
-            j = self.primary if action == "kill-primary" else self._backup(k)
+            j = self.primary if action == "kill-primary" else self._backup()
+            self.hit[j] = time.monotonic()
             behind = [i for i in range(NODES) if i != j and (not self._alive(i) or self.recovering.get(i))]
             log(f"fault: t={at:.0f}s {action} node {j} (height {self.height})"
                 + (f"; nodes {behind} still down or recovering" if behind else ""))
@@ -237,7 +245,7 @@ class Soak:
             load.stop.set()
             await asyncio.gather(*calib, refill)
             left = await load.drain(http)
-            log(f"load: {load.sent} transactions sent, {len(load.acked)} answered committed, "
+            log(f"load: {load.sent} transactions posted (re-sends included), {len(load.acked)} answered committed, "
                 f"{left} batches still unanswered after one re-send; honest refusals "
                 f"{dict(load.refused) or 'none'}; signer starved {load.starved_s:.0f}s")
             self.done.set()
@@ -269,6 +277,17 @@ def _converge(urls: list[str], timeout: float) -> list[dict[str, Any] | None]:
         if time.monotonic() > deadline:
             return found
         time.sleep(0.5)
+
+
+def audit_file(audit: ChainAudit, j: int, path: os.PathLike[str], models: list[str]) -> int:
+    """Audit node ``j`` from its SQLite file (the node stopped); return how many of ``models`` it lacks."""
+    ledger = SqliteLedger(path, create=False, read_only=True)
+    try:
+        height = ledger.height()
+        audit.add_node(j, (b.to_json() for lo in range(0, height, PAGE) for b in ledger.blocks(lo, lo + PAGE)))
+        return sum(not ledger.has_model(d) for d in models)
+    finally:
+        ledger.close()
 
 
 def freeze_code(folder: str) -> str:
@@ -334,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     soak = Soak(cluster, fault_s, every, partition_every, quiet, args.load,
                 burst_every=0.0 if args.no_burst else 600.0)
     audit = ChainAudit({})
-    models_lost, aborted = 0, ""
+    models_lost, aborted, unresponsive, acked_models = 0, "", [], []
     try:
         cluster.start()
         cluster.wait_ready(120)
@@ -348,23 +367,19 @@ def main(argv: list[str] | None = None) -> int:
         bad_abuse, abuse_text = abuse_verdict(soak.abuse)
         log(f"abuse: {abuse_text}; not 4xx: {bad_abuse}")
         heads = _converge(cluster.urls, 120)
-        log("heads: " + " ".join(f"node{j}=" + (f"{h['height']}/{h['head'][:8]}/view{h['view']}" if h else "down")
-                                 for j, h in enumerate(heads)) + f"; views seen {sorted(soak.views)}")
+        log("heads: " + " ".join(f"node{j}=" + (f"{h['height']}/{h['head'][:8]}/view{h['view']}" if h
+                                                else "no-answer-in-5s") for j, h in enumerate(heads))
+            + f"; views seen {sorted(soak.views)}")
         audit = ChainAudit(load.acked)
-        for j, url in enumerate(cluster.urls):
-            try:
-                audit.add_node(j, _pages(url))
-            except (httpx.HTTPError, ValueError, KeyError) as err:
-                log(f"node {j}: chain unreadable ({type(err).__name__}); its acknowledged transactions count as lost")
-                audit.add_node(j, [])
         acked_models = [d for d, s in soak.uploads if s == "200"]
         for j, url in enumerate(cluster.urls):
             try:
+                audit.add_node(j, _pages(url))
                 stored = set(httpx.get(f"{url}/models", timeout=30).json()["models"])
-            except (httpx.HTTPError, ValueError, KeyError):
-                stored = set()
-            models_lost += sum(d not in stored for d in acked_models)
-        log(f"uploads: {len(soak.uploads)} sent, {len(acked_models)} answered 200, missing on a node: {models_lost}")
+                models_lost += sum(d not in stored for d in acked_models)
+            except (httpx.HTTPError, ValueError, KeyError) as err:
+                log(f"node {j}: does not serve its chain ({type(err).__name__}); audited from its file instead")
+                unresponsive.append(j)
     except Exception as err:  # noqa: BLE001 - the verdict line is printed whatever happened
         aborted = f"{type(err).__name__}: {err}"
         log(f"soak aborted: {aborted}")
@@ -373,6 +388,15 @@ def main(argv: list[str] | None = None) -> int:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
         cluster.stop()
+    for j in unresponsive:  # the node's durable state: lost means not in its file, not just slow
+        try:
+            models_lost += audit_file(audit, j, cluster.db_path(j), acked_models)
+        except Exception as err:  # noqa: BLE001 - an unreadable file holds nothing
+            log(f"node {j}: its file cannot be read either ({type(err).__name__}: {err})")
+            audit.add_node(j, [])
+            models_lost += len(acked_models)
+    if soak.uploads:
+        log(f"uploads: {len(soak.uploads)} sent, {len(acked_models)} answered 200, missing on a node: {models_lost}")
     stall_during = stalls(soak.commits, soak.faults_start, soak.faults_end) if soak.faults_end else float("nan")
     stall_after = stalls(soak.commits, soak.faults_end, soak.load_end) if soak.load_end else float("inf")
     growth = rss_growth(soak.rss)
@@ -384,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{audit.on_chain} transactions on chain; misplaced={len(audit.misplaced)}")
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
-    failed = (aborted or audit.lost or audit.duplicated or audit.misplaced or models_lost or not audit.chains_equal
+    if unresponsive:
+        log(f"UNRESPONSIVE at the end: nodes {unresponsive} did not serve their chain over HTTP")
+    failed = (aborted or unresponsive or audit.lost or audit.duplicated or audit.misplaced or models_lost or not audit.chains_equal
               or not stall_after <= MAX_STALL_S or growth.unbounded or abuse_verdict(soak.abuse)[0])
     log(f"committed={len(audit.acked)} lost={len(audit.lost)} duplicated={len(audit.duplicated)} "
         f"max_stall_s={stall_after:.1f} node_rss_mib_max={growth.overall_max:.0f}")

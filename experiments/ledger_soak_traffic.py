@@ -122,12 +122,15 @@ class Load:
             await self.post(http, body, c)
 
     async def post(self, http: httpx.AsyncClient, body: bytes, start: int, wait: float | None = None,
-                   rounds: int = 2) -> bool:
-        """Post one batch, failing over node by node; record the answer. True if fully committed."""
+                   rounds: int = 2, deadline: float = float("inf")) -> bool:
+        """Post one batch, failing over node by node (``rounds`` times round the nodes, no new try
+        after ``deadline``, a monotonic time); record the answer. True if fully committed."""
         ids = [tx["id"] for tx in json.loads(body)["transactions"]]
         self.sent += len(ids)
         n, wait = len(self.urls), self.wait if wait is None else wait
         for attempt in range(rounds * n):
+            if time.monotonic() > deadline:
+                break
             url = self.urls[(start + attempt) % n]
             try:
                 resp = await http.post(f"{url}/postModelUpdate", content=body, headers=_JSON,
@@ -151,7 +154,7 @@ class Load:
         self.unanswered.append(body)
         return False
 
-    async def drain(self, http: httpx.AsyncClient, wait: float = 30.0, budget_s: float = 120.0,
+    async def drain(self, http: httpx.AsyncClient, wait: float = 20.0, budget_s: float = 120.0,
                     workers: int = 8) -> int:
         """Re-send every batch not answered as committed (``workers`` at a time, for at most
         ``budget_s`` seconds); return how many batches still are not."""
@@ -163,7 +166,8 @@ class Load:
             nonlocal left
             while todo:
                 body = todo.popleft()
-                if time.monotonic() > deadline or not await self.post(http, body, w, wait=wait, rounds=2):
+                if not await self.post(http, body, w, wait=min(wait, max(1.0, deadline - time.monotonic())),
+                                       rounds=2, deadline=deadline):
                     left += 1
 
         await asyncio.gather(*(worker(w) for w in range(workers)))
