@@ -1,11 +1,21 @@
-"""Small models for the supported datasets (no BatchNorm, so Opacus DP-SGD applies)."""
+"""Small models for the supported datasets (no BatchNorm, so Opacus DP-SGD applies).
+
+Two variants per dataset: ``"default"`` (ReLU, the non-DP reference whose model hashes
+committed results depend on) and ``"dp"``, shaped for DP-SGD after Papernot et al.,
+"Tempered Sigmoid Activations for Deep Learning with Differential Privacy" (AAAI 2021)
+and Tramer & Boneh, "Differentially Private Learning Needs Better Features" (ICLR 2021):
+few parameters (the noise norm grows with sqrt(d)), tanh activations (bounded, so
+clipped per-example gradients lose less), GroupNorm where a norm layer is needed.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["build_model"]
+__all__ = ["VARIANTS", "build_model"]
+
+VARIANTS = ("default", "dp")
 
 
 class MLP(nn.Module):
@@ -34,6 +44,34 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.head(self.features(x))
+
+
+class TanhCNN(nn.Module):
+    """Papernot et al.'s DP-SGD CNN for 28x28 grey images: strided convs, tanh, ~26k parameters."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 8, stride=2, padding=3), nn.Tanh(), nn.MaxPool2d(2, 1),
+            nn.Conv2d(16, 32, 4, stride=2), nn.Tanh(), nn.MaxPool2d(2, 1),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 32), nn.Tanh(), nn.Linear(32, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.head(self.features(x))
+
+
+class TanhMLP(nn.Module):
+    """The digits MLP with tanh: the DP variant for 8x8 digits."""
+
+    def __init__(self, in_features: int, num_classes: int = 10, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(x)
 
 
 class _Residual(nn.Module):
@@ -65,10 +103,29 @@ class SmallResNet(nn.Module):
         return self.net(x)
 
 
-def build_model(dataset: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
-    """The model used for ``dataset``, initialised deterministically from ``seed``."""
+def build_model(dataset: str, num_classes: int = 10, seed: int = 0, variant: str = "default") -> nn.Module:
+    """The model used for ``dataset``, initialised deterministically from ``seed``.
+
+    Parameters
+    ----------
+    dataset : str
+        ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
+    num_classes : int
+        Output classes, default 10.
+    seed : int
+        Seeds the initialisation, default 0.
+    variant : str
+        ``"default"`` (the non-DP reference) or ``"dp"`` (tanh, fewer parameters; for
+        CIFAR-10 the GroupNorm ResNet serves both).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"model variant must be one of {VARIANTS}, got {variant!r}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        if variant == "dp" and dataset == "digits":
+            return TanhMLP(64, num_classes)
+        if variant == "dp" and dataset in ("mnist", "fashion-mnist"):
+            return TanhCNN(num_classes)
         if dataset == "digits":
             return MLP(64, num_classes)
         if dataset in ("mnist", "fashion-mnist"):

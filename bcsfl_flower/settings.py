@@ -48,6 +48,11 @@ class RunSettings:
     attack_scale: float = 4.0
     dp_noise: float = 0.0
     dp_max_grad_norm: float = 1.0
+    # DP-SGD by budget: each client picks the noise that spends this epsilon (delta 1e-5)
+    # on its own data over all rounds (0 or inf: off; dp-noise, when > 0, wins)
+    target_epsilon: float = 0.0
+    # "auto": the dataset's "dp" variant (bcsfl_flower.models) when DP is on, else "default"
+    model: str = "auto"
     prune: float = 0.0
     # upload compression (bcsfl_flower.compression): "none" sends the dense model; "topk"
     # sends the topk-fraction largest entries of update + residual (error feedback), values
@@ -158,6 +163,9 @@ class RunSettings:
         check("dp_noise", finite("dp_noise") and self.dp_noise >= 0, "must be at least 0", "; 0 turns DP off")
         check("dp_max_grad_norm", finite("dp_max_grad_norm") and self.dp_max_grad_norm > 0,
               "must be greater than 0")
+        check("target_epsilon", "target_epsilon" not in wrong_type and self.target_epsilon >= 0,
+              "must be at least 0", "; 0 or inf turns it off")
+        one_of("model", ("auto", "default", "dp"))
         check("prune", finite("prune") and 0 <= self.prune < 1, "must be in [0, 1)",
               ": it is the share of weights pruned")
         one_of("compression", ("none", "topk"))
@@ -179,6 +187,17 @@ class RunSettings:
             if problem:
                 found.append(f"{label['bcsfl_ledger']} {problem}")
         return found
+
+    @property
+    def dp_enabled(self) -> bool:
+        """DP-SGD is on: a noise multiplier, or a finite positive target epsilon."""
+        return self.dp_noise > 0 or 0 < self.target_epsilon < math.inf
+
+    def model_variant(self) -> str:
+        """The model variant clients, committee and server build (see ``model``)."""
+        if self.model == "auto":
+            return "dp" if self.dp_enabled else "default"
+        return self.model
 
     def to_mapping(self) -> dict[str, Any]:
         """Run-config style keys, the inverse of :meth:`from_mapping`."""

@@ -3,6 +3,15 @@
     python -m experiments.privacy_pruning                      # digits, 10 clients, 5 rounds
     python -m experiments.privacy_pruning --dataset mnist --num-clients 20 --rounds 10
     python -m experiments.privacy_pruning --plot-only
+    python -m experiments.privacy_pruning --dataset mnist --data-dir /work/shared/datasets/mnist \
+        --num-clients 20 --rounds 10 --epsilons inf,3 --per-client --pruning-strategies none \
+        --engine inprocess --threads 1                          # DP by --target-epsilon, DP model
+
+``--per-client`` passes ``--target-epsilon`` to ``bcsfl simulate``: every client picks
+the noise that spends exactly that budget on its own data over all rounds
+(``bcsfl_flower.training.privacy.client_noise``), and the DP rows train the tanh "dp"
+model with ``--dp-batch-size``/``--dp-lr``; the ``inf`` row is the default non-DP run.
+Without ``--per-client`` (the older digits rows) one noise multiplier fits a typical client.
 
 Every run is one ``bcsfl simulate`` with the same seed and partition; only ``--dp-noise``
 or ``--prune`` changes. The noise multipliers are chosen with
@@ -19,6 +28,10 @@ layout: ``metrics.json`` does not carry the replies' ``prune-bytes-saved``.
 
 Outputs ``experiments/results/privacy.csv``, ``pruning.csv``, ``privacy.png``,
 ``pruning.png``. Rows already in a CSV are skipped.
+
+``--dp-attacks ATTACKS`` (with ``--per-client``) runs the robustness slice with DP on
+instead: BCS-FL, ``--dp-attack-fraction`` (0.3) of the clients running each attack, every
+client at the first of ``--epsilons``; rows go to ``privacy_attacks.csv``.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from . import common
 
 PRIVACY_FIELDS = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "target_epsilon", "dp_noise",
                   "dp_max_grad_norm", "epsilon_min", "epsilon_median", "epsilon_max", "final_accuracy",
-                  "accuracy_per_round", "honest_rejected", "seconds")
+                  "accuracy_per_round", "honest_rejected", "seconds", "batch_size", "lr", "model", "machine")
 PRUNING_FIELDS = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "prune", "final_accuracy",
                   "accuracy_per_round", "dense_bytes", "upload_bytes", "bytes_saved", "saved_fraction",
                   "total_upload_mb", "honest_rejected", "seconds")
@@ -58,6 +71,16 @@ def noise_for(target: float, a: argparse.Namespace) -> float:
     return math.ceil(noise_for_epsilon(target, q, steps) * 100) / 100  # round up: stay within the target
 
 
+def _typical_noise(target: float, a: argparse.Namespace, batch: int) -> float:
+    """The noise an average-sized client picks for ``target`` (each client picks its own)."""
+    from bcsfl_flower.data import load_dataset
+    from bcsfl_flower.training.privacy import client_noise
+
+    ds = load_dataset(a.dataset, common.data_dir(a.dataset, a.data_dir) or None)
+    per_client = round((len(ds.train_y) - a.root_size) / a.num_clients)
+    return client_noise(target, per_client, batch, a.local_epochs, a.rounds)
+
+
 def upload_bytes(dataset: str, ratio: float) -> tuple[int, int, int]:
     """(dense, sparse upload, saved) bytes of one pruned client model, as the client reports."""
     from bcsfl_flower.training.pruning import magnitude_prune
@@ -68,16 +91,16 @@ def upload_bytes(dataset: str, ratio: float) -> tuple[int, int, int]:
     return report.dense_bytes, upload, report.bytes_saved
 
 
-def _run(a: argparse.Namespace, name: str, extra: list) -> tuple[dict, float, Path]:
+def _run(a: argparse.Namespace, name: str, extra: list, batch_size: int | None = None) -> tuple[dict, float, Path]:
     args = ["--strategy", a.strategy, "--dataset", a.dataset, "--num-clients", a.num_clients, "--rounds", a.rounds,
             "--local-epochs", a.local_epochs, "--dirichlet-alpha", a.alpha, "--seed", a.seed,
-            "--root-size", a.root_size, "--batch-size", a.batch_size, *extra]
+            "--root-size", a.root_size, "--batch-size", batch_size or a.batch_size, *extra]
     ddir = common.data_dir(a.dataset, a.data_dir)
     if ddir:
         args += ["--data-dir", ddir]
     out = Path(a.work_dir) / (f"{a.dataset}_n{a.num_clients}_r{a.rounds}_e{a.local_epochs}_a{a.alpha:g}_s{a.seed}"
                               f"_{a.strategy}_{name}")
-    metrics, seconds = common.simulate(args, out, timeout=a.timeout)
+    metrics, seconds = common.simulate(args, out, timeout=a.timeout, engine=a.engine, threads=a.threads)
     return metrics, seconds, out
 
 
@@ -129,14 +152,23 @@ def sweep(a: argparse.Namespace) -> None:
         q, steps = typical_client(a)
         print(f"typical client: sample rate {q:.4f}, {steps} DP-SGD steps over {a.rounds} rounds")
     for kind, a.strategy, value in common.progress(todo, len(todo), "privacy/pruning"):
-        if kind == "privacy":
+        batch, lr, model = a.batch_size, 0.05, "default"
+        if kind == "privacy" and a.per_client:
+            dp = not math.isinf(value)
+            batch, lr, model = (a.dp_batch_size, a.dp_lr, "dp") if dp else (a.batch_size, 0.05, "default")
+            sigma = _typical_noise(value, a, batch) if dp else 0.0  # for the table; each client picks its own
+            extra = ["--target-epsilon", value, "--dp-max-grad-norm", a.dp_max_grad_norm, "--lr", lr] if dp else []
+            metrics, seconds, out = _run(a, f"eps{value:g}_b{batch}_lr{lr:g}", extra, batch)
+        elif kind == "privacy":
             sigma = noise_for(value, a)
             extra = ["--dp-noise", sigma, "--dp-max-grad-norm", a.dp_max_grad_norm] if sigma > 0 else []
             metrics, seconds, out = _run(a, f"dp{sigma:g}", extra)
+        if kind == "privacy":
             eps = ledger_epsilons(out)
             if not eps:  # no DP: infinite; DP without a ledger (not bcsfl): unknown (empty cells)
                 eps = [math.inf] if sigma == 0 else [None]
-            row = dict(_base(a), target_epsilon=value, dp_noise=sigma, dp_max_grad_norm=a.dp_max_grad_norm,
+            row = dict(_base(a), target_epsilon=value, dp_noise=round(sigma, 3), dp_max_grad_norm=a.dp_max_grad_norm,
+                       batch_size=batch, lr=lr, model=model, machine=common.run_machine(a.engine, "cpu", 1, a.threads),
                        epsilon_min=eps[0], epsilon_median=eps[len(eps) // 2] if None in eps else median(eps),
                        epsilon_max=eps[-1])
             path, fields = priv_csv, PRIVACY_FIELDS
@@ -154,6 +186,36 @@ def sweep(a: argparse.Namespace) -> None:
                    if a.strategy in ("bcsfl", "fltrust") else None)
         common.append_row(path, fields, row)
         print(f"\n{label}; final accuracy {metrics['final_accuracy']:.4f} ({seconds:.0f}s)", flush=True)
+
+
+ATTACK_FIELDS = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "target_epsilon",
+                 "malicious_fraction", "attack", "final_accuracy", "accuracy_per_round", "malicious_rejected",
+                 "honest_rejected", "epsilon_max", "batch_size", "lr", "seconds", "machine")
+
+
+def attack_sweep(a: argparse.Namespace) -> None:
+    """BCS-FL under each attack with every client on DP-SGD at ``--epsilons``' first target."""
+    path, target = Path(a.attacks_csv), float(a.epsilons.split(",")[0])
+    base = {k: str(v) for k, v in dict(_base(a), target_epsilon=target).items()}
+    done = {r["attack"] for r in common.read_rows(path)
+            if all(r[k] == base[k] or _num_eq(r[k], base[k]) for k in base)}
+    todo = [x for x in common.words(a.dp_attacks) if x not in done]
+    print(f"{len(todo)} DP attack run(s) to do at eps {target:g}; {common.machine()}")
+    for attack in todo:
+        fraction = 0.0 if attack == "none" else a.dp_attack_fraction
+        extra = ["--target-epsilon", target, "--dp-max-grad-norm", a.dp_max_grad_norm, "--lr", a.dp_lr,
+                 "--malicious-fraction", fraction, "--attack", attack]
+        metrics, seconds, out = _run(a, f"eps{target:g}_{attack}_f{fraction:g}", extra, a.dp_batch_size)
+        caught, honest = common.rejection_rates(metrics, a.num_clients)
+        eps = ledger_epsilons(out)
+        common.append_row(path, ATTACK_FIELDS, dict(
+            _base(a), target_epsilon=target, malicious_fraction=fraction, attack=attack,
+            final_accuracy=metrics["final_accuracy"], accuracy_per_round=[round(r["accuracy"], 4) for r in metrics["rounds"]],
+            malicious_rejected=caught, honest_rejected=honest, epsilon_max=eps[-1] if eps else None,
+            batch_size=a.dp_batch_size, lr=a.dp_lr, seconds=seconds,
+            machine=common.run_machine(a.engine, "cpu", 1, a.threads)))
+        print(f"\n{attack} at eps {target:g}: final accuracy {metrics['final_accuracy']:.4f}, malicious rejected "
+              f"{caught:.2f}, honest rejected {honest:.2f} ({seconds:.0f}s)", flush=True)
 
 
 def _g(cell: str) -> str:
@@ -254,6 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epsilons", default="1,3,8,inf", help="target epsilons of a typical client over the run")
     p.add_argument("--dp-max-grad-norm", type=float, default=1.0)
+    p.add_argument("--per-client", action="store_true",
+                   help="DP by --target-epsilon (each client's own noise), DP model and --dp-batch-size/--dp-lr")
+    p.add_argument("--dp-batch-size", type=int, default=128, help="with --per-client: DP rows' batch size")
+    p.add_argument("--dp-lr", type=float, default=2.0, help="with --per-client: DP rows' learning rate")
+    p.add_argument("--dp-attacks", default="", help="with --per-client: attacks to run with DP on (e.g. label-flip,ipm)")
+    p.add_argument("--dp-attack-fraction", type=float, default=0.3, help="share of attacking clients (default 0.3)")
+    p.add_argument("--attacks-csv", default=str(common.RESULTS / "privacy_attacks.csv"))
+    p.add_argument("--engine", default="ray", choices=("ray", "inprocess"))
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--prunes", default="0,0.5,0.7,0.9", help="pruning ratios")
     p.add_argument("--privacy-csv", default=str(common.RESULTS / "privacy.csv"))
     p.add_argument("--pruning-csv", default=str(common.RESULTS / "pruning.csv"))
@@ -266,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         a.data_dir = common.data_dir(a.dataset, a.data_dir) or None
     a.strategy = "bcsfl"
     Path(a.plots).mkdir(parents=True, exist_ok=True)
+    if not a.plot_only and a.dp_attacks:
+        attack_sweep(a)
+        return 0
     if not a.plot_only:
         sweep(a)
     plot(a)

@@ -54,7 +54,7 @@ def _honest_estimates(s: RunSettings, global_w, x, y, seed: int) -> np.ndarray:
     """
     rows = []
     for k, idx in enumerate(np.array_split(np.random.default_rng(seed).permutation(len(y)), _REFERENCE_SHARDS)):
-        model = build_model(s.dataset)
+        model = build_model(s.dataset, variant=s.model_variant())
         set_weights(model, global_w)
         train(model, x[idx], y[idx], epochs=s.local_epochs, lr=s.learning_rate,
               batch_size=s.batch_size, seed=seed + k, device=s.device)
@@ -71,12 +71,17 @@ def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Contex
     if malicious and s.attack in DATA_ATTACKS:
         y = flip_labels(torch.from_numpy(y), 10).numpy()
     seed = s.seed * 1_000_003 + pid * 1009 + server_round
-    model = build_model(s.dataset)
+    model = build_model(s.dataset, variant=s.model_variant())
     set_weights(model, global_w)
     privacy = context.state.config_records.get(_STATE_KEY)
+    dp_noise = s.dp_noise
+    if dp_noise == 0 and s.dp_enabled:  # --target-epsilon: this client's own noise for the whole run
+        from ..training.privacy import client_noise
+
+        dp_noise = client_noise(s.target_epsilon, len(y), s.batch_size, s.local_epochs, s.num_server_rounds)
     result = train(
         model, x, y, epochs=s.local_epochs, lr=s.learning_rate, batch_size=s.batch_size, seed=seed,
-        dp_noise=s.dp_noise, dp_max_grad_norm=s.dp_max_grad_norm,
+        dp_noise=dp_noise, dp_max_grad_norm=s.dp_max_grad_norm,
         privacy_record=dict(privacy) if privacy else None, device=s.device,
     )
     metrics: dict[str, Any] = {"num-examples": result.num_examples, "train_loss": result.train_loss}
@@ -128,7 +133,7 @@ def _settings_mod(overrides: Mapping[str, Any] | None):
             ledger=s.bcsfl_ledger, key_dir=s.bcsfl_key_dir, committee_size=s.committee_size,
             require_certificate=s.committee == "nodes",
             root_set=lambda ctx: _cached_root_set(s, num_clients), enrolment_key=s.enrolment_key_path(),
-            filter_config=FilterConfig(example_cap=s.example_cap),
+            filter_config=FilterConfig(example_cap=s.example_cap, dp=s.dp_enabled),
             enrol=s.strategy == "bcsfl",  # baselines keep no ledger: the header only names the client
             pool_packages=s.committee == "nodes" and s.strategy == "bcsfl",
         )(msg, context, call_next)
@@ -165,7 +170,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         s = RunSettings.from_context(context, overrides)
         pid = int(context.node_config["partition-id"])
         x, y = client_data(s, pid, int(context.node_config["num-partitions"]))
-        model = build_model(s.dataset)
+        model = build_model(s.dataset, variant=s.model_variant())
         set_weights(model, arrays_to_numpy(msg.content["arrays"]))
         loss, acc = evaluate(model, x, y, device=s.device)
         metrics = MetricRecord({"num-examples": len(y), "eval_loss": loss, "eval_acc": acc})

@@ -70,7 +70,8 @@ def _chosen_strategy(s: RunSettings, num_clients: int) -> Strategy:
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
         strategy = BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
                          enrollment=enrollment, committee=s.committee, key_dir=s.bcsfl_key_dir,
-                         enrolment_key=s.enrolment_key_path(), filter_config=FilterConfig(example_cap=s.example_cap),
+                         enrolment_key=s.enrolment_key_path(), filter_config=FilterConfig(example_cap=s.example_cap,
+                                                                                   dp=s.dp_enabled),
                          resume=bool(getattr(s, "resume", False)))
         strategy.committee.byzantine_first = s.byzantine_coordinators  # experiment: poisoned proposers
         return strategy
@@ -160,7 +161,7 @@ def run_server(grid: Grid, s: RunSettings, *, quiet: bool = False) -> dict[str, 
     strategy = build_strategy(s, num_clients)
     round_log = _RoundLog(strategy)
     ds = load_dataset(s.dataset, s.data_dir or None)
-    model = build_model(s.dataset, seed=s.seed)
+    model = build_model(s.dataset, seed=s.seed, variant=s.model_variant())
     accuracy: dict[int, float] = {}
     stamps: dict[int, float] = {0: time.perf_counter()}
 

@@ -63,6 +63,9 @@ def make_root_set(s: RunSettings, num_clients: int):
 
     x, y = root_data(s, num_clients)
     per_client = (len(_dataset(s).train_y) - s.root_size) / max(1, num_clients)
-    steps = max(1, int(round(s.local_epochs * per_client / s.batch_size)))
-    return RootSet(lambda: build_model(s.dataset), x, y, lr=s.learning_rate, batch_size=s.batch_size,
+    # DP clients' rate is tuned for clipped, noisy gradients; unclipped root training at it
+    # diverges, so the root set then trains like a non-DP client (the defaults)
+    lr, batch = (RunSettings.learning_rate, RunSettings.batch_size) if s.dp_enabled else (s.learning_rate, s.batch_size)
+    steps = max(1, int(round(s.local_epochs * per_client / batch)))
+    return RootSet(lambda: build_model(s.dataset, variant=s.model_variant()), x, y, lr=lr, batch_size=batch,
                    seed=s.seed, steps=steps)

@@ -46,9 +46,11 @@ roughly half of its 10-round epsilon.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -62,6 +64,7 @@ __all__ = [
     "DPConfig",
     "PrivacyBudget",
     "epsilon_for",
+    "client_noise",
     "make_private",
     "noise_for_epsilon",
     "silence_opacus_warnings",
@@ -69,6 +72,7 @@ __all__ = [
 
 HistoryEntry = tuple[float, float, int]
 _ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 _SECURE_RNG_MSG = "Secure RNG turned off"
 _BACKWARD_HOOK_MSG = "Full backward hook is firing when gradients are computed"
 
@@ -98,12 +102,17 @@ class DPConfig:
         Target delta used by :meth:`PrivacyBudget.epsilon`, default 1e-5.
     accountant : str
         ``"rdp"`` (default; fast, deterministic) or ``"prv"`` (tighter, slower).
+    grad_sample_mode : str
+        How Opacus computes per-example gradients: ``"hooks"`` (default; module
+        hooks), ``"functorch"`` (``torch.func.vmap``) or ``"ew"`` (torch's expanded
+        weights). Same gradients, different CPU cost (``experiments/dp_cost.py``).
     """
 
     noise_multiplier: float
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
+    grad_sample_mode: str = "hooks"
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier >= 0.0:
@@ -114,6 +123,8 @@ class DPConfig:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
         if self.accountant not in _ACCOUNTANTS:
             raise ValueError(f"accountant must be one of {_ACCOUNTANTS}, got {self.accountant!r}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}")
 
 
 def _normalise(history: Iterable[Iterable[float | int]]) -> list[HistoryEntry]:
@@ -285,6 +296,7 @@ def make_private(
         max_grad_norm=config.max_grad_norm,
         poisson_sampling=False,
         noise_generator=noise_gen,
+        grad_sample_mode=config.grad_sample_mode,
     )
     gsm.forbid_grad_accumulation()  # what Opacus does under Poisson sampling
     return gsm, dp_opt, dp_loader, budget
@@ -330,3 +342,47 @@ def noise_for_epsilon(
                 accountant=accountant,
             )
         )
+
+
+@lru_cache(maxsize=1024)
+def client_noise(
+    target_eps: float,
+    num_examples: int,
+    batch_size: int,
+    local_epochs: int,
+    rounds: int,
+    delta: float = 1e-5,
+    accountant: str = "rdp",
+) -> float:
+    """The noise multiplier with which one client spends ``target_eps`` over the whole run.
+
+    The privacy unit is one training example of this client; what composes is every
+    DP-SGD step the client takes in all ``rounds`` rounds. With Poisson sampling at
+    ``q = 1 / ceil(num_examples / batch_size)`` (what :func:`make_private` uses) the
+    client takes ``ceil(num_examples / batch_size)`` steps per epoch, so exactly the
+    segments its accountant will see are searched here: after the last round its
+    epsilon is at most ``target_eps`` (Opacus' search stops within 0.01 below it).
+
+    Parameters
+    ----------
+    target_eps : float
+        Epsilon to spend over all rounds (``> 0``; ``inf`` gives 0, i.e. no DP).
+    num_examples : int
+        The client's training examples.
+    batch_size : int
+        Expected Poisson batch size.
+    local_epochs : int
+        Epochs per round.
+    rounds : int
+        Rounds this client trains in (a client drawn every round: all of them).
+    delta : float
+        Default 1e-5.
+    accountant : str
+        ``"rdp"`` (default) or ``"prv"``.
+    """
+    if math.isinf(target_eps):
+        return 0.0
+    if not target_eps > 0:
+        raise ValueError(f"target_eps must be > 0, got {target_eps}")
+    per_epoch = max(1, math.ceil(num_examples / batch_size))
+    return noise_for_epsilon(target_eps, 1.0 / per_epoch, per_epoch * local_epochs * rounds, delta, accountant)

@@ -114,6 +114,7 @@ def train(
     dp_delta: float = 1e-5,
     privacy_record: dict | None = None,
     device: str | torch.device = "cpu",
+    dp_grad_sample_mode: str = "hooks",
 ) -> TrainResult:
     """Train ``model`` in place with SGD on ``(x, y)``.
 
@@ -139,6 +140,9 @@ def train(
         Where to train (see :func:`resolve_device`): ``"cpu"`` (default, the reference),
         ``"cuda"``, ``"auto"``. The model moves there and stays there; read it back with
         :func:`get_weights`, which copies to CPU.
+    dp_grad_sample_mode : str
+        Opacus' per-example gradient method, ``"hooks"`` (default), ``"functorch"`` or
+        ``"ew"`` (see :class:`~bcsfl_flower.training.privacy.DPConfig`).
     """
     dev = resolve_device(device)
     on_cpu = dev.type == "cpu"
@@ -154,7 +158,7 @@ def train(
         silence_opacus_warnings()
         history = PrivacyBudget.from_record(privacy_record).history if privacy_record else None
         trained, optimizer, loader, budget = make_private(
-            model, optimizer, loader, DPConfig(dp_noise, dp_max_grad_norm, dp_delta),
+            model, optimizer, loader, DPConfig(dp_noise, dp_max_grad_norm, dp_delta, grad_sample_mode=dp_grad_sample_mode),
             history=history, seed=seed,
         )
     criterion = nn.CrossEntropyLoss()

@@ -1,0 +1,88 @@
+"""The filter with DP-SGD clients: honest noisy updates kept, poisoned ones still not let through.
+
+Real DP-SGD updates (Opacus, noise 2.0) of the digits DP model against a real root set:
+alone, each is mostly noise, so the default floor 3/sqrt(d) rejects most of them.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from bcsfl_flower.committee.filter import FilterConfig, filter_and_aggregate
+from bcsfl_flower.committee.rootset import RootSet
+from bcsfl_flower.committee.verify import PackageVerifier
+from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.data import load_dataset
+from bcsfl_flower.models import build_model
+from bcsfl_flower.training.privacy import silence_opacus_warnings
+from bcsfl_flower.training.train import get_weights, set_weights, train
+
+from message_kit import signed_content
+
+HONEST = 10
+
+
+@pytest.fixture(scope="module")
+def dp_round():
+    """(global, root set, honest DP-SGD locals, one honest local trained without DP)."""
+    silence_opacus_warnings()
+    ds = load_dataset("digits")
+    x, y = ds.train_x, ds.train_y
+    g = get_weights(build_model("digits", seed=1, variant="dp"))
+    root = RootSet(lambda: build_model("digits", variant="dp"), x[:100], y[:100], lr=0.05, batch_size=32,
+                   seed=0, steps=20)
+    locals_ = []
+    for c in range(HONEST):
+        model = build_model("digits", variant="dp")
+        set_weights(model, g)
+        part = slice(100 + 120 * c, 220 + 120 * c)
+        train(model, x[part], y[part], epochs=1, lr=0.5, batch_size=30, seed=c, dp_noise=2.0)
+        locals_.append(get_weights(model))
+    return g, root, locals_
+
+
+def _verified(g, locals_):
+    keys = {f"c{i:02d}": SigningKey.from_seed(f"c{i:02d}".encode()) for i in range(len(locals_))}
+    verifier = PackageVerifier(registry=lambda cid: keys[cid].public_hex if cid in keys else None)
+    return [verifier.verify(signed_content(keys[cid], w, client_id=cid, server_round=1, num_examples=120),
+                            server_round=1, reference=g, now=time.time())
+            for cid, w in zip(keys, locals_)]
+
+
+def _poison(g, w, factor):
+    return {k: (g[k] + factor * (w[k] - g[k])).astype(np.float32) for k in g}
+
+
+@pytest.mark.slow
+def test_default_floor_rejects_most_honest_dp_updates_and_the_dp_floor_keeps_them(dp_round):
+    g, root, locals_ = dp_round
+    updates = _verified(g, locals_)
+    plain = filter_and_aggregate(g, updates, server_round=1, root=root, config=FilterConfig())
+    dp = filter_and_aggregate(g, updates, server_round=1, root=root, config=FilterConfig(dp=True))
+    assert len(plain.kept) <= HONEST // 2  # the measured failure: honest DP updates look like noise
+    assert len(dp.kept) >= HONEST - 2
+    assert dp.root_loss_after < dp.root_loss_before  # and together they still help
+
+
+@pytest.mark.slow
+def test_dp_floor_still_rejects_flipped_and_clips_scaled_and_noise_updates(dp_round):
+    g, root, locals_ = dp_round
+    rng = np.random.default_rng(0)
+    honest_norm = np.mean([np.linalg.norm(np.concatenate([(w[k] - g[k]).ravel() for k in g])) for w in locals_])
+    noise = {k: (g[k] + rng.normal(scale=10 * honest_norm / np.sqrt(sum(v.size for v in g.values())),
+                                   size=g[k].shape)).astype(np.float32) for k in g}
+    attacked = [*locals_[:7], _poison(g, locals_[7], -4.0), _poison(g, locals_[8], 10.0), noise]
+    result = filter_and_aggregate(g, _verified(g, attacked), server_round=1, root=root, config=FilterConfig(dp=True))
+    by_id = {d.client_id: d for d in result.decisions}
+    assert not by_id["c07"].kept and by_id["c07"].cosine < 0  # sign-flipped
+    for cid in ("c08", "c09"):  # scaled and pure noise: rejected, or clipped to the honest scale
+        assert not by_id[cid].kept or "clipped" in by_id[cid].reason
+    honest_cos = np.median([by_id[f"c{i:02d}"].cosine for i in range(7)])
+    assert by_id["c09"].cosine < honest_cos  # noise weighs less than an honest update
+    assert result.root_loss_after < result.root_loss_before
+
+
+def test_non_dp_behaviour_unchanged():
+    cfg = FilterConfig()
+    assert not cfg.dp and cfg.noise_z == 3.0  # dp_noise_z only applies with dp=True
