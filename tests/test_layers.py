@@ -7,7 +7,7 @@ only the modules listed for it in :data:`MAY_IMPORT`, and none of the outside mo
 
 * ``client/`` (a node's identity, key and signed reply; attacks): nothing of the
   committee or the ledger; the record names it shares with them are ``protocol.py``'s.
-* ``committee/``: nothing of ``client/``.
+* ``committee/``: nothing of ``client/``; the upload codec (``compression.py``) it shares with the apps.
 * ``training/``: torch only, nothing else of the package.
 * ``consensus/`` (the sans-IO PBFT replica): no Flower, torch, asyncio, sockets or HTTP.
 * ``federation/`` (the rules every party re-runs): the standard library and ``crypto``.
@@ -39,7 +39,8 @@ ROOT = "bcsfl_flower"
 #: Of the package, what each layer (folder or shared module) may import besides itself.
 MAY_IMPORT: dict[str, set[str]] = {
     "client": {"crypto", "keys", "package", "protocol", "training"},
-    "committee": {"consensus", "crypto", "federation", "keys", "ledger", "package", "protocol", "training"},
+    "committee": {"compression", "consensus", "crypto", "federation", "keys", "ledger", "package", "protocol",
+                  "training"},
     "training": set(),
     "consensus": {"crypto"},
     "federation": {"crypto"},
@@ -48,6 +49,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "crypto": set(),
     "keys": {"crypto"},
     "package": {"crypto", "federation", "protocol"},
+    "compression": {"crypto", "package"},  # the upload codec clients and coordinators share
 }
 #: Outside modules (and their submodules) a layer must not import.
 MUST_NOT_IMPORT: dict[str, set[str]] = {
@@ -60,7 +62,7 @@ STDLIB_ONLY = {"federation", "protocol"}
 #: Sans-IO cores (paths under the package) and what they must not import: their driver does I/O.
 PURE_CORES: dict[str, set[str]] = {
     core: {"asyncio", "time", "socket", "threading", f"{ROOT}.ledger.node", f"{ROOT}.ledger.batch_driver"}
-    for core in ("ledger/batcher.py", "ledger/batch_actions.py", "ledger/recovery.py")
+    for core in ("ledger/batcher.py", "ledger/batch_actions.py", "ledger/recovery.py", "ledger/transfer_plan.py")
 }
 
 
