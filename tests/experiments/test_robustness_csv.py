@@ -93,7 +93,7 @@ def test_run_grid_several_at_a_time_parent_writes_each_row(tmp_path, monkeypatch
 def test_inprocess_grid_two_cells_at_once(tmp_path):
     path = tmp_path / "grid.csv"
     args = ["--datasets", "digits", "--alphas", "0.5", "--fractions", "0.3", "--attacks", "sign-flip",
-            "--strategies", "fedavg,bcsfl", "--num-clients", "6", "--rounds", "2", "--engine", "inprocess",
+            "--strategies", "fedavg,bcsfl", "--seeds", "7", "--num-clients", "6", "--rounds", "2", "--engine", "inprocess",
             "--jobs", "2", "--threads", "1", "--csv", str(path), "--work-dir", str(tmp_path / "runs")]
     assert robustness.main(args) == 0
     rows = common.read_rows(path)
