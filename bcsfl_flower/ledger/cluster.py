@@ -186,7 +186,6 @@ def serve(args: argparse.Namespace) -> int:
     except LedgerError as err:  # another charter on this chain, or none at all
         print(f"ERROR: node {args.id}: {err}", file=sys.stderr)
         return 2
-    node.transport.authenticate(key, keys)  # PBFT links only from the nodes whose .pub files these are
     app = create_app(node, max_body=args.max_body, quotas=quotas)
     config = uvicorn.Config(app, host=bind, port=me.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=3)

@@ -149,8 +149,9 @@ class LedgerNode:
         self.snapshot = SnapshotDriver(self)
         self.replica = Replica(index, key, self.keys, validate=self._validate,
                                config=self.cfg.pbft_config(), initial=self.snapshot.initial())
-        self.transport = PeerTransport(index, pbft_addrs, self._on_frame,
-                                       on_connect=self._hello)
+        # PBFT links only from the nodes whose keys these are (signed handshake per connection)
+        self.transport = PeerTransport(index, pbft_addrs, self._on_frame, on_connect=self._hello,
+                                       key=key, peer_keys=self.keys)
         self.batcher = BatchDriver(Batcher(index, key, BatchConfig.of(self.cfg)), self)
         self.client_id = f"node{index}-{uuid.uuid4().hex[:12]}"  # fresh per boot: rids restart
         self._rid = 0
