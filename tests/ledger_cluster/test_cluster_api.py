@@ -45,21 +45,16 @@ MAX_MODEL = 64 * 1024
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A 4-node cluster: 1 MiB request limit, models up to 64 KiB by its charter."""
-    c = start_cluster(tmp_path_factory.mktemp("api"), 4, "--max-body", str(MAX_BODY), max_model_bytes=MAX_MODEL)
-    try:
+    with start_cluster(tmp_path_factory.mktemp("api"), 4, "--max-body", str(MAX_BODY), max_model_bytes=MAX_MODEL) as c:  # stopped on the way out
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")
 def fed(cluster: LocalCluster) -> Iterator[Federation]:
     """Five clients enrolled through node 1; uploads signed by client-0."""
     f = federation(cluster, cluster.urls[1], clients=5, uploader="client-0")
-    try:
+    with f.ledger:  # closed on the way out
         yield f
-    finally:
-        f.ledger.close()
 
 
 def _post_json(url: str, body: object, **kw: object) -> httpx.Response:

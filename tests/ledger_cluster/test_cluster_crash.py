@@ -33,11 +33,8 @@ KILLS = 20
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A fresh 4-node cluster for this test; always stopped."""
-    c = start_cluster(tmp_path_factory.mktemp("crash"), 4)
-    try:
+    with start_cluster(tmp_path_factory.mktemp("crash"), 4) as c:  # stopped on the way out
         yield c
-    finally:
-        c.stop()
 
 
 class Writer(threading.Thread):

@@ -31,11 +31,8 @@ MAX_BODY = 256 * 1024
 @pytest.fixture(scope="module")
 def fuzz_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A 4-node cluster with a small body limit; always stopped."""
-    c = start_cluster(tmp_path_factory.mktemp("fuzz"), 4, "--max-body", str(MAX_BODY))
-    try:
+    with start_cluster(tmp_path_factory.mktemp("fuzz"), 4, "--max-body", str(MAX_BODY)) as c:  # stopped on the way out
         yield c
-    finally:
-        c.stop()
 
 
 EXAMPLES = 50  # per operation and generation mode

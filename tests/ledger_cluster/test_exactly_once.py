@@ -93,21 +93,16 @@ def test_identity_fields_come_from_the_block_not_the_clock(tmp_path: Path, monke
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A 4-node cluster for this module."""
-    c = start_cluster(tmp_path_factory.mktemp("exactly-once"), 4)
-    try:
+    with start_cluster(tmp_path_factory.mktemp("exactly-once"), 4) as c:  # stopped on the way out
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")
 def fed(cluster: LocalCluster) -> Iterator[Federation]:
     """Two clients enrolled through node 0."""
     f = federation(cluster, cluster.urls[0], clients=2)
-    try:
+    with f.ledger:  # closed on the way out
         yield f
-    finally:
-        f.ledger.close()
 
 
 def _send(url: str, txs: list[Transaction]) -> dict:

@@ -109,10 +109,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def fed(cluster: LocalCluster) -> Iterator[Federation]:
     """Eight clients enrolled through node 0 (one block each): a chain of several pages."""
     f = federation(cluster, cluster.urls[0], clients=8)
-    try:
+    with f.ledger:  # closed on the way out
         yield f
-    finally:
-        f.ledger.close()
 
 
 def _post(url: str, body: object, **params: object) -> httpx.Response:

@@ -50,11 +50,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCl
     """A fresh 4-node cluster with checkpoints every ``INTERVAL`` sequence numbers."""
     monkeypatch.setenv("BCSFL_LEDGER_CHECKPOINT_INTERVAL", str(INTERVAL))
     monkeypatch.setenv("BCSFL_LEDGER_LOG_WINDOW", str(WINDOW))
-    c = start_cluster(tmp_path / "snap", 4)
-    try:
+    with start_cluster(tmp_path / "snap", 4) as c:  # stopped on the way out
         yield c
-    finally:
-        c.stop()
 
 
 def commit(urls: list[str], key: SigningKey, model: str, count: int, tag: str) -> None:
