@@ -4,7 +4,9 @@
 :class:`~.transport.PeerTransport` and a :class:`~.sqlite.SqliteLedger`. It feeds the
 replica (requests, peer messages, timers on the asyncio clock, in seconds) and acts on
 its outputs: sends frames, arms timers, and executes ``Committed`` entries with
-:func:`~.ops.apply_op`, in order, on every node.
+:func:`~.ops.apply_op`, in order, on every node (:class:`~.executor.Executor`, which
+parks execution, not the event loop, while it fetches a model's bytes from a peer:
+uploads wait in a :class:`~.staging.Staging` folder, outside consensus).
 
 Transactions are batched by the sans-IO :class:`~.batcher.Batcher` (one block, one PBFT
 request), whose actions :class:`~.batch_driver.BatchDriver` carries out. The node starts
@@ -38,7 +40,6 @@ import functools
 import json
 import logging
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -58,10 +59,12 @@ from .batch_driver import BatchDriver
 from .batcher import BatchConfig, Batcher, NodeFacts
 from .block import Block, LedgerError
 from .chain_view import ChainView
-from .ops import Op, apply_op, parse_op
+from .executor import Executor
+from .ops import Op, parse_op
 from .recovery import Fence, RecoveryWatch
 from .snapshot import SNAPSHOT_OUTPUTS, SnapshotDriver, pbft_settings
 from .sqlite import SqliteLedger
+from .staging import Staging
 from .transport import PeerTransport
 from .wire import APP, PBFT, WireError, decode_message, encode_message
 
@@ -147,6 +150,8 @@ class LedgerNode:
             self.ledger.close()
             raise
         self.snapshot = SnapshotDriver(self)
+        self.staging = Staging(Path(db_path).with_suffix(".staging"))  # uploads not yet ordered
+        self.executor = Executor(self)
         self.replica = Replica(index, key, self.keys, validate=self._validate,
                                config=self.cfg.pbft_config(), initial=self.snapshot.initial())
         # PBFT links only from the nodes whose keys these are (signed handshake per connection)
@@ -180,6 +185,7 @@ class LedgerNode:
             handle.cancel()
         self._timers.clear()
         self.batcher.close()
+        self.executor.close()
         self.snapshot.close()
         await self.transport.close()
         for fut in self._waiters.values():
@@ -201,10 +207,8 @@ class LedgerNode:
             elif isinstance(out, Send):
                 if self.fence.allowed(out.msg, executed, self.recovering):
                     self.transport.send(out.to, PBFT, encode_message(out.msg))
-            elif isinstance(out, Committed):
-                self._execute(out)
-            elif isinstance(out, SNAPSHOT_OUTPUTS):
-                self.snapshot.on_output(out)
+            elif isinstance(out, (Committed, *SNAPSHOT_OUTPUTS)):
+                self.executor.push(out)  # in order; parks behind a model fetch
             elif isinstance(out, SetTimer):
                 self._arm(out)
             elif isinstance(out, CancelTimer):
@@ -375,33 +379,6 @@ class LedgerNode:
                          self.ledger.has_model, self.ledger.committed)
 
     # ------------------------------------------------------------------ execution
-    def _execute(self, entry: Committed) -> None:
-        if entry.noop or entry.request is None:
-            return
-        op = self.parse(entry.request.value)
-        if op is None:
-            result: dict[str, Any] = {"ok": False, "reason": "malformed operation"}
-        else:
-            try:
-                result = apply_op(self.ledger, op, self.chain.head.sequence_no)
-            except (sqlite3.Error, OSError):  # local storage failure: stopping beats diverging
-                log.critical("node %d: cannot execute seq %d; stopping", self.index, entry.seq,
-                             exc_info=True)
-                os._exit(70)
-            except Exception as err:  # noqa: BLE001 - same input, same outcome on every node
-                log.exception("node %d: operation at seq %d refused", self.index, entry.seq)
-                result = {"ok": False, "reason": f"operation failed: {type(err).__name__}"}
-        self.stats["executed_ops"] += 1
-        if not result.get("ok"):
-            self.stats["rejected_ops"] += 1
-        if op is not None and op.kind == "block" and op.block is not None:
-            self._after_block(op.block, result)
-        fut = self._waiters.pop(entry.request.key, None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
-        if self.recovering:
-            self._check_recovered()
-
     def _after_block(self, block: Block, result: dict[str, Any]) -> None:
         if result.get("ok") and not result.get("duplicate"):
             self.stats["executed_txs"] += len(block.transactions)  # append verified each signature
@@ -419,4 +396,6 @@ class LedgerNode:
                 "stable_seq": rep.h, "snapshot": dict(self.snapshot.stats), "recovering": self.recovering,
                 "peers_connected": self.transport.connected_peers(),
                 "transport": self.transport.stats(), "pool": len(self.batcher.pool),
-                "stats": dict(self.stats), "signature_checks": verify_cache_stats()}
+                "stats": dict(self.stats), "signature_checks": verify_cache_stats(),
+                "models": {**self.executor.stats, "executed_seq": self.executor.executed_seq,
+                           "parked_now": self.executor.parked, "staging": self.staging.stats()}}

@@ -10,7 +10,8 @@ is a 4xx with a ``detail`` that says why: 400 malformed JSON, 401 no authority s
 (an unsigned enrolment, an upload without its signature headers), 403 authority
 refused (not the enrolment authority, an unknown key, a bad signature, a block the
 rules refuse), 404 not found, 409 refused on execution (e.g. a block built on a stale
-head) or an id enrolled with another key, 413 too large, 422 wrong types or an invalid
+head), an id enrolled with another key, or an upload fewer than f+1 nodes would
+stage, 413 too large, 422 wrong types or an invalid
 hash, 429 too many transactions already waiting or too many writes from one client
 (with ``Retry-After``). A write that has not committed within ``wait`` seconds gets 202
 (pending), never a 5xx.
@@ -45,8 +46,10 @@ from .base import identity_records
 from .block import Block, LedgerError, Transaction, canonical_json
 from .httpio import AsciiJSONResponse as JSONResponse
 from .httpio import BodyLimit, RateLimiter, await_result, json_body, retry_after
+from .model_relay import STAGED, collect_receipts
 from .node import LedgerNode
 from .ops import encode_block_op, encode_model_op, parse_op
+from .receipts import make_receipt, needed
 from .replay import enrolment_of
 from .rules import check_block
 from .schemas import BLOCK_SCHEMA, ENROLMENT_SCHEMA, UPDATE_SCHEMA
@@ -173,7 +176,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY,
         """Model uploads: the charter's max_model_bytes; other bodies: max_json_body; all: max_body."""
         if scope.get("method") != "POST":
             return max_body, None
-        if scope.get("path") == "/models":
+        if scope.get("path") in ("/models", STAGED):
             model = node.chain.max_model_bytes
             if model < max_body:
                 return model, f"model upload exceeds the charter's max_model_bytes ({model})"
@@ -391,19 +394,8 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY,
         """Digests of every stored model."""
         return {"models": ledger.model_digests()}
 
-    @app.post("/models", tags=["models"], openapi_extra={"requestBody": {
-        "required": True, "content": {"application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"}}}}},
-        responses={401: {"description": "no upload signature"}, 403: {"description": "not enrolled"},
-                   413: {"description": "over the charter's max_model_bytes"}})
-    async def post_model(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
-        """Store model bytes (raw body) on every node; returns their SHA-256 key.
-
-        The uploader is an enrolled identity: header ``X-Bcsfl-Client`` names it and
-        ``X-Bcsfl-Sign`` is its Ed25519 signature (hex) over
-        ``sha256(b"bcsfl-model|" + sha256_hex(body))``; every node checks it again.
-        """
-        data = await request.body()  # read in full: a refusal mid-upload would reset the connection
+    def check_upload_request(request: Request, data: bytes) -> tuple[str, str, str]:
+        """An upload's ``(digest, client, sign)`` once its signature, rate and size are checked (or 4xx)."""
         digest = sha256_hex(data)
         client, sign = request.headers.get(CLIENT_HEADER), request.headers.get(SIGN_HEADER)
         with anonymous(request):
@@ -411,16 +403,64 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY,
                 check_upload(node.chain.state, client, sign, digest)
             except UploadRefused as err:
                 raise HTTPException(err.status, str(err)) from None
-        assert client is not None
+        assert client is not None and sign is not None
         throttle(by_identity, [f"client:{client}"], f"client {client[:64]!r}")
         try:
             check_model_size(node.chain.state, len(data))
         except UploadRefused as err:
             raise HTTPException(err.status, str(err)) from None
+        return digest, client, sign
+
+    @app.post("/models", tags=["models"], openapi_extra={"requestBody": {
+        "required": True, "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}}},
+        responses={401: {"description": "no upload signature"}, 403: {"description": "not enrolled"},
+                   409: {"description": "fewer than f+1 nodes staged it"},
+                   413: {"description": "over the charter's max_model_bytes"}})
+    async def post_model(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
+        """Store model bytes (raw body) on every node; returns their SHA-256 key.
+
+        The uploader is an enrolled identity: header ``X-Bcsfl-Client`` names it and
+        ``X-Bcsfl-Sign`` is its Ed25519 signature (hex) over
+        ``sha256(b"bcsfl-model|" + sha256_hex(body))``; every node checks it again. The
+        bytes never enter consensus: this node stages them, sends them to every peer's
+        ``POST /staged``, and orders only their digest and size with f+1 nodes' signed
+        receipts that they hold them; a node that lacks them when it executes that
+        fetches them from a signer.
+        """
+        data = await request.body()  # read in full: a refusal mid-upload would reset the connection
+        digest, client, sign = check_upload_request(request, data)
         if ledger.has_model(digest):
             return {"ok": True, "hash": digest, "size": len(data)}
-        assert client is not None and sign is not None
-        return await _ordered(encode_model_op(data, client, sign), wait)
+        await asyncio.to_thread(node.staging.put, data, digest)
+        receipts, why = await collect_receipts(node.index, node.key, node.keys, node.http_urls, data, digest,
+                                               client, sign)
+        if len(receipts) < needed(node.n):
+            raise HTTPException(409, f"model {digest}: {len(receipts)} of the {needed(node.n)} (f+1) nodes "
+                                     f"needed staged it: " + "; ".join(why)[:1000])
+        return await _ordered(encode_model_op(digest, len(data), client, sign, receipts), wait)
+
+    @app.post(STAGED, tags=["models"], include_in_schema=False)
+    async def stage_model(request: Request) -> Any:
+        """A peer's copy of an upload (the uploader's headers, checked again here): this node
+        stages the bytes and answers with its receipt (:mod:`~.receipts`)."""
+        data = await request.body()
+        digest, _client, _sign = check_upload_request(request, data)
+        if not ledger.has_model(digest):
+            await asyncio.to_thread(node.staging.put, data, digest)
+        return {"hash": digest, "size": len(data),
+                "receipt": make_receipt(node.index, node.key, digest, len(data))}
+
+    @app.get(STAGED + "/{digest}", tags=["models"], response_class=Response, include_in_schema=False)
+    def get_staged(digest: str = Path(pattern=_HEX64)) -> Response:
+        """Model bytes this node holds, staged or stored (a peer fetching what it must execute)."""
+        data = node.staging.get(digest)
+        if data is None:
+            try:
+                data = ledger.read_model_raw(digest)
+            except KeyError:
+                raise HTTPException(404, f"model {digest} is neither staged nor stored here") from None
+        return Response(data, media_type="application/octet-stream")
 
     @app.get("/models/{digest}", tags=["models"], response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}}},

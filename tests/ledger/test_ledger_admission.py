@@ -12,7 +12,8 @@ from ledger_kit import Federation, seeded
 from bcsfl_flower.crypto import sha256_hex
 from bcsfl_flower.ledger import MemoryLedger, build_block, make_enrolment, make_transaction
 from bcsfl_flower.ledger.admission import Refused, admit_block, admit_enrolment, admit_transaction
-from bcsfl_flower.ledger.ops import apply_op, encode_block_op, encode_model_op, parse_op
+from bcsfl_flower.ledger.ops import MissingModel, apply_op, encode_block_op, encode_model_op, parse_op
+from bcsfl_flower.ledger.receipts import make_receipt
 from bcsfl_flower.ledger.replay import admissible
 from bcsfl_flower.ledger.upload import UploadRefused, check_upload, upload_signature
 
@@ -84,17 +85,30 @@ def test_block_admission_is_a_dry_run_of_the_rules(fed: Federation) -> None:
 def test_model_op_carries_its_uploader_and_every_node_checks_it(fed: Federation) -> None:
     led, data = fed.ledger, b"weights"
     digest = sha256_hex(data)
-    good = encode_model_op(data, "client-2", upload_signature(fed.keys["client-2"], digest))
-    for value, why in ((encode_model_op(data, "sybil", upload_signature(seeded("m"), digest)), "not enrolled"),
-                       (encode_model_op(data, "client-2", upload_signature(seeded("m"), digest)), "signature"),
-                       (encode_model_op(data, "", ""), "headers")):
-        result = apply_op(led, parse_op(value))
+    nodes = [seeded(f"node-{j}") for j in range(4)]
+    replicas = [k.public_hex for k in nodes]
+    receipts = [make_receipt(j, nodes[j], digest, len(data)) for j in (0, 1)]  # f + 1 = 2 of 4
+
+    def op(client: str, sign: str, size: int = len(data), signed: list = receipts) -> str:  # noqa: ANN001
+        return encode_model_op(digest, size, client, sign, signed)
+
+    good = op("client-2", upload_signature(fed.keys["client-2"], digest))
+    for value, why in ((op("sybil", upload_signature(seeded("m"), digest)), "not enrolled"),
+                       (op("client-2", upload_signature(seeded("m"), digest)), "signature"),
+                       (op("", ""), "headers"),
+                       (op("client-2", upload_signature(fed.keys["client-2"], digest), signed=receipts[:1]),
+                        "2 (f+1) are needed")):
+        result = apply_op(led, parse_op(value), replicas=replicas, data=data)
         assert not result["ok"] and why in result["reason"]
     assert not led.has_model(digest)
-    assert apply_op(led, parse_op(good)) == {"ok": True, "hash": digest, "size": len(data)}
-    big = b"x" * 1025
-    result = apply_op(led, parse_op(encode_model_op(big, "client-2", upload_signature(fed.keys["client-2"],
-                                                                                      sha256_hex(big)))))
+    with pytest.raises(MissingModel):  # valid, but no bytes at hand: the node fetches them first
+        apply_op(led, parse_op(good), replicas=replicas)
+    assert apply_op(led, parse_op(good), replicas=replicas, data=data) == {"ok": True, "hash": digest,
+                                                                             "size": len(data)}
+    assert apply_op(led, parse_op(good), replicas=replicas)["ok"]  # stored: no bytes needed again
+    assert not apply_op(led, parse_op(good))["ok"]  # no replica keys: no receipt can be checked
+    result = apply_op(led, parse_op(op("client-2", upload_signature(fed.keys["client-2"], digest), size=1025)),
+                      replicas=replicas)
     assert not result["ok"] and "max_model_bytes" in result["reason"]
     with pytest.raises(UploadRefused) as info:
         check_upload(led.state(), None, None, digest)
