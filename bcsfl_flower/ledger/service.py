@@ -39,28 +39,24 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bcsfl_flower.crypto import sha256_hex
-
 from .admission import Refused, admit_block, admit_enrolment, admit_transaction
 from .base import identity_records
 from .block import Block, LedgerError, Transaction, canonical_json
 from .httpio import AsciiJSONResponse as JSONResponse
 from .httpio import BodyLimit, RateLimiter, await_result, json_body, retry_after
-from .model_relay import STAGED, collect_receipts
+from .model_relay import STAGED
+from .model_routes import add_model_routes
 from .node import LedgerNode
-from .ops import encode_block_op, encode_model_op, parse_op
-from .receipts import make_receipt, needed
+from .ops import encode_block_op, parse_op
 from .replay import enrolment_of
 from .rules import check_block
 from .schemas import BLOCK_SCHEMA, ENROLMENT_SCHEMA, UPDATE_SCHEMA
-from .upload import CLIENT_HEADER, SIGN_HEADER, UploadRefused, check_model_size, check_upload
 
 __all__ = ["Quotas", "create_app"]
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 MAX_TXS_PER_REQUEST = 20_000
 MAX_OUTSTANDING_TXS = 200_000  # per node: beyond this, clients are told to back off (429)
-_HEX64 = r"^[0-9a-f]{64}$"
 _MAX_SEQ = 2**62  # SQLite integers are 64-bit
 
 
@@ -389,89 +385,8 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY,
             raise HTTPException(409, result.get("reason", "refused"))
         return result
 
-    @app.get("/models", tags=["models"])
-    def list_models() -> dict[str, list[str]]:
-        """Digests of every stored model."""
-        return {"models": ledger.model_digests()}
-
-    def check_upload_request(request: Request, data: bytes) -> tuple[str, str, str]:
-        """An upload's ``(digest, client, sign)`` once its signature, rate and size are checked (or 4xx)."""
-        digest = sha256_hex(data)
-        client, sign = request.headers.get(CLIENT_HEADER), request.headers.get(SIGN_HEADER)
-        with anonymous(request):
-            try:
-                check_upload(node.chain.state, client, sign, digest)
-            except UploadRefused as err:
-                raise HTTPException(err.status, str(err)) from None
-        assert client is not None and sign is not None
-        throttle(by_identity, [f"client:{client}"], f"client {client[:64]!r}")
-        try:
-            check_model_size(node.chain.state, len(data))
-        except UploadRefused as err:
-            raise HTTPException(err.status, str(err)) from None
-        return digest, client, sign
-
-    @app.post("/models", tags=["models"], openapi_extra={"requestBody": {
-        "required": True, "content": {"application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"}}}}},
-        responses={401: {"description": "no upload signature"}, 403: {"description": "not enrolled"},
-                   409: {"description": "fewer than f+1 nodes staged it"},
-                   413: {"description": "over the charter's max_model_bytes"}})
-    async def post_model(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
-        """Store model bytes (raw body) on every node; returns their SHA-256 key.
-
-        The uploader is an enrolled identity: header ``X-Bcsfl-Client`` names it and
-        ``X-Bcsfl-Sign`` is its Ed25519 signature (hex) over
-        ``sha256(b"bcsfl-model|" + sha256_hex(body))``; every node checks it again. The
-        bytes never enter consensus: this node stages them, sends them to every peer's
-        ``POST /staged``, and orders only their digest and size with f+1 nodes' signed
-        receipts that they hold them; a node that lacks them when it executes that
-        fetches them from a signer.
-        """
-        data = await request.body()  # read in full: a refusal mid-upload would reset the connection
-        digest, client, sign = check_upload_request(request, data)
-        if ledger.has_model(digest):
-            return {"ok": True, "hash": digest, "size": len(data)}
-        await asyncio.to_thread(node.staging.put, data, digest)
-        receipts, why = await collect_receipts(node.index, node.key, node.keys, node.http_urls, data, digest,
-                                               client, sign)
-        if len(receipts) < needed(node.n):
-            raise HTTPException(409, f"model {digest}: {len(receipts)} of the {needed(node.n)} (f+1) nodes "
-                                     f"needed staged it: " + "; ".join(why)[:1000])
-        return await _ordered(encode_model_op(digest, len(data), client, sign, receipts), wait)
-
-    @app.post(STAGED, tags=["models"], include_in_schema=False)
-    async def stage_model(request: Request) -> Any:
-        """A peer's copy of an upload (the uploader's headers, checked again here): this node
-        stages the bytes and answers with its receipt (:mod:`~.receipts`)."""
-        data = await request.body()
-        digest, _client, _sign = check_upload_request(request, data)
-        if not ledger.has_model(digest):
-            await asyncio.to_thread(node.staging.put, data, digest)
-        return {"hash": digest, "size": len(data),
-                "receipt": make_receipt(node.index, node.key, digest, len(data))}
-
-    @app.get(STAGED + "/{digest}", tags=["models"], response_class=Response, include_in_schema=False)
-    def get_staged(digest: str = Path(pattern=_HEX64)) -> Response:
-        """Model bytes this node holds, staged or stored (a peer fetching what it must execute)."""
-        data = node.staging.get(digest)
-        if data is None:
-            try:
-                data = ledger.read_model_raw(digest)
-            except KeyError:
-                raise HTTPException(404, f"model {digest} is neither staged nor stored here") from None
-        return Response(data, media_type="application/octet-stream")
-
-    @app.get("/models/{digest}", tags=["models"], response_class=Response,
-             responses={200: {"content": {"application/octet-stream": {}}},
-                        404: {"description": "not stored"}})
-    def get_model(digest: str = Path(pattern=_HEX64)) -> Response:
-        """The model bytes stored under ``digest``, as stored (clients check the hash)."""
-        try:
-            data = ledger.read_model_raw(digest)
-        except KeyError:
-            raise HTTPException(404, f"no model {digest}") from None
-        return Response(data, media_type="application/octet-stream")
+    add_model_routes(app, node, anonymous,
+                     lambda keys, who: throttle(by_identity, keys, who), _ordered)
 
     @app.get("/identities", tags=["clients"])
     def identities() -> dict[str, Any]:
