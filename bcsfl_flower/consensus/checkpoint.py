@@ -169,6 +169,8 @@ class Heartbeat:
         self.cfg = config
         self._peer_exec: dict[int, int] = {}
         self._peer_stalls: dict[int, int] = {}  # statuses in a row without progress
+        self._handed: dict[int, int] = {}  # peer -> highest seq sent it by catch-up (in flight)
+        self._proved: dict[int, tuple[int, int]] = {}  # peer -> (checkpoint whose proof it got, statuses since)
         self._activity = False
         self._idle_ticks = 0
 
@@ -206,24 +208,47 @@ class Heartbeat:
         after ``catchup_patience`` statuses in a row without progress; one below our
         checkpoint none (it can run none before its state transfer, and they may be large).
         A catch-up message holds at most ``catchup_bytes`` of entries (at least one).
+
+        Flow control: a lagging peer reports its status every heartbeat, far more often
+        than it can run a batch of entries. Entries already handed to it are not sent
+        again while it makes progress: each status brings only those above what is in
+        flight, up to ``catchup_batch`` beyond where it stands; after ``catchup_resend``
+        statuses in a row without progress (a message lost, the peer restarted) the
+        window is sent again from where it stands. The same holds for the checkpoint
+        proof: sent once per stable checkpoint, again only after as many statuses.
         """
+        j = st.sender
         missing = self._missing(st, execution.last_executed)
+        stalled = self._peer_stalls.get(j, 0) >= self.cfg.catchup_resend
         if missing is not None and st.last_executed >= checkpoints.low:
+            lo, hi = missing
+            handed = self._handed.get(j, 0)
+            if handed > lo and not stalled:
+                lo = handed  # in flight already: only what follows
             batch, size = [], 0
-            for entry in execution.entries(*missing):
+            for entry in execution.entries(lo, hi) if lo < hi else ():
                 size += len(entry.encoded())
                 if batch and size > self.cfg.catchup_bytes:
                     break
                 batch.append(entry)
             if batch:
-                self._outbox.send(st.sender, self._outbox.sign(CatchUp(tuple(batch), self._index)))
+                self._outbox.send(j, self._outbox.sign(CatchUp(tuple(batch), self._index)))
+                self._handed[j] = batch[-1].seq
+                self._peer_stalls[j] = 0
         if min(st.stable_seq, st.last_executed) < checkpoints.low:  # below our checkpoint
-            checkpoints.send_proof(st.sender)
+            seq, since = self._proved.get(j, (-1, 0))
+            if seq != checkpoints.low or since + 1 >= self.cfg.catchup_resend:
+                checkpoints.send_proof(j)
+                self._proved[j] = (checkpoints.low, 0)
+            else:
+                self._proved[j] = (seq, since + 1)
 
     def _missing(self, st: Status, last_executed: int) -> Optional[tuple[int, int]]:
         j = st.sender
         previous = self._peer_exec.get(j)
         self._peer_exec[j] = st.last_executed
+        if previous is not None and st.last_executed < previous:
+            self._handed.pop(j, None)  # it went back (restarted): what it was handed is gone
         if previous is not None and previous >= st.last_executed:
             self._peer_stalls[j] = self._peer_stalls.get(j, 0) + 1
         else:

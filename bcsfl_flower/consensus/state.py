@@ -47,6 +47,12 @@ class PBFTConfig:
         execute wastes both ends.
     catchup_patience : int, default 2
         See ``catchup_lag``.
+    catchup_resend : int, default 10
+        Entries handed to a lagging peer by catch-up are not sent to it again until it
+        reported this many statuses in a row without progress (a message lost, a
+        restart): a peer behind reports every heartbeat, far more often than it runs
+        what it was sent, and re-sending it the whole window each time swamps both ends.
+        The proof of a stable checkpoint is re-sent after as many statuses.
     forward_requests : bool, default True
         Backups relay client requests to the primary.
     app_checkpoints : bool, default False
@@ -77,6 +83,7 @@ class PBFTConfig:
     catchup_bytes: int = 8 * 1024 * 1024
     catchup_lag: int = 4
     catchup_patience: int = 2
+    catchup_resend: int = 10
     forward_requests: bool = True
     app_checkpoints: bool = False
     dedup_window: int = 64

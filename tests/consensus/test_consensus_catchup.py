@@ -62,3 +62,41 @@ def test_pre_prepare_signature_binds_the_request_through_its_digest():
     assert not any(type(o.msg).__name__ == "Prepare" for o in out if hasattr(o, "msg"))
     out = reps[2].receive(pp)
     assert any(type(o.msg).__name__ == "Prepare" for o in out if hasattr(o, "msg"))
+
+
+def test_catch_up_in_flight_is_not_sent_again_until_the_peer_stalls():
+    """A lagging peer reports every heartbeat; what it was handed is not re-sent each time
+    (the soak's lagging node got the same window from every peer ten times a second,
+    which kept both ends busy and the cluster stalled). Only entries above what is in
+    flight, within ``catchup_batch`` of where it stands, go out; the window is sent again
+    from where it stands after ``catchup_resend`` statuses in a row without progress."""
+    cfg = PBFTConfig(checkpoint_interval=16, log_window=32, catchup_batch=4, catchup_lag=1, catchup_resend=3)
+    reps = make_replicas(4, client_keys=CLIENTS, config=cfg)
+    keys = keys_for(4)
+    pump = Pump(reps)
+    pump.down = {3}
+    for rid in range(10):
+        pump.submit(0, request(rid))
+    pump.run()
+    assert reps[0].last_executed == 10
+    status = lambda executed: sign(Status(0, True, executed, 0, 3, b""), keys[3])  # noqa: E731
+    seqs = lambda out: [e.seq for c in _catch_ups(out) for e in c.entries]  # noqa: E731
+    assert seqs(reps[0].receive(status(2))) == [3, 4, 5, 6]  # far behind: at once
+    assert seqs(reps[0].receive(status(2))) == []  # in flight: not again
+    assert seqs(reps[0].receive(status(4))) == [7, 8]  # it ran two: the window slides by two
+    assert seqs(reps[0].receive(status(8))) == [9, 10]
+    assert [seqs(reps[0].receive(status(8))) for _ in range(3)] == [[], [], [9, 10]]  # lost? again
+    assert seqs(reps[0].receive(status(1))) == [2, 3, 4, 5]  # it went back (restarted): from there
+
+
+def test_checkpoint_proof_is_sent_once_per_checkpoint_until_the_peer_stalls():
+    cfg = dataclasses.replace(CFG, catchup_resend=3)
+    reps = make_replicas(4, client_keys=CLIENTS, config=cfg)
+    pump = Pump(reps)
+    for i in range(6):
+        pump.submit(0, request(i))
+    pump.run()
+    keys = keys_for(4)
+    proofs = lambda out: [o.msg for o in out if isinstance(o, Send) and isinstance(o.msg, StateProof)]  # noqa: E731
+    behind = sign(Status(0, True, 1, 0, 3, b""), keys[3])
+    assert [len(proofs(reps[0].receive(behind))) for _ in range(5)] == [1, 0, 0, 1, 0]
