@@ -110,9 +110,9 @@ class Executor:
         if op is None:
             result: dict[str, Any] = {"ok": False, "reason": "malformed operation"}
         else:
-            if op.model is not None and data is None and not node.ledger.has_model(op.model.hash):
-                data = self._staged(op.model)
             try:
+                if op.model is not None and data is None and not node.ledger.has_model(op.model.hash):
+                    data = self._staged(op.model)
                 result = apply_op(node.ledger, op, node.chain.head.sequence_no, node.keys, data)
             except MissingModel:
                 return False

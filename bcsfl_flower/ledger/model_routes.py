@@ -57,6 +57,13 @@ def add_model_routes(app: FastAPI, node: LedgerNode,
     """
     ledger = node.ledger
 
+    async def stage(data: bytes, digest: str) -> None:
+        """Stage an upload's bytes (off the event loop); 503 if this node's disk refuses them."""
+        try:
+            await asyncio.to_thread(node.staging.put, data, digest)
+        except OSError as err:
+            raise HTTPException(503, f"cannot stage model {digest} on node {node.index}: {err}") from None
+
     @app.get("/models", tags=["models"])
     def list_models() -> dict[str, list[str]]:
         """Digests of every stored model."""
@@ -84,6 +91,7 @@ def add_model_routes(app: FastAPI, node: LedgerNode,
             "schema": {"type": "string", "format": "binary"}}}}},
         responses={401: {"description": "no upload signature"}, 403: {"description": "not enrolled"},
                    409: {"description": "fewer than f+1 nodes staged it"},
+                   503: {"description": "this node cannot stage it (its disk)"},
                    413: {"description": "over the charter's max_model_bytes"}})
     async def post_model(request: Request, wait: float = Query(30.0, ge=0, le=120)) -> Any:
         """Store model bytes (raw body) on every node; returns their SHA-256 key.
@@ -100,7 +108,7 @@ def add_model_routes(app: FastAPI, node: LedgerNode,
         digest, client, sign = check_upload_request(request, data)
         if ledger.has_model(digest):
             return {"ok": True, "hash": digest, "size": len(data)}
-        await asyncio.to_thread(node.staging.put, data, digest)
+        await stage(data, digest)
         receipts, why = await collect_receipts(node.index, node.key, node.keys, node.http_urls, data, digest,
                                                client, sign)
         if len(receipts) < needed(node.n):
@@ -115,7 +123,7 @@ def add_model_routes(app: FastAPI, node: LedgerNode,
         data = await request.body()
         digest, _client, _sign = check_upload_request(request, data)
         if not ledger.has_model(digest):
-            await asyncio.to_thread(node.staging.put, data, digest)
+            await stage(data, digest)
         return {"hash": digest, "size": len(data),
                 "receipt": make_receipt(node.index, node.key, digest, len(data))}
 
