@@ -97,7 +97,8 @@ class Replica:
         self._handlers: dict[type, Callable[..., None]] = {
             PrePrepare: self._on_pre_prepare, Prepare: self._on_prepare, Commit: self._on_commit,
             Checkpoint: self.transfer.on_checkpoint, ViewChange: self._on_view_change,
-            NewView: self._on_new_view, Forward: self._on_forward, Status: self._on_status,
+            NewView: self._on_new_view, Status: self._on_status,
+            Forward: lambda m: self._on_request(m.request, from_client=False),  # a relayed request (4.1)
             CatchUp: self.transfer.on_catch_up, StateProof: self.transfer.on_state_proof,
             RequestFetch: self.bodies.on_fetch, RequestBody: self.bodies.on_body,
         }
@@ -203,15 +204,13 @@ class Replica:
                 self.requests.forward(req, self.primary)
         self._update_request_timer()
 
-    def _on_forward(self, msg: Forward) -> None:
-        self._on_request(msg.request, from_client=False)
-
     def _update_request_timer(self, restart: bool = False) -> None:
         backup = self.status == NORMAL and not self.is_primary
         self.requests.update_timer(backup, self.view_change.timeout, restart)
 
     def _on_request_timer(self) -> None:
         if self.status == NORMAL:
+            self.view_change.request_timed_out(self.cfg.max_timeout)
             self._start_view_change(self.view + 1)
 
     def _try_assign(self) -> None:

@@ -224,7 +224,10 @@ class ViewChangeState:
 
     ``timeout`` is the current request / view-change timeout: ``base_timeout``, doubled
     per view change that did not complete (:meth:`back_off`), reset once a request
-    executes in a normal view. ``planner`` computes O (a hook for planted bugs).
+    executes in a normal view. A view change also failed when the view it led to
+    executed no request before the request timer expired again (section 4.5.2:
+    "before it executes a request in the new view"): :meth:`request_timed_out`.
+    ``planner`` computes O (a hook for planted bugs).
     """
 
     def __init__(
@@ -244,6 +247,8 @@ class ViewChangeState:
         self._planner = planner
         self._base_timeout = base_timeout
         self.timeout = base_timeout
+        #: A request executed in the current view since it was installed (view 0: True).
+        self.view_progressed = True
         #: The NEW-VIEW this replica installed last (relayed to replicas behind it).
         self.new_view_msg: Optional[NewView] = None
         #: This replica's VIEW-CHANGE while it changes views (retransmitted), else None.
@@ -273,6 +278,13 @@ class ViewChangeState:
     def reset_timeout(self) -> None:
         """A request executed in a normal view: back to the base timeout."""
         self.timeout = self._base_timeout
+        self.view_progressed = True
+
+    def request_timed_out(self, max_timeout: float) -> None:
+        """The request timer expired: when the current view was installed by a view
+        change and executed nothing since, that view change failed too (back off)."""
+        if not self.view_progressed:
+            self.back_off(max_timeout)
 
     def retransmit(self) -> None:
         if self.mine is not None:
@@ -336,5 +348,6 @@ class ViewChangeState:
         """``nv`` installed: the view change is over."""
         self.new_view_msg = nv
         self.mine = None
+        self.view_progressed = False
         self._outbox.cancel_timer(TimerKind.VIEW_CHANGE)
         self._vcs = {v: m for v, m in self._vcs.items() if v > nv.view}
