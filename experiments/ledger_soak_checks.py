@@ -62,11 +62,9 @@ def rss_mib(pid: int) -> float | None:
 
 def rss_reader() -> str:
     """What :func:`rss_mib` reads with here: ``"psutil"`` or ``"/proc VmRSS"``."""
-    try:
-        import psutil  # type: ignore[import-untyped]  # noqa: F401
-    except ImportError:
-        return "/proc VmRSS"
-    return "psutil"
+    import importlib.util
+
+    return "psutil" if importlib.util.find_spec("psutil") is not None else "/proc VmRSS"
 
 
 @dataclass(frozen=True)
