@@ -8,15 +8,15 @@ are snake_case, with ``sequenceNo``/``lastHash`` kept as read-only aliases.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 import uuid
 from dataclasses import dataclass
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
-from bcsfl_flower.crypto import SigningKey, sha256_hex
+from bcsfl_flower.crypto import SigningKey
+
+from .canon import LedgerError, canonical_json, encode_block_data, hash_block_body, parse_json, transaction_hash
 
 __all__ = [
     "GENESIS",
@@ -35,60 +35,7 @@ __all__ = [
 GENESIS_HASH = "genesis-hash"
 _BLOCK_KEYS = ("hash", "lastHash", "timestamp", "data", "public", "sign", "sequenceNo")
 _TX_KEYS = ("id", "public", "data", "timestamp", "hash", "sign")
-
-
-class LedgerError(Exception):
-    """A block, transaction or stored record is invalid; ``str(err)`` is the reason."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise LedgerError(f"non-finite number {name} in JSON")
-
-
-_ENCODER = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-)
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _encode(obj: Any) -> str:
-    # The C encoder that json.dumps builds on every call, called directly: a ledger node
-    # encodes every transaction of every block, and the per-call set-up was a third of it.
-    if c_make_encoder is None:
-        return _ENCODER.encode(obj)
-    return "".join(c_make_encoder(
-        {}, _ENCODER.default, encode_basestring_ascii, None, ":", ",", True, False, False
-    )(obj, 0))
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Serialise ``obj`` as canonical JSON (sorted keys, no spaces, ASCII) in UTF-8.
-
-    Parameters
-    ----------
-    obj : Any
-        A JSON-serialisable value (dicts, lists, str, int, finite float, bool, None).
-
-    Returns
-    -------
-    bytes
-        The canonical encoding; equal values always give equal bytes.
-    """
-    try:
-        text = _encode(obj)
-    except (TypeError, ValueError) as err:
-        raise LedgerError(f"not canonical-JSON serialisable: {err}") from err
-    return text.encode("utf-8")
-
-
-def parse_json(text: str | bytes) -> Any:
-    """Parse JSON strictly (NaN/Infinity rejected); raises ``LedgerError``."""
-    try:
-        if isinstance(text, (bytes, bytearray)):
-            text = text.decode("utf-8")
-        return _DECODER.decode(text)
-    except (ValueError, TypeError) as err:
-        raise LedgerError(f"invalid JSON: {err}") from err
+_TX_FIELDS = frozenset(_TX_KEYS)
 
 
 def _normalise(obj: Any) -> Any:
@@ -126,22 +73,6 @@ def _exact_keys(obj: Any, keys: tuple[str, ...], what: str) -> dict[str, Any]:
     return obj
 
 
-def transaction_hash(tx_id: str, public: str, data: dict[str, Any], timestamp: float) -> str:
-    """SHA-256 hex of the canonical JSON of a transaction's signed fields.
-
-    The body is ``{"data", "id", "public", "timestamp"}`` as canonical JSON.
-    """
-    ts = float(timestamp)
-    if not (isinstance(tx_id, str) and isinstance(public, str) and math.isfinite(ts)):
-        # the general encoder names what is wrong
-        return sha256_hex(canonical_json({"id": tx_id, "public": public, "data": data, "timestamp": ts}))
-    data_text = canonical_json(data).decode("ascii")
-    # Spliced in sorted key order: every node hashes every transaction of every block.
-    body = '{"data":%s,"id":%s,"public":%s,"timestamp":%s}' % (
-        data_text, encode_basestring_ascii(tx_id), encode_basestring_ascii(public), float.__repr__(ts))
-    return sha256_hex(body.encode("ascii"))
-
-
 def block_hash(
     sequence_no: int, timestamp: float, last_hash: str, data: dict[str, Any], public: str
 ) -> str:
@@ -151,22 +82,7 @@ def block_hash(
     canonical JSON.
     """
     data_text = canonical_json(data).decode("ascii")
-    return _hash_block_body(sequence_no, timestamp, last_hash, data_text, public)
-
-
-def _hash_block_body(
-    sequence_no: int, timestamp: float, last_hash: str, data_text: str, public: str
-) -> str:
-    # The canonical JSON of the body, spliced around data's canonical text (keys in
-    # sorted order), so a block whose data is already encoded is not encoded again.
-    try:
-        fields = [json.dumps(x, ensure_ascii=True, allow_nan=False)
-                  for x in (last_hash, public, sequence_no, float(timestamp))]
-    except (TypeError, ValueError) as err:
-        raise LedgerError(f"not canonical-JSON serialisable: {err}") from err
-    body = ('{"data":%s,"lastHash":%s,"public":%s,"sequenceNo":%s,"timestamp":%s}'
-            % (data_text, *fields))
-    return sha256_hex(body.encode("ascii"))
+    return hash_block_body(sequence_no, timestamp, last_hash, data_text, public)
 
 
 @dataclass(frozen=True)
@@ -209,6 +125,11 @@ class Transaction:
             straight from a JSON parser and nothing else holds it (checking the hash
             still encodes ``data``, which refuses what JSON cannot encode).
         """
+        if not copy and type(obj) is dict and obj.keys() == _TX_FIELDS:  # what a parser made
+            tx_id, public, data, ts, digest, sign = (obj[k] for k in _TX_KEYS)
+            if (type(tx_id) is str and type(public) is str and type(data) is dict and type(ts) is float
+                    and type(digest) is str and type(sign) is str and math.isfinite(ts)):
+                return cls(tx_id, public, data, ts, digest, sign)
         obj = _exact_keys(obj, _TX_KEYS, "transaction")
         data = _object(obj["data"], "transaction data")
         return cls(
@@ -262,13 +183,24 @@ class Block:
         return txs if isinstance(txs, list) else []
 
     @functools.cached_property
+    def _encoded(self) -> tuple[str, tuple[str, ...] | None]:
+        return encode_block_data(self.data)
+
+    @property
     def canonical_data(self) -> str:
         """``data`` as canonical JSON text (encoded once: the hash and the row need it)."""
-        return canonical_json(self.data).decode("ascii")
+        return self._encoded[0]
+
+    @property
+    def tx_hashes(self) -> tuple[str, ...] | None:
+        """Each transaction's hash recomputed from its fields, from the same encoding as
+        :attr:`canonical_data` (``None`` unless ``data`` is a plain batch of transactions:
+        see :func:`~.canon.encode_block_data`)."""
+        return self._encoded[1]
 
     def expected_hash(self) -> str:
         """The hash recomputed from the block's hashed fields."""
-        return _hash_block_body(
+        return hash_block_body(
             self.sequence_no, self.timestamp, self.last_hash, self.canonical_data, self.public
         )
 
@@ -341,7 +273,8 @@ class Block:
             raise LedgerError("stored sequence_no is not an integer")
         text = _string(row.data, "stored data")
         data = _object(parse_json(text), "stored data")
-        if canonical_json(data).decode("ascii") != text:
+        encoded = encode_block_data(data)
+        if encoded[0] != text:
             raise LedgerError("stored data is not canonical JSON")
         block = cls(
             sequence_no=seq,
@@ -352,7 +285,7 @@ class Block:
             public=_string(row.public, "stored public"),
             sign=_string(row.sign, "stored sign"),
         )
-        block.__dict__["canonical_data"] = text  # just checked to be canonical
+        block.__dict__["_encoded"] = encoded  # just checked to be the stored text
         return block
 
 
@@ -443,9 +376,9 @@ def build_block(
     else:
         ts = _number(timestamp, "timestamp")
     seq = prev.sequence_no + 1
-    data_text = canonical_json(payload).decode("ascii")
-    digest = _hash_block_body(seq, ts, prev.hash, data_text, key.public_hex)
+    encoded = encode_block_data(payload)
+    digest = hash_block_body(seq, ts, prev.hash, encoded[0], key.public_hex)
     signature = key.sign(bytes.fromhex(digest)).hex()
     block = Block(seq, digest, prev.hash, ts, payload, key.public_hex, signature)
-    block.__dict__["canonical_data"] = data_text
+    block.__dict__["_encoded"] = encoded
     return block

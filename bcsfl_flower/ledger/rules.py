@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from bcsfl_flower.crypto import check_signature
+from bcsfl_flower.crypto import check_signature_hex
 
 from .block import GENESIS, Block, LedgerError, Transaction, transaction_hash
 
@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX128 = re.compile(r"[0-9a-f]{128}")
 
 
 def is_digest(value: Any) -> bool:
@@ -35,18 +34,11 @@ def is_digest(value: Any) -> bool:
     return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
-def _is_signature(value: Any) -> bool:
-    return isinstance(value, str) and _HEX128.fullmatch(value) is not None
-
-
 def _signed(public: Any, sign: Any, digest: str) -> bool:
-    # Through the process-wide memo: the node that received a transaction checked it
-    # then, and executing its block does not check it again.
-    return (
-        is_digest(public)
-        and _is_signature(sign)
-        and check_signature(public, bytes.fromhex(sign), bytes.fromhex(digest))
-    )
+    # Lowercase hex of the exact lengths only, through the process-wide memo: the node
+    # that received a transaction checked it then, and executing its block does not
+    # check it again.
+    return check_signature_hex(public, sign, digest)
 
 
 def check_transaction(tx: Transaction) -> None:
@@ -67,9 +59,8 @@ _TX_FIELDS = frozenset(("id", "public", "data", "timestamp", "hash", "sign"))
 def _checked_transaction_id(obj: Any) -> str:
     """Run :meth:`Transaction.from_json` and :func:`check_transaction` on a parsed object.
 
-    The common case (well-formed, correctly signed) is checked on the dict itself: this
-    runs for every transaction of every block on every node. Anything unusual takes the
-    general path, which raises with the precise reason.
+    The common case (well-formed, correctly signed) is checked on the dict itself.
+    Anything unusual takes the general path, which raises with the precise reason.
     """
     if type(obj) is dict and obj.keys() == _TX_FIELDS:
         tx_id, public, data, sign = obj["id"], obj["public"], obj["data"], obj["sign"]
@@ -83,6 +74,17 @@ def _checked_transaction_id(obj: Any) -> str:
     tx = Transaction.from_json(obj, copy=False)
     check_transaction(tx)
     return tx.id
+
+
+def _plain_checked_id(obj: dict[str, Any], expected: str) -> str | None:
+    """The id of a transaction of a plain batch (its fields and their types were checked
+    while the block was encoded, :attr:`Block.tx_hashes`) whose hash is ``expected``, the
+    one recomputed then, with a valid signature; ``None`` if any of that fails."""
+    data = obj["data"]
+    if (obj["hash"] == expected and ("model-params" not in data or is_digest(data["model-params"]))
+            and check_signature_hex(obj["public"], obj["sign"], expected)):  # a key of 64 lowercase hex
+        return obj["id"]
+    return None
 
 
 def referenced_models(block: Block) -> list[str]:
@@ -128,8 +130,9 @@ def check_block(block: Block) -> None:
     if not isinstance(txs, list):
         raise LedgerError("data.transactions must be a list")
     seen: set[str] = set()
-    for obj in txs:
-        tx_id = _checked_transaction_id(obj)
+    hashes = block.tx_hashes  # recomputed while encoding the block (None: not a plain batch)
+    for i, obj in enumerate(txs):
+        tx_id = (hashes is not None and _plain_checked_id(obj, hashes[i])) or _checked_transaction_id(obj)
         if tx_id in seen:
             raise LedgerError(f"duplicate transaction id {tx_id}")
         seen.add(tx_id)
