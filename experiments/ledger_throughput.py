@@ -22,7 +22,9 @@ check is answered from memory: ``N`` Ed25519 verifications per committed transac
 (plus the blocks' producer signatures and PBFT messages), all on this machine's cores. The printed
 ``verifies_per_tx`` is the nodes' own count of Ed25519 verifications they ran, and ``node_cpu_ms_per_tx`` is the CPU time all node
 processes spent per committed transaction (from ``/proc``), which bounds the rate the
-machine's cores can sustain whatever else runs on it.
+machine's cores can sustain whatever else runs on it; ``node_sys_share`` is the kernel's
+part of it (sockets, fsync), and ``client_cpu_ms_per_tx`` what the clients (this process)
+spent, which a quiet machine's cores pay too.
 
 ``--compare`` prints the paper's comparison: plain PBFT among all N nodes against a
 PoS committee (PBFT among ``--committee`` nodes drawn by stake, the others only storing
@@ -71,13 +73,16 @@ class Result:
     verifies_per_tx: float
     cpu_ms_per_tx: float
     txs_per_block: float = 0.0
+    sys_share: float = 0.0
+    client_cpu_ms_per_tx: float = 0.0
 
     def line(self, prefix: str = "") -> str:
         return (f"{prefix}nodes={self.nodes} clients={self.clients} batch={self.batch} "
                 f"tps={self.tps:.0f} p50_ms={self.p50_ms:.0f} p99_ms={self.p99_ms:.0f} "
                 f"committed={self.committed} window_s={self.seconds:.1f} "
                 f"verifies_per_tx={self.verifies_per_tx:.2f} "
-                f"node_cpu_ms_per_tx={self.cpu_ms_per_tx:.3f} txs_per_block={self.txs_per_block:.0f} "
+                f"node_cpu_ms_per_tx={self.cpu_ms_per_tx:.3f} node_sys_share={self.sys_share:.2f} "
+                f"client_cpu_ms_per_tx={self.client_cpu_ms_per_tx:.3f} txs_per_block={self.txs_per_block:.0f} "
                 "signing=pre-signed")
 
 
@@ -106,17 +111,18 @@ def presign(clients: int, per_client: int, batch: int, model: str) -> list[list[
         return list(pool.map(_sign_chunk, jobs))
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by the given processes (Linux /proc)."""
-    total = 0.0
+def _cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds used so far by the given processes (Linux /proc)."""
+    user = system = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return user, system
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -193,15 +199,18 @@ def measure(nodes: int, clients: int, batch: int, duration: float, warmup: float
             before = _settle(urls)
             pids = [p.pid for p in cluster.procs if p is not None]
             samples: list[tuple[float, float, int]] = []
-            cpu: list[float] = []
+            cpu: list[tuple[float, float]] = []
+            own: list[float] = []  # this process (the clients): what a quiet machine also pays
             t0 = time.perf_counter()
             t_start, t_end = t0 + warmup, t0 + warmup + duration
 
             async def mark_cpu() -> None:
                 await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
                 cpu.append(_cpu_seconds(pids))
+                own.append(time.process_time())
                 await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
                 cpu.append(_cpu_seconds(pids))
+                own.append(time.process_time())
 
             async def run_all() -> None:
                 await asyncio.gather(mark_cpu(), *(
@@ -225,11 +234,14 @@ def measure(nodes: int, clients: int, batch: int, duration: float, warmup: float
             if executed != nodes * len(on_chain):  # every node executed (and checked) every tx
                 raise RuntimeError(f"nodes executed {executed} txs, want {nodes} x {len(on_chain)}")
             lat = [(s[1] - s[0]) * 1000 for s in window]
+    node_cpu = sum(cpu[1]) - sum(cpu[0])
     return Result(nodes, clients, batch, committed / span if span else 0.0,
                   _percentile(lat, 0.50), _percentile(lat, 0.99), committed, span,
                   verified / max(1, len(on_chain)),
-                  1000 * (cpu[1] - cpu[0]) / max(1, committed),
-                  len(on_chain) / max(1, after[0]["height"] - before[0]["height"]))
+                  1000 * node_cpu / max(1, committed),
+                  len(on_chain) / max(1, after[0]["height"] - before[0]["height"]),
+                  (cpu[1][1] - cpu[0][1]) / node_cpu if node_cpu > 0 else 0.0,
+                  1000 * (own[1] - own[0]) / max(1, committed))
 
 
 def _ints(text: str) -> list[int]:
