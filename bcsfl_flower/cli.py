@@ -62,6 +62,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-epochs", type=int, default=d.local_epochs, help="epochs each client trains per round")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="clients' SGD learning rate")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="clients' minibatch size")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="clients' SGD momentum, in [0, 1)")
     p.add_argument("--dirichlet-alpha", type=float, default=d.dirichlet_alpha,
                    help="non-IID-ness of the split, > 0 (smaller: more skewed)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the model and the committee draw")
@@ -133,7 +134,7 @@ def _settings(args: argparse.Namespace, out: Path) -> RunSettings:
     return RunSettings(
         strategy=args.strategy, dataset=args.dataset, data_dir=absolute(args.data_dir),
         num_server_rounds=args.rounds, num_clients=args.num_clients, local_epochs=args.local_epochs,
-        learning_rate=args.lr, batch_size=args.batch_size, dirichlet_alpha=args.dirichlet_alpha,
+        learning_rate=args.lr, batch_size=args.batch_size, momentum=args.momentum, dirichlet_alpha=args.dirichlet_alpha,
         seed=args.seed, malicious_fraction=args.malicious_fraction, attack=args.attack,
         attack_scale=args.attack_scale, dp_noise=args.dp_noise, dp_max_grad_norm=args.dp_max_grad_norm,
         target_epsilon=args.target_epsilon, model=args.model,

@@ -41,6 +41,7 @@ class RunSettings:
     local_epochs: int = 1
     learning_rate: float = 0.05
     batch_size: int = 32
+    momentum: float = 0.0  # clients' SGD momentum (DP-SGD recipes use 0.9 with a smaller lr)
     dirichlet_alpha: float = 0.5
     seed: int = 7
     malicious_fraction: float = 0.0
@@ -155,6 +156,7 @@ class RunSettings:
         check("local_epochs", self.local_epochs >= 1, "must be at least 1")
         check("learning_rate", finite("learning_rate") and self.learning_rate > 0, "must be greater than 0")
         check("batch_size", self.batch_size >= 1, "must be at least 1")
+        check("momentum", finite("momentum") and 0 <= self.momentum < 1, "must be in [0, 1)")
         check("dirichlet_alpha", finite("dirichlet_alpha") and self.dirichlet_alpha > 0, "must be greater than 0")
         check("malicious_fraction", finite("malicious_fraction") and 0 <= self.malicious_fraction < 1,
               "must be in [0, 1)", ": it is the share of clients that attack")

@@ -57,7 +57,7 @@ def _honest_estimates(s: RunSettings, global_w, x, y, seed: int) -> np.ndarray:
         model = build_model(s.dataset, variant=s.model_variant())
         set_weights(model, global_w)
         train(model, x[idx], y[idx], epochs=s.local_epochs, lr=s.learning_rate,
-              batch_size=s.batch_size, seed=seed + k, device=s.device)
+              batch_size=s.batch_size, momentum=s.momentum, seed=seed + k, device=s.device)
         rows.append(_flat(get_weights(model)) - _flat(global_w))
     return np.stack(rows)
 
@@ -80,7 +80,7 @@ def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Contex
 
         dp_noise = client_noise(s.target_epsilon, len(y), s.batch_size, s.local_epochs, s.num_server_rounds)
     result = train(
-        model, x, y, epochs=s.local_epochs, lr=s.learning_rate, batch_size=s.batch_size, seed=seed,
+        model, x, y, epochs=s.local_epochs, lr=s.learning_rate, batch_size=s.batch_size, momentum=s.momentum, seed=seed,
         dp_noise=dp_noise, dp_max_grad_norm=s.dp_max_grad_norm,
         privacy_record=dict(privacy) if privacy else None, device=s.device,
     )
