@@ -152,17 +152,17 @@ def _min_max(ref: np.ndarray) -> np.ndarray:
     return mu - gamma * perturb
 
 
-def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: float = 2.0) -> float:
+def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: float = 1.0) -> float:
     """The largest norm BCS-FL's filter keeps unclipped when ``num_malicious`` updates share it.
 
     The filter (:mod:`bcsfl_flower.committee.filter`, step 3) clips kept updates to
     ``norm_bound`` times the median norm of the kept updates, the attackers' own
-    included. With the attackers' norm ``c`` above every honest norm the median is an
-    order statistic of the honest norms alone (computed here with the attackers at
-    ``+inf``), and ``c = norm_bound * median`` does not move it (``c`` is at least the
-    upper middle value), so ``c`` is exactly the bound. When the attackers hold half
-    the updates or more the median is theirs and no bound exists: ``norm_bound`` times
-    the largest honest norm is returned instead.
+    included, so ``c`` is the largest norm with ``c <= norm_bound * median(honest norms
+    and c, m times)``. From ``norm_bound`` 2 up the attackers sit above the median and
+    ``c`` is ``norm_bound`` times an order statistic of the honest norms; below it
+    (the default 1) ``c`` itself can be one of the middle values, so it is searched
+    for. When the attackers hold half the updates or more the median is theirs and no
+    bound exists: ``norm_bound`` times the largest honest norm is returned instead.
 
     Parameters
     ----------
@@ -171,7 +171,7 @@ def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: f
     num_malicious : int
         Number of attackers ``m`` submitting an update of the same norm.
     norm_bound : float, optional
-        The filter's ``FilterConfig.norm_bound``, default 2.0.
+        The filter's ``FilterConfig.norm_bound``, default 1.0.
 
     Returns
     -------
@@ -181,8 +181,24 @@ def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: f
     h = np.asarray(honest_norms, dtype=np.float64).ravel()
     if h.size < 1 or num_malicious < 0 or norm_bound <= 0:
         raise ValueError("need at least one honest norm, num_malicious >= 0 and norm_bound > 0")
-    median = float(np.median(np.concatenate([h, np.full(int(num_malicious), np.inf)])))
-    return norm_bound * (median if np.isfinite(median) else float(h.max()))
+    m = int(num_malicious)
+    if not np.isfinite(np.median(np.concatenate([h, np.full(m, np.inf)]))):
+        return norm_bound * float(h.max())
+
+    def unclipped(c: float) -> bool:
+        return c <= norm_bound * float(np.median(np.concatenate([h, np.full(m, c)])))
+
+    # c moves the median it is judged by (below the bound 2 it can lower it), so search:
+    # the largest grid point that stays unclipped, then bisection up to the next one
+    grid = np.unique(np.concatenate([h, norm_bound * h, np.linspace(0.0, norm_bound * h.max(), 2001)]))
+    ok = [c for c in grid if unclipped(c)]
+    lo = max(ok) if ok else 0.0
+    above = grid[grid > lo]
+    hi = float(above[0]) if above.size else lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if unclipped(mid) else (lo, mid)
+    return float(lo)
 
 
 def full_knowledge_update(
@@ -192,7 +208,7 @@ def full_knowledge_update(
     own: np.ndarray | None = None,
     num_clients: int = 20,
     num_malicious: int = 6,
-    norm_bound: float = 2.0,
+    norm_bound: float = 1.0,
 ) -> np.ndarray:
     """The vector a full-knowledge (omniscient) attacker submits, from the round's honest updates.
 

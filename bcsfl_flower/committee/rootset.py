@@ -69,3 +69,12 @@ class RootSet:
         """Cross-entropy of the model ``tensors`` on the root set."""
         set_weights(self._model, tensors)
         return evaluate(self._model, self.x, self.y)[0]
+
+    def losses(self, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Each root example's cross-entropy under the model ``tensors`` (float64)."""
+        set_weights(self._model, tensors)
+        self._model.eval()
+        with torch.no_grad():
+            logits = self._model(torch.from_numpy(self.x))
+            out = nn.functional.cross_entropy(logits, torch.from_numpy(self.y), reduction="none")
+        return out.double().numpy()

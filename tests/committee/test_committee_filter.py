@@ -72,12 +72,14 @@ def test_weighted_mean_of_kept_updates():
     np.testing.assert_allclose(result.candidate["w"], g["w"] + expected, rtol=1e-5, atol=1e-6)
 
 
-def test_trust_weights_are_examples_times_cosine():
-    g, updates = make_updates(num_honest=4, num_flipped=0, seed=5)
+def test_trust_weights_are_examples_times_cosine_capped_at_the_median_cosine():
+    g, updates = make_updates(num_honest=5, num_flipped=0, seed=5)
     result = filter_and_aggregate(g, updates, server_round=1, config=FilterConfig(norm_bound=0))
     cos = {d.client_id: d.cosine for d in result.decisions}
     assert all(d.kept for d in result.decisions)
-    weights = np.array([u.package.num_examples * cos[u.client_id] for u in updates], float)
+    cap = float(np.median(list(cos.values())))
+    assert sum(c > cap for c in cos.values()) == 2  # the two above the median count as the median
+    weights = np.array([u.package.num_examples * min(cos[u.client_id], cap) for u in updates], float)
     expected = sum(w * (u.tensors["w"].astype(float) - g["w"]) for w, u in zip(weights, updates)) / weights.sum()
     np.testing.assert_allclose(result.candidate["w"], g["w"] + expected, rtol=1e-5, atol=1e-6)
 
@@ -93,6 +95,9 @@ class _QuadraticRoot:
 
     def loss(self, tensors):
         return float(sum(np.sum((tensors[k].astype(np.float64) - self.target[k]) ** 2) for k in tensors))
+
+    def losses(self, tensors):  # each coordinate's squared error stands for one root example
+        return np.concatenate([((tensors[k].astype(np.float64) - self.target[k]) ** 2).ravel() for k in tensors])
 
 
 def test_noise_floor_rejects_random_directions_that_happen_to_score_above_zero():
@@ -138,3 +143,60 @@ def test_reported_loss_rule_needs_several_reports_and_a_clear_outlier():
     assert few.rejected == []
     many = filter_and_aggregate(g, batch([0.70, 0.72, 0.80, 0.75, 0.71, 3.5]), server_round=1)
     assert many.rejected == ["l5"] and "reported loss" in next(d.reason for d in many.decisions if not d.kept)
+
+
+def _with_update(base, cid, g, step):
+    package = dataclasses.replace(base.package, client_id=cid)
+    return dataclasses.replace(base, package=package, tensors={k: (g[k] + step[k]).astype(g[k].dtype) for k in g})
+
+
+def test_crowd_reference_keeps_honest_updates_when_the_root_update_is_off():
+    """Late in training a small root set's update can be nearly orthogonal to the honest ones.
+
+    Alone it would put most honest updates under the noise floor; with the median
+    update's direction added they stay, and a sign-flipped update is still rejected.
+    """
+    g, updates = make_updates(num_honest=12, num_flipped=0, seed=4, sizes=(60, 50))
+    mean_step = {k: np.mean([u.tensors[k] - g[k] for u in updates], axis=0) for k in g}
+    rng = np.random.default_rng(1)
+    off = {}  # a root target whose direction is orthogonal to the honest mean step
+    for k in g:
+        r = rng.normal(size=g[k].shape)
+        off[k] = r - (r * mean_step[k]).sum() / (mean_step[k] ** 2).sum() * mean_step[k]
+    root = _QuadraticRoot({k: g[k] + off[k] for k in g})
+    flipped = _with_update(updates[0], "flipped", g, {k: -4 * mean_step[k] for k in g})
+    # this root's loss rises for any step off its target: leave the loss check out
+    alone = filter_and_aggregate(g, updates + [flipped], server_round=1, root=root,
+                                 config=FilterConfig(crowd_reference=False, max_loss_drops=0))
+    both = filter_and_aggregate(g, updates + [flipped], server_round=1, root=root,
+                                config=FilterConfig(max_loss_drops=0))
+    honest = lambda result: [d for d in result.decisions if d.client_id != "flipped"]  # noqa: E731
+    assert sum(not d.kept for d in honest(alone)) >= 6
+    assert all(d.kept for d in honest(both))
+    assert both.reference == "root-update+median-of-others"
+    assert not next(d for d in both.decisions if d.client_id == "flipped").kept
+
+
+def test_an_update_crafted_next_to_the_median_weighs_no_more_than_a_typical_honest_one():
+    g, updates = make_updates(num_honest=9, num_flipped=0, seed=6)
+    median_step = {k: np.median([u.tensors[k] - g[k] for u in updates], axis=0) for k in g}
+    crafted = _with_update(updates[0], "crafted", g, median_step)
+    result = filter_and_aggregate(g, updates + [crafted], server_round=1, config=FilterConfig(norm_bound=0))
+    by_id = {d.client_id: d for d in result.decisions}
+    assert by_id["crafted"].cosine > max(by_id[u.client_id].cosine for u in updates)
+    cap = float(np.median([d.cosine for d in result.decisions]))
+    weights = {u.client_id: u.package.num_examples * min(by_id[u.client_id].cosine, cap) for u in updates + [crafted]}
+    expected = sum(weights[u.client_id] * (u.tensors["w"].astype(float) - g["w"]) for u in updates + [crafted])
+    np.testing.assert_allclose(result.candidate["w"], g["w"] + expected / sum(weights.values()), rtol=1e-5, atol=1e-6)
+
+
+def test_root_loss_check_drops_only_on_a_rise_beyond_the_root_sets_noise():
+    """A candidate that moves the root loss within its noise keeps every update; a clear rise drops the worst."""
+    from bcsfl_flower.committee.filter import _raises_loss
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.3, size=100)
+    assert _raises_loss(noise - noise.mean() + 0.01, 2.0) is False  # +0.01 mean, SE 0.03: noise
+    assert _raises_loss(noise - noise.mean() + 0.2, 2.0) is True
+    assert _raises_loss(noise - noise.mean() + 0.01, 0.0) is True  # z = 0: any rise, the old rule
+    assert _raises_loss(noise - noise.mean() - 0.05, 2.0) is False
