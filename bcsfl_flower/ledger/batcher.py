@@ -85,6 +85,9 @@ class Batcher:
         self.outstanding: dict[str, tuple[dict[str, Any], float]] = {}  # the clients' -> since
         self.waits: dict[str, list[TxWait]] = {}
         self.armed: set[BatchTimer] = set()
+        # the ids :meth:`register` just found off the chain, and the head it read them at:
+        # the :meth:`add` of the same request that follows need not ask the file again
+        self._absent: tuple[str, set[str]] | None = None
 
     # ------------------------------------------------------------------ intake
     def add(self, txs: list[Any], *, facts: NodeFacts, now: float, hops: int = 0,
@@ -108,8 +111,12 @@ class Batcher:
         out: list[Action] = []
         fresh = [tx for tx in txs if isinstance(tx, dict) and isinstance(tx.get("id"), str)
                  and tx["id"] not in self.committed]
-        if fresh:  # already on the chain (before a restart, say): answered, never batched again
-            done = facts.committed([tx["id"] for tx in fresh])
+        absent, self._absent = self._absent, None
+        if absent is None or absent[0] != facts.head.hash:
+            absent = ("", set())
+        ask = [tx["id"] for tx in fresh if tx["id"] not in absent[1]]
+        if ask:  # already on the chain (before a restart, say): answered, never batched again
+            done = facts.committed(ask)
             if done:
                 for tx_id, seq in done.items():
                     self._committed(tx_id, seq, out)
@@ -141,8 +148,10 @@ class Batcher:
         out: list[Action] = []
         unknown = [tx_id for tx_id in wait.remaining if tx_id not in self.committed]
         if unknown and facts is not None:
-            for tx_id, seq in facts.committed(unknown).items():
+            found = facts.committed(unknown)
+            for tx_id, seq in found.items():
                 self._remember(tx_id, seq)
+            self._absent = (facts.head.hash, set(unknown).difference(found))
         for tx_id in list(wait.remaining):
             if tx_id in self.committed:  # a client re-sending what already committed
                 if wait.done(tx_id, self.committed[tx_id]):

@@ -300,3 +300,28 @@ def test_the_recovery_watch_stops_waiting_after_the_grace_when_no_quorum_speaks(
     assert watch.done(0, now=103.0) == "no quorum of peers heard in 3.0s"
     alone = RecoveryWatch(0, keys[:1], f=0, grace=3.0)
     assert not alone.recovering and alone.done(0, now=0.0) is None
+
+
+def test_a_clients_request_asks_the_chain_once_unless_the_head_moved_in_between(fed):
+    asked: list[list[str]] = []
+
+    def committed(ids):
+        asked.append(list(ids))
+        return on_chain(fed)(ids)
+
+    b = Batcher(1, seeded("node-1"), CFG)
+    batch = txs(fed, 3)
+    known = replace(facts(fed, primary=0, leads=False), committed=committed)
+    b.register(TxWait([tx["id"] for tx in batch]), facts=known)
+    b.add(batch, facts=known, now=0.0, from_client=True)
+    assert [set(a) for a in asked] == [{tx["id"] for tx in batch}]  # register's lookup serves the add
+    # A head that moved in between: what register found off the chain is asked again.
+    first = Batcher(0, KEY, CFG)
+    first.add(batch[:1], facts=facts(fed), now=0.0)
+    [block] = proposed(first.on_timer(BatchTimer.BUILD, facts=facts(fed), now=0.0, wall=0.0))
+    asked.clear()
+    b.register(TxWait([tx["id"] for tx in batch]), facts=known)
+    executed(fed, first, block)
+    acts = b.add(batch, facts=replace(known, head=fed.ledger.latest()), now=1.0, from_client=True)
+    assert len(asked) == 2 and batch[0]["id"] not in [tx["id"] for a in acts if isinstance(a, ForwardTxs)
+                                                      for tx in a.txs]
