@@ -86,7 +86,7 @@ def poison_replies(
         ``n`` of the federation (ALIE's ``z``).
     norm_bound : float, optional
         The BCS-FL filter's clip multiple, for scaling-max; default
-        ``FilterConfig().norm_bound`` (1.0).
+        ``FilterConfig().norm_bound`` (2.0).
 
     Returns
     -------

@@ -152,7 +152,7 @@ def _min_max(ref: np.ndarray) -> np.ndarray:
     return mu - gamma * perturb
 
 
-def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: float = 1.0) -> float:
+def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: float = 2.0) -> float:
     """The largest norm BCS-FL's filter keeps unclipped when ``num_malicious`` updates share it.
 
     The filter (:mod:`bcsfl_flower.committee.filter`, step 3) clips kept updates to
@@ -160,7 +160,7 @@ def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: f
     included, so ``c`` is the largest norm with ``c <= norm_bound * median(honest norms
     and c, m times)``. From ``norm_bound`` 2 up the attackers sit above the median and
     ``c`` is ``norm_bound`` times an order statistic of the honest norms; below it
-    (the default 1) ``c`` itself can be one of the middle values, so it is searched
+    (1, say) ``c`` itself can be one of the middle values, so it is searched
     for. When the attackers hold half the updates or more the median is theirs and no
     bound exists: ``norm_bound`` times the largest honest norm is returned instead.
 
@@ -171,7 +171,7 @@ def scaling_max_norm(honest_norms: np.ndarray, num_malicious: int, norm_bound: f
     num_malicious : int
         Number of attackers ``m`` submitting an update of the same norm.
     norm_bound : float, optional
-        The filter's ``FilterConfig.norm_bound``, default 1.0.
+        The filter's ``FilterConfig.norm_bound``, default 2.0.
 
     Returns
     -------
@@ -208,7 +208,7 @@ def full_knowledge_update(
     own: np.ndarray | None = None,
     num_clients: int = 20,
     num_malicious: int = 6,
-    norm_bound: float = 1.0,
+    norm_bound: float = 2.0,
 ) -> np.ndarray:
     """The vector a full-knowledge (omniscient) attacker submits, from the round's honest updates.
 

@@ -58,11 +58,11 @@ def test_minmax_full_reaches_the_largest_honest_distance_and_no_further(honest):
 
 
 def test_scaling_max_norm_hand_checked():
-    # attackers on top: [1, 2, 3, 4, 5, c, c] has median 4 -> bound 8 (4 at the default bound 1)
-    assert scaling_max_norm(np.array([5.0, 1, 3, 2, 4]), 2, norm_bound=2.0) == 8.0
-    assert scaling_max_norm(np.array([5.0, 1, 3, 2, 4]), 2) == pytest.approx(4.0)
+    # attackers on top: [1, 2, 3, 4, 5, c, c] has median 4 -> bound 8 (4 at bound 1)
+    assert scaling_max_norm(np.array([5.0, 1, 3, 2, 4]), 2) == pytest.approx(8.0)
+    assert scaling_max_norm(np.array([5.0, 1, 3, 2, 4]), 2, norm_bound=1.0) == pytest.approx(4.0)
     # bound 1, even count: [1, 2, 3, 4, c, c] -> c above 3 makes the median (3 + c) / 2 < c, so c = 3
-    assert scaling_max_norm(np.array([1.0, 2, 3, 4]), 2) == pytest.approx(3.0)
+    assert scaling_max_norm(np.array([1.0, 2, 3, 4]), 2, norm_bound=1.0) == pytest.approx(3.0)
     # even count: [1, 2, 3, 4, c, c] -> (3 + 4) / 2 = 3.5 -> 7 (c = 7 >= 4 keeps the median)
     assert scaling_max_norm(np.array([1.0, 2, 3, 4]), 2, norm_bound=2.0) == 7.0
     assert scaling_max_norm(np.array([1.0, 2, 3, 4]), 0, norm_bound=1.5) == 3.75
@@ -95,7 +95,7 @@ def test_scaling_max_is_the_largest_update_the_bcsfl_filter_keeps_unclipped(hone
     # a bit more and the filter clips it: the bound is tight
     over = filter_and_aggregate(g, updates + [_verified(f"m{i}", out * 1.001) for i in range(m)], server_round=1)
     assert all("clipped" in d.reason for d in over.decisions if d.client_id.startswith("m"))
-    assert FilterConfig().norm_bound == 1.0  # the default the attack is sized for
+    assert FilterConfig().norm_bound == 2.0  # the default the attack is sized for
 
 
 def test_client_half_is_honest_training_and_the_reference_gives_the_attack(honest):
