@@ -283,8 +283,10 @@ def make_private(
     sample_gen = noise_gen = None
     if seed is not None:
         s1, s2 = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
-        sample_gen = torch.Generator().manual_seed(int(s1) >> 1)
-        noise_gen = torch.Generator().manual_seed(int(s2) >> 1)
+        sample_gen = torch.Generator().manual_seed(int(s1) >> 1)  # indices are drawn on the CPU
+        # the noise is drawn where the gradients are (a CPU generator fails on CUDA)
+        device = next(model.parameters()).device
+        noise_gen = torch.Generator(device=device).manual_seed(int(s2) >> 1)
     # Wrap the loader ourselves (same as Opacus' poisson_sampling=True path) so the
     # sampling generator can be seeded.
     dp_loader = DPDataLoader.from_data_loader(data_loader, generator=sample_gen)
