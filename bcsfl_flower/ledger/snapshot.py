@@ -283,7 +283,7 @@ class SnapshotDriver:
                       cp.app_digest[:80])
             self._running = False
             return
-        urls = peer_order(self.node.http_urls, self.node.index, self._attempt)
+        urls = peer_order(self.node.http_urls, self.node.index, self._attempt, busy=self.node.replica.primary)
         self._attempt += 1  # a retry starts at the next peer
         log.info("node %d: state transfer to checkpoint %d (height %d)", self.node.index, cp.seq, target.height)
         work = functools.partial(transfer, self.ledger, target.height, target.head, target.models, urls,

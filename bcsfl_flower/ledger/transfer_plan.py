@@ -132,10 +132,17 @@ class BlockFetch:
         return list(dict.fromkeys(d for b in self.blocks for d in referenced_models(b)))
 
 
-def peer_order(urls: Sequence[str], me: int, start: int) -> list[str]:
-    """The peers' URLs (all but index ``me``), beginning at the ``start``-th in turn."""
-    others = [u for j, u in enumerate(urls) if j != me]
+def peer_order(urls: Sequence[str], me: int, start: int, busy: int | None = None) -> list[str]:
+    """The peers' URLs (all but index ``me``), beginning at the ``start``-th in turn.
+
+    ``busy`` (default None) is a peer to ask last: the current primary. A transfer reads
+    tens of megabytes of chain pages from the peer it asks, and the primary that serves
+    them orders nothing meanwhile (the soak's view changes right after a transfer began
+    from the primary); it stays in the list, as the last resort.
+    """
+    others = [u for j, u in enumerate(urls) if j not in (me, busy)]
+    last = [urls[busy]] if busy is not None and busy != me and 0 <= busy < len(urls) else []
     if not others:
-        return []
+        return last
     k = start % len(others)
-    return others[k:] + others[:k]
+    return others[k:] + others[:k] + last
