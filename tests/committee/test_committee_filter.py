@@ -153,16 +153,17 @@ def _with_update(base, cid, g, step):
 def test_crowd_reference_keeps_honest_updates_when_the_root_update_is_off():
     """Late in training a small root set's update can be nearly orthogonal to the honest ones.
 
-    Alone it would put most honest updates under the noise floor; with the median
-    update's direction added they stay, and a sign-flipped update is still rejected.
+    Alone it puts half the honest updates under the noise floor; the ones it accepts
+    (anchors) give the median direction that keeps the rest, and a sign-flipped update
+    is still rejected.
     """
     g, updates = make_updates(num_honest=12, num_flipped=0, seed=4, sizes=(60, 50))
     mean_step = {k: np.mean([u.tensors[k] - g[k] for u in updates], axis=0) for k in g}
     rng = np.random.default_rng(1)
-    off = {}  # a root target whose direction is orthogonal to the honest mean step
+    off = {}  # a root target mostly orthogonal to the honest mean step, a little along it
     for k in g:
         r = rng.normal(size=g[k].shape)
-        off[k] = r - (r * mean_step[k]).sum() / (mean_step[k] ** 2).sum() * mean_step[k]
+        off[k] = r - (r * mean_step[k]).sum() / (mean_step[k] ** 2).sum() * mean_step[k] + 0.6 * mean_step[k]
     root = _QuadraticRoot({k: g[k] + off[k] for k in g})
     flipped = _with_update(updates[0], "flipped", g, {k: -4 * mean_step[k] for k in g})
     # this root's loss rises for any step off its target: leave the loss check out
@@ -171,9 +172,9 @@ def test_crowd_reference_keeps_honest_updates_when_the_root_update_is_off():
     both = filter_and_aggregate(g, updates + [flipped], server_round=1, root=root,
                                 config=FilterConfig(max_loss_drops=0))
     honest = lambda result: [d for d in result.decisions if d.client_id != "flipped"]  # noqa: E731
-    assert sum(not d.kept for d in honest(alone)) >= 6
+    assert 3 <= sum(d.kept for d in honest(alone)) <= 6
     assert all(d.kept for d in honest(both))
-    assert both.reference == "root-update+median-of-others"
+    assert both.reference == "root-update+median-of-anchors"
     assert not next(d for d in both.decisions if d.client_id == "flipped").kept
 
 
