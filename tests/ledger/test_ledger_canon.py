@@ -20,7 +20,7 @@ from bcsfl_flower.crypto import SigningKey, check_signature_hex, verify_cache_st
 from bcsfl_flower.ledger import GENESIS, LedgerError, build_block, canonical_json, make_transaction
 from bcsfl_flower.ledger.block import Block, transaction_hash
 from bcsfl_flower.ledger.canon import encode_block_data
-from bcsfl_flower.ledger.rules import check_block
+from bcsfl_flower.ledger.rules import check_block, is_digest
 
 _leaf = st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=6) | st.floats(
     allow_nan=False, allow_infinity=False)
@@ -111,3 +111,14 @@ def test_memo_keeps_what_was_checked_last() -> None:
     memo.put(3, False)
     memo.put(4, True)
     assert memo.get(0) is None and memo.get(4) and memo.get(3) is False
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(alphabet="0123456789abcdefABCDEF \n\t-g\u0660", min_size=62, max_size=66))
+def test_is_digest_is_exactly_64_lowercase_hex(value: str) -> None:
+    import re
+
+    assert is_digest(value) == (re.fullmatch(r"[0-9a-f]{64}", value) is not None)
+    assert not is_digest(value.encode()) and not is_digest(None)
+    assert is_digest(hashlib.sha256(value.encode()).hexdigest())
+    assert not is_digest(hashlib.sha256(value.encode()).hexdigest().upper())
