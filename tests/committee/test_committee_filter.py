@@ -74,7 +74,7 @@ def test_weighted_mean_of_kept_updates():
 
 def test_trust_weights_are_examples_times_cosine_capped_at_the_median_cosine():
     g, updates = make_updates(num_honest=5, num_flipped=0, seed=5)
-    result = filter_and_aggregate(g, updates, server_round=1, config=FilterConfig(norm_bound=0))
+    result = filter_and_aggregate(g, updates, server_round=1, config=FilterConfig(norm_bound=0, trust_weighted=True))
     cos = {d.client_id: d.cosine for d in result.decisions}
     assert all(d.kept for d in result.decisions)
     cap = float(np.median(list(cos.values())))
@@ -182,7 +182,8 @@ def test_an_update_crafted_next_to_the_median_weighs_no_more_than_a_typical_hone
     g, updates = make_updates(num_honest=9, num_flipped=0, seed=6)
     median_step = {k: np.median([u.tensors[k] - g[k] for u in updates], axis=0) for k in g}
     crafted = _with_update(updates[0], "crafted", g, median_step)
-    result = filter_and_aggregate(g, updates + [crafted], server_round=1, config=FilterConfig(norm_bound=0))
+    result = filter_and_aggregate(g, updates + [crafted], server_round=1,
+                                  config=FilterConfig(norm_bound=0, trust_weighted=True))
     by_id = {d.client_id: d for d in result.decisions}
     assert by_id["crafted"].cosine > max(by_id[u.client_id].cosine for u in updates)
     cap = float(np.median([d.cosine for d in result.decisions]))
