@@ -14,12 +14,9 @@ from bcsfl_flower.client.attacks import (
     DATA_ATTACKS,
     FULL_KNOWLEDGE,
     NEEDS_REFERENCE,
-    SCALING_MAX_MARGIN,
     alie_z,
     flip_labels,
-    full_knowledge_update,
     poison_update,
-    scaling_max_norm,
 )
 
 D = 2_000
