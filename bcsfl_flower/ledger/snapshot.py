@@ -283,7 +283,8 @@ class SnapshotDriver:
                       cp.app_digest[:80])
             self._running = False
             return
-        urls = peer_order(self.node.http_urls, self.node.index, self._attempt, busy=self.node.replica.primary)
+        view, n = self.node.replica.view, self.node.n  # the primaries of this view and the next serve last
+        urls = peer_order(self.node.http_urls, self.node.index, self._attempt, busy=(view % n, (view + 1) % n))
         self._attempt += 1  # a retry starts at the next peer
         log.info("node %d: state transfer to checkpoint %d (height %d)", self.node.index, cp.seq, target.height)
         work = functools.partial(transfer, self.ledger, target.height, target.head, target.models, urls,

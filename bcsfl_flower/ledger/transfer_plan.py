@@ -132,17 +132,19 @@ class BlockFetch:
         return list(dict.fromkeys(d for b in self.blocks for d in referenced_models(b)))
 
 
-def peer_order(urls: Sequence[str], me: int, start: int, busy: int | None = None) -> list[str]:
+def peer_order(urls: Sequence[str], me: int, start: int, busy: Sequence[int] = ()) -> list[str]:
     """The peers' URLs (all but index ``me``), beginning at the ``start``-th in turn.
 
-    ``busy`` (default None) is a peer to ask last: the current primary. A transfer reads
-    tens of megabytes of chain pages from the peer it asks, and the primary that serves
-    them orders nothing meanwhile (the soak's view changes right after a transfer began
-    from the primary); it stays in the list, as the last resort.
+    ``busy`` (default none) are peers to ask last, the last one last: the primaries of the
+    next view and of the current one. A transfer reads tens of megabytes of chain pages
+    from the peer it asks, and a primary serving them orders little meanwhile (in the
+    soak, views whose primary was serving a transfer were voted out, twice the primary
+    of the view entered just after the transfer began). They stay in the list.
     """
-    others = [u for j, u in enumerate(urls) if j not in (me, busy)]
-    last = [urls[busy]] if busy is not None and busy != me and 0 <= busy < len(urls) else []
+    last = list(dict.fromkeys(j for j in busy if j != me and 0 <= j < len(urls)))
+    others = [u for j, u in enumerate(urls) if j != me and j not in last]
+    tail = [urls[j] for j in reversed(last)]
     if not others:
-        return last
+        return tail
     k = start % len(others)
-    return others[k:] + others[:k] + last
+    return others[k:] + others[:k] + tail

@@ -150,17 +150,20 @@ def test_block_fetch_takes_only_the_certified_chain(tmp_path: Path) -> None:
         gap.take({"chain": []})
 
 
-def test_a_transfer_asks_the_primary_last() -> None:
+def test_a_transfer_asks_the_primaries_last() -> None:
     """Serving tens of megabytes of chain pages keeps a node from ordering: the soak's
-    frozen backup fetched from the primary, which was voted out meanwhile."""
+    lagging backups fetched from the primary, or from the next view's, which was voted
+    out meanwhile. The primaries of the current and the next view are asked last."""
     from bcsfl_flower.ledger.transfer_plan import peer_order
 
     urls = ["u0", "u1", "u2", "u3"]
-    assert peer_order(urls, 3, 0) == ["u0", "u1", "u2"]  # no primary named: in turn
-    assert peer_order(urls, 3, 0, busy=0) == ["u1", "u2", "u0"]
-    assert peer_order(urls, 3, 1, busy=0) == ["u2", "u1", "u0"]  # the next attempt, the next peer
-    assert peer_order(urls, 1, 0, busy=1) == ["u0", "u2", "u3"]  # itself the primary: nothing to skip
-    assert peer_order(["u0", "u1"], 1, 5, busy=0) == ["u0"]  # the primary is the only peer: still asked
+    assert peer_order(urls, 3, 0) == ["u0", "u1", "u2"]  # none named: in turn
+    assert peer_order(urls, 3, 0, busy=(0, 1)) == ["u2", "u1", "u0"]  # the current primary last
+    assert peer_order(urls, 3, 1, busy=(0,)) == ["u2", "u1", "u0"]  # the next attempt, the next peer
+    assert peer_order(urls, 1, 0, busy=(1, 2)) == ["u0", "u3", "u2"]  # itself a primary: not listed
+    assert peer_order(urls, 2, 0, busy=(3, 0)) == ["u1", "u0", "u3"]
+    assert peer_order(["u0", "u1"], 1, 5, busy=(0,)) == ["u0"]  # the primary is the only peer: still asked
+
 
 
 @pytest.mark.slow
