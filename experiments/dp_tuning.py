@@ -31,6 +31,7 @@ from pathlib import Path
 from statistics import median
 
 from . import common
+from . import privacy_pruning
 from .privacy_pruning import PRIVACY_FIELDS, ledger_epsilons
 
 FIELDS = PRIVACY_FIELDS + ("momentum",)
@@ -104,12 +105,9 @@ def run_one(setting: dict, a: argparse.Namespace) -> dict:
 
 def _typical_noise(s: dict, a: argparse.Namespace) -> float:
     """The noise multiplier an average-sized client picks (each client picks its own)."""
-    from bcsfl_flower.data import load_dataset
-    from bcsfl_flower.training.privacy import client_noise
-
-    ds = load_dataset(s["dataset"], common.data_dir(s["dataset"], a.data_dir) or None)
-    per_client = round((len(ds.train_y) - 100) / s["num_clients"])
-    return round(client_noise(s["target_epsilon"], per_client, s["batch_size"], s["local_epochs"], s["rounds"]), 3)
+    run = argparse.Namespace(dataset=s["dataset"], data_dir=a.data_dir, root_size=100, num_clients=s["num_clients"],
+                             local_epochs=s["local_epochs"], rounds=s["rounds"])
+    return round(privacy_pruning._typical_noise(s["target_epsilon"], run, s["batch_size"]), 3)
 
 
 def main(argv: list[str] | None = None) -> int:
