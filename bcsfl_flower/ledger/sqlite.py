@@ -16,7 +16,10 @@ before the table existed gets it filled from its blocks when first opened for wr
 
 A ledger node also keeps a few values of its own in the ``meta`` table (``key`` ->
 text): its last stable PBFT checkpoint (:mod:`~.snapshot`), so that a restarted node
-resumes from its own file instead of from sequence number 1.
+resumes from its own file instead of from sequence number 1, and a replay point
+(:mod:`~.resume`): the state after a block, saved every ``POINT_TXS`` transactions with
+the block that completes them, from which opening the file for writing replays only the
+blocks above it (a file opened read-only is replayed from genesis).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from bcsfl_flower.federation import FederationState
 from .base import Ledger
 from .block import GENESIS, Block, BlockRow, LedgerError
 from .replay import Replay, advance, genesis_replay
+from .resume import META_KEY as _POINT_KEY
+from .resume import decode_point, due, encode_point
 from .upload import check_model_size
 
 __all__ = ["SqliteLedger"]
@@ -108,6 +113,7 @@ class SqliteLedger(Ledger):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._replay: Replay = genesis_replay()
+        self._unsaved = (0, 0)  # blocks and transactions above the last replay point
         target, uri = (self.path.resolve().as_uri() + "?mode=ro", True) if read_only else (str(self.path), False)
         self._conn = sqlite3.connect(target, timeout=timeout, isolation_level=None, check_same_thread=False,
                                      uri=uri)
@@ -118,6 +124,7 @@ class SqliteLedger(Ledger):
                     raise LedgerError(f"{self.path} is not a ledger (no blocks table)")
             else:
                 self._setup(timeout, create)
+                self._replay = self._resume_point(self._conn)
         except BaseException:
             self._conn.close()
             raise
@@ -225,20 +232,43 @@ class SqliteLedger(Ledger):
     def height(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM blocks")[0][0])
 
+    def _resume_point(self, conn: sqlite3.Connection) -> Replay:
+        """The replay point saved in the file if it names the stored block at its height, else genesis.
+
+        Never for a file opened read-only: whoever audits a file re-checks all of it.
+        """
+        if self.read_only or conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+            return genesis_replay()
+        text = conn.execute("SELECT value FROM meta WHERE key = ?", (_POINT_KEY,)).fetchone()
+        if text is None:
+            return genesis_replay()
+        try:
+            seq, head, state = decode_point(text[0])
+        except ValueError:  # another version's, or damaged: the blocks are the truth
+            return genesis_replay()
+        row = conn.execute(f"SELECT {_COLUMNS} FROM blocks WHERE sequence_no = ?", (seq,)).fetchone()
+        if row is None or row[1] != head:  # the chain under the point was replaced (or cut)
+            return genesis_replay()
+        return Replay(state, Block.from_row(BlockRow(*row)))
+
     def _caught_up(self, conn: sqlite3.Connection) -> Replay:
         """The replay advanced over blocks written since this object last looked."""
         rep = self._replay
         stored = conn.execute("SELECT hash FROM blocks WHERE sequence_no = ?", (rep.head.sequence_no,)).fetchone()
+        blocks, txs = self._unsaved
         if stored is None or stored[0] != rep.head.hash:
-            rep = genesis_replay()  # the file changed under us: re-check it all
+            rep, blocks, txs = self._resume_point(conn), 0, 0  # the file changed under us: re-check it from its point
         rows = conn.execute(f"SELECT {_COLUMNS} FROM blocks WHERE sequence_no > ? ORDER BY sequence_no",
                             (rep.head.sequence_no,)).fetchall()
         for row in rows:
             try:
-                rep = advance(rep, Block.from_row(BlockRow(*row)))
+                block = Block.from_row(BlockRow(*row))
+                rep = advance(rep, block)
             except LedgerError as err:  # written past the rules (by hand, or by an older version)
                 raise LedgerError(f"stored block {row[0]}: {err}") from None
-        self._replay = rep
+            blocks, txs = blocks + 1, txs + len(block.transactions)
+        self._replay, self._unsaved = rep, (blocks, txs)
         return rep
 
     def state(self) -> FederationState:
@@ -267,7 +297,13 @@ class SqliteLedger(Ledger):
                 tx_id = next(iter(seen), "?")
                 raise LedgerError(f"transaction {tx_id} is already committed in block "
                                   f"{seen.get(tx_id, '?')}") from None
-        self._replay = rep
+            blocks, txs = self._unsaved[0] + 1, self._unsaved[1] + len(ids)
+            if due(blocks, txs):  # with the block it follows: a point never names a block not in the file
+                conn.execute(_META_SCHEMA)
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (_POINT_KEY, encode_point(rep)))
+                blocks, txs = 0, 0
+        self._replay, self._unsaved = rep, (blocks, txs)
 
     def committed(self, ids: Iterable[str]) -> dict[str, int]:
         """Of the transaction ids ``ids``, those on the chain: ``id -> sequenceNo`` of their block."""
