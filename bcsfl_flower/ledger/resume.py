@@ -30,7 +30,7 @@ from .replay import Replay
 __all__ = ["META_KEY", "POINT_BLOCKS", "POINT_TXS", "decode_point", "due", "encode_point"]
 
 META_KEY = "replay_point"
-_FORMAT = "bcsfl-replay1"
+_FORMAT = "bcsfl-replay1"  # a new one whenever the state's fields or the rules that derive it change
 #: A point is saved once this many transactions, or blocks, were appended since the last
 #: one: a restart re-checks at most about that many signatures (~1 s at 10,000), and
 #: saving costs one JSON encoding of the state (small next to checking 10,000 signatures).

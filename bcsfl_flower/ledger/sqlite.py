@@ -2,8 +2,8 @@
 
 Each ``append`` runs in one ``BEGIN IMMEDIATE`` transaction that re-reads the head,
 validates the block and writes it, so concurrent writers (threads or processes) can
-never fork the chain. The federation state (identities, stakes) is not stored: it is
-replayed from the blocks, and blocks another process appended are checked against the
+never fork the chain. The federation state (identities, stakes) is replayed from the
+blocks (from the last replay point, below, when the file is opened for writing), and blocks another process appended are checked against the
 rules before this one relies on them. Tamper evidence comes from ``verify_chain``, not from triggers.
 
 Exactly once: the id of every transaction on the chain is also a row of the ``txs``
@@ -237,14 +237,11 @@ class SqliteLedger(Ledger):
 
         Never for a file opened read-only: whoever audits a file re-checks all of it.
         """
-        if self.read_only or conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
-            return genesis_replay()
-        text = conn.execute("SELECT value FROM meta WHERE key = ?", (_POINT_KEY,)).fetchone()
+        text = None if self.read_only else self.get_meta(_POINT_KEY)
         if text is None:
             return genesis_replay()
         try:
-            seq, head, state = decode_point(text[0])
+            seq, head, state = decode_point(text)
         except ValueError:  # another version's, or damaged: the blocks are the truth
             return genesis_replay()
         row = conn.execute(f"SELECT {_COLUMNS} FROM blocks WHERE sequence_no = ?", (seq,)).fetchone()
