@@ -217,3 +217,19 @@ def test_a_stored_block_the_rules_refuse_above_the_point_still_fails(
         conn.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?,?)", tuple(block.to_row()))
     with SqliteLedger(path) as led, pytest.raises(LedgerError, match="no enrolled identity holds"):
         led.state()
+
+
+def test_a_file_without_a_point_gets_one_at_its_next_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file written before points existed: replayed in full once, the blocks replayed count."""
+    path = tmp_path / "l.db"
+    _point_every(monkeypatch, 10**9)
+    with SqliteLedger(path) as led:
+        fed = Federation.start(led)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchall() == []
+    _point_every(monkeypatch, 7)
+    with SqliteLedger(path) as led:  # charter and five enrolments above genesis, one more here
+        fed.ledger = led
+        led.append(fed.tx_block([fed.tx("client-0", num=1)]))
+        assert _point(path)["seq"] == 7 == led.latest().sequence_no
+    assert _reopen_checks(path)[1] == 0
