@@ -8,14 +8,20 @@ root set give the same decisions and the same candidate bytes on every coordinat
    ``crowd_reference``, the updates the root update alone accepts (2.) are anchors,
    and every update is scored again against the sum of two unit vectors: the root
    update's direction and that of the coordinate-wise median of the anchors (for an
-   anchor, of the *other* anchors: it is not scored against a median it is part of).
+   anchor, of the *other* anchors: it is not scored against a median it is part of);
+   its cosine is the larger of that one and its cosine to the root update alone.
    The median is robust to a minority; taking it over anchors only keeps out what
    points against the root data (sign-flip, IPM), which colluding with identical
    updates would otherwise pull the median towards. Alone,
    a root update of a hundred examples is noisy late in training (measured, MNIST,
    alpha 0.5: in round 9 the honest updates' median cosine to it was 0.008 and 65% of
    them fell under the noise floor, while their cosine to the median update was 0.22
-   to 0.35, with or without 30% attackers).
+   to 0.35, with or without 30% attackers). Under strong label skew the median is the
+   common classes' direction, and an honest client holding rare ones points away from
+   it while its cosine to the root update (all classes) stays clearly positive: scored
+   against the crowd alone, 17 of 200 honest client-rounds were rejected at alpha 0.1
+   (MNIST, seed 7, no attack), 5 with the larger of the two cosines. Sign-flip and IPM
+   point against both and stay out.
 2. Cosine: an update whose cosine to the reference is not clearly positive is
    rejected: at most ``cosine_threshold``, or within the noise floor
    ``noise_z / sqrt(d)`` (a random direction in ``d`` dimensions has a cosine of about
@@ -259,8 +265,9 @@ def filter_and_aggregate(
     cosines = deltas @ reference / np.maximum(norms * np.linalg.norm(reference), 1e-12)
     anchors = np.flatnonzero(cosines > threshold)
     if root is not None and config.crowd_reference and len(anchors) >= 3:
-        cosines = _crowd_cosines(deltas, _unit(reference), anchors)
-        ref_name = "root-update+median-of-anchors"
+        # the better of the two: an update that the root data or the crowd clearly backs
+        cosines = np.maximum(cosines, _crowd_cosines(deltas, _unit(reference), anchors))
+        ref_name = "root-update|root+median-of-anchors"
     kept = cosines > threshold
     reasons = ["" if k else f"cosine {c:.4f} <= {threshold:.4f}" for k, c in zip(kept, cosines)]
     if config.trust_weighted and not config.dp:  # DP: cosines are mostly the clients' noise

@@ -174,8 +174,44 @@ def test_crowd_reference_keeps_honest_updates_when_the_root_update_is_off():
     honest = lambda result: [d for d in result.decisions if d.client_id != "flipped"]  # noqa: E731
     assert 3 <= sum(d.kept for d in honest(alone)) <= 6
     assert all(d.kept for d in honest(both))
-    assert both.reference == "root-update+median-of-anchors"
+    assert both.reference == "root-update|root+median-of-anchors"
     assert not next(d for d in both.decisions if d.client_id == "flipped").kept
+
+
+def test_a_rare_class_update_the_root_data_backs_is_kept_though_the_crowd_points_elsewhere():
+    """Label skew: most clients hold the common classes (direction A), two hold a rare one (B).
+
+    The root data holds both (its target is along A + B). A rare-class update improves B
+    and costs a little A, so its cosine to root + median (which is A) is negative while
+    its cosine to the root update is clearly positive: it is kept. An IPM-style update
+    against the crowd's mean points against both and is still rejected.
+    """
+    g, updates = make_updates(num_honest=10, num_flipped=0, seed=5, sizes=(60, 50))
+    a = {k: np.mean([u.tensors[k] - g[k] for u in updates], axis=0) for k in g}
+    rng = np.random.default_rng(2)
+    b = {}
+    for k in g:  # a unit of B per unit of A, orthogonal to A
+        r = rng.normal(size=g[k].shape)
+        r -= (r * a[k]).sum() / (a[k] ** 2).sum() * a[k]
+        b[k] = r * np.sqrt((a[k] ** 2).sum() / (r ** 2).sum())
+    root = _QuadraticRoot({k: g[k] + a[k] + b[k] for k in g})
+    rare = [_with_update(updates[i], f"rare{i}", g, {k: b[k] - 0.6 * a[k] + 0.05 * rng.normal(size=g[k].shape) for k in g})
+            for i in range(2)]
+    ipm = _with_update(updates[0], "ipm", g, {k: -0.5 * a[k] for k in g})
+    crowd_only = filter_and_aggregate(g, updates + rare + [ipm], server_round=1, root=root,
+                                      config=FilterConfig(max_loss_drops=0))
+    by_id = {d.client_id: d for d in crowd_only.decisions}
+    assert by_id["rare0"].kept and by_id["rare1"].kept
+    assert not by_id["ipm"].kept
+    assert all(by_id[u.client_id].kept for u in updates)
+    # the crowd reference alone (root + median of anchors) scores them below zero
+    anchors = np.flatnonzero([by_id[u.client_id].kept for u in updates])
+    names = list(g)
+    flat = lambda t: np.concatenate([np.asarray(t[n], np.float64).ravel() for n in names])  # noqa: E731
+    deltas = np.stack([flat(u.tensors) - flat(g) for u in updates + rare])
+    from bcsfl_flower.committee.filter import _crowd_cosines, _unit
+    crowd = _crowd_cosines(deltas, _unit(flat(root.update(g, 1))), anchors)
+    assert crowd[-1] < 0 and crowd[-2] < 0
 
 
 def test_an_update_crafted_next_to_the_median_weighs_no_more_than_a_typical_honest_one():
