@@ -3,8 +3,8 @@
 Each ``append`` runs in one ``BEGIN IMMEDIATE`` transaction that re-reads the head,
 validates the block and writes it, so concurrent writers (threads or processes) can
 never fork the chain. The federation state (identities, stakes) is replayed from the
-blocks (from the last replay point, below, when the file is opened for writing), and blocks another process appended are checked against the
-rules before this one relies on them. Tamper evidence comes from ``verify_chain``, not from triggers.
+blocks (from the last replay point, below, when the file is opened for writing), and
+blocks another process appended are checked against the rules before this one relies on them. Tamper evidence comes from ``verify_chain``, not from triggers.
 
 Exactly once: the id of every transaction on the chain is also a row of the ``txs``
 table (``id`` -> the ``sequence_no`` of its block), written in the same SQLite
@@ -65,6 +65,11 @@ _COLUMNS = "sequence_no, hash, last_hash, timestamp, data, public, sign"
 _BUSY_TIMEOUT_S = 30.0
 _CACHE_KIB = 16384  # page cache of a writing connection
 _WAL_CHECKPOINT_PAGES = 10_000  # WAL pages (4 KiB) between automatic checkpoints
+
+
+def _put_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(_META_SCHEMA)  # made on first use: a plain ledger file has no such table
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -296,9 +301,7 @@ class SqliteLedger(Ledger):
                                   f"{seen.get(tx_id, '?')}") from None
             blocks, txs = self._unsaved[0] + 1, self._unsaved[1] + len(ids)
             if due(blocks, txs):  # with the block it follows: a point never names a block not in the file
-                conn.execute(_META_SCHEMA)
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             (_POINT_KEY, encode_point(rep)))
+                _put_meta(conn, _POINT_KEY, encode_point(rep))
                 blocks, txs = 0, 0
         self._replay, self._unsaved = rep, (blocks, txs)
 
@@ -373,8 +376,7 @@ class SqliteLedger(Ledger):
     def set_meta(self, key: str, value: str) -> None:
         """Store ``value`` under ``key`` (replacing it), durably, in one SQLite transaction."""
         with self._write() as conn:
-            conn.execute(_META_SCHEMA)  # made on first use: a plain ledger file has no such table
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            _put_meta(conn, key, value)
 
     # -- raw access ----------------------------------------------------------------
     def block_rows(self) -> Iterator[BlockRow]:
