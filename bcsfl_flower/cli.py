@@ -92,6 +92,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="examples the coordinators hold as root set (0: none)")
     p.add_argument("--example-cap", type=float, default=d.example_cap,
                    help="a client's declared examples count at most this x the round's median claim (0: no cap)")
+    p.add_argument("--server-momentum", type=float, default=d.server_momentum,
+                   help="beta of the committee's server momentum, in [0, 1): the candidate adds beta x the last "
+                        "certified step (0: off; 0.5 suits DP-SGD clients)")
     p.add_argument("--committee-size", type=int, default=d.committee_size,
                    help="coordinators per round, at least 4 (3f+1 tolerates f)")
     p.add_argument("--byzantine-coordinators", type=int, default=d.byzantine_coordinators,
@@ -140,6 +143,7 @@ def _settings(args: argparse.Namespace, out: Path) -> RunSettings:
         target_epsilon=args.target_epsilon, model=args.model,
         prune=args.prune, compression=args.compression, topk_fraction=args.topk_fraction,
         quantize_bits=args.quantize_bits, root_size=args.root_size, example_cap=args.example_cap,
+        server_momentum=args.server_momentum,
         committee_size=args.committee_size, committee=args.committee,
         byzantine_coordinators=args.byzantine_coordinators,
         bcsfl_ledger=args.ledger or f"sqlite:///{out / 'ledger.db'}",

@@ -63,6 +63,8 @@ class RunSettings:
     quantize_bits: int = 0
     root_size: int = 100
     example_cap: float = 3.0  # a client's declared examples count at most this x the round's median (0: no cap)
+    # beta of the committee's server momentum over the chain's last two models (0: off)
+    server_momentum: float = 0.0
     committee_size: int = 4
     byzantine_coordinators: int = 0  # experiment: the first N drawn coordinators propose poison
     committee: str = "server"  # "server": in-process committee; "nodes": coordinators on client nodes
@@ -99,6 +101,12 @@ class RunSettings:
     def from_context(cls, context: Context, overrides: Mapping[str, Any] | None = None) -> RunSettings:
         """Run-config of ``context`` with ``overrides`` on top."""
         return cls.from_mapping({**dict(context.run_config), **dict(overrides or {})})
+
+    def filter_config(self):
+        """The committee's :class:`~bcsfl_flower.committee.filter.FilterConfig` for these settings."""
+        from .committee.filter import FilterConfig
+
+        return FilterConfig(example_cap=self.example_cap, dp=self.dp_enabled, server_momentum=self.server_momentum)
 
     def enrolment_key_path(self) -> str:
         """The enrolment authority's key file: ``bcsfl-enrolment-key``, else ``<key dir>/enrolment.key``."""
@@ -177,6 +185,8 @@ class RunSettings:
               "; 0: float32 values, 8: int8, 2: ternary")
         check("root_size", self.root_size >= 0, "must be at least 0", "; 0: no root set")
         check("example_cap", finite("example_cap") and self.example_cap >= 0, "must be at least 0", "; 0: no cap")
+        check("server_momentum", finite("server_momentum") and 0 <= self.server_momentum < 1, "must be in [0, 1)",
+              "; 0: no server momentum")
         if "committee_size" not in wrong_type:
             from .federation import MIN_COMMITTEE
 

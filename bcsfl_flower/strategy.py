@@ -15,6 +15,7 @@ from flwr.supercore import log
 
 from .committee.agreement import Agreement
 from .committee.committee import Committee
+from .committee.coordinator import previous_model
 from .committee.enrolment import authority_key, enrol_first_use, install_charter, enrol_relay
 from .committee.filter import FilterConfig
 from .keys import RELAY_ID, key_path, member_keys
@@ -409,7 +410,8 @@ class BCSFL(FedAvg):
                 self.key_dir, sorted(set(committee) - set(keys)))
         return self.committee.decide(state=state, server_round=server_round, chain_round=chain_round, keys=keys,
                                      global_tensors=self._global, updates=updates, refused=refused,
-                                     root=self.root_set, config=self.filter_config)
+                                     root=self.root_set, config=self.filter_config,
+                                     previous=previous_model(state, self.ledger.get_model, self.filter_config))
 
     def _decide_on_nodes(self, server_round, chain_round, state, updates, refused) -> RoundOutcome:
         if self._grid is None:

@@ -7,17 +7,18 @@
     python -m experiments.dp_tuning --merge /tmp/dp_gpu.csv                # back here, into privacy.csv
 
 Every combination of ``--batch-sizes`` x ``--lrs`` x ``--clips`` (per-example clipping
-norm) x ``--momenta`` x ``--epochs-list`` x ``--strategies`` is one ``bcsfl simulate`` with
+norm) x ``--momenta`` x ``--epochs-list`` x ``--strategies`` (x ``--server-momenta``, the
+committee's momentum, for bcsfl) is one ``bcsfl simulate`` with
 ``--target-epsilon``: each client picks the noise that spends exactly that budget on its
 own data over all rounds (``bcsfl_flower.training.privacy.client_noise``), with the tanh
 "dp" model. The privacy unit is one training example of one client; delta is 1e-5. The
 epsilon each client reached is read back from the ledger's last block (the clients'
 signed reports). ``--baseline`` also runs the same setting without DP (the default model
-and the default batch, learning rate and momentum), the row the cost of DP is read
-against.
+and the default batch, learning rate and momentum; the same server momentum), the row the
+cost of DP is read against.
 
 Rows go to ``experiments/results/privacy.csv`` (its columns record batch, learning
-rate, clip, momentum and model), so the privacy table and its plot
+rate, clip, momentum, server momentum and model), so the privacy table and its plot
 (:mod:`.privacy_pruning`) show them; rows already there are skipped.
 """
 
@@ -34,9 +35,9 @@ from . import common
 from . import privacy_pruning
 from .privacy_pruning import PRIVACY_FIELDS, ledger_epsilons
 
-FIELDS = PRIVACY_FIELDS + ("momentum",)
+FIELDS = PRIVACY_FIELDS + ("momentum", "server_momentum")
 KEY = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "target_epsilon",
-       "batch_size", "lr", "dp_max_grad_norm", "momentum", "model")
+       "batch_size", "lr", "dp_max_grad_norm", "momentum", "model", "server_momentum")
 
 
 def _key(row: dict) -> tuple:
@@ -44,7 +45,7 @@ def _key(row: dict) -> tuple:
     out = []
     for k in KEY:
         v = row.get(k)
-        v = "0" if k == "momentum" and v in ("", None) else v
+        v = "0" if k in ("momentum", "server_momentum") and v in ("", None) else v
         try:
             out.append(round(float(v), 9))
         except (TypeError, ValueError):
@@ -56,7 +57,10 @@ def plan(a: argparse.Namespace) -> list[dict]:
     """The runs of the grid, as the rows' setting columns."""
     base = dict(dataset=a.dataset, num_clients=a.num_clients, rounds=a.rounds, alpha=a.alpha, seed=a.seed)
     runs = []
-    for strategy in common.words(a.strategies):
+    momenta = common.floats(a.server_momenta)
+    for strategy, server_momentum in ((s, m) for s in common.words(a.strategies)
+                                      for m in (momenta if s == "bcsfl" else [0.0])):
+        base = dict(base, server_momentum=server_momentum)
         if a.baseline:
             runs.append(dict(base, strategy=strategy, local_epochs=1, target_epsilon=math.inf, batch_size=32,
                              lr=0.05, dp_max_grad_norm=1.0, momentum=0.0, model="default"))
@@ -80,13 +84,16 @@ def run_one(setting: dict, a: argparse.Namespace) -> dict:
             "--seed", s["seed"], "--batch-size", s["batch_size"], "--lr", s["lr"], "--model", s["model"]]
     if s["momentum"]:
         args += ["--momentum", s["momentum"]]
+    if s["server_momentum"]:
+        args += ["--server-momentum", s["server_momentum"]]
     if dp:
         args += ["--target-epsilon", s["target_epsilon"], "--dp-max-grad-norm", s["dp_max_grad_norm"]]
     ddir = common.data_dir(s["dataset"], a.data_dir)
     if ddir:
         args += ["--data-dir", ddir]
     name = (f"{s['dataset']}_a{s['alpha']:g}_s{s['seed']}_{s['strategy']}_eps{s['target_epsilon']:g}_e{s['local_epochs']}"
-            f"_b{s['batch_size']}_lr{s['lr']:g}_c{s['dp_max_grad_norm']:g}_m{s['momentum']:g}")
+            f"_b{s['batch_size']}_lr{s['lr']:g}_c{s['dp_max_grad_norm']:g}_m{s['momentum']:g}"
+            + (f"_sm{s['server_momentum']:g}" if s["server_momentum"] else ""))
     metrics, seconds = common.simulate(args, Path(a.work_dir) / name, timeout=a.timeout, engine=a.engine,
                                        device=a.device, threads=a.threads)
     eps = ledger_epsilons(Path(a.work_dir) / name) if dp else [math.inf]
@@ -124,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lrs", default="2", help="comma-separated learning rates (default 2)")
     p.add_argument("--clips", default="1", help="comma-separated per-example clipping norms (default 1)")
     p.add_argument("--momenta", default="0", help="comma-separated SGD momenta (default 0)")
+    p.add_argument("--server-momenta", default="0",
+                   help="comma-separated betas of the committee's server momentum (default 0; bcsfl only)")
     p.add_argument("--epochs-list", default="1", help="comma-separated local epochs per round (default 1)")
     p.add_argument("--baseline", action="store_true", help="also run the setting without DP (default model)")
     p.add_argument("--csv", default=str(common.RESULTS / "privacy.csv"))
@@ -161,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             common.append_row(csv_path, FIELDS, row)  # only this thread writes the CSV
             print(f"{s['strategy']} eps {s['target_epsilon']:g} e{s['local_epochs']} b{s['batch_size']} "
-                  f"lr {s['lr']:g} clip {s['dp_max_grad_norm']:g} momentum {s['momentum']:g}: final "
+                  f"lr {s['lr']:g} clip {s['dp_max_grad_norm']:g} momentum {s['momentum']:g} server momentum "
+                  f"{s['server_momentum']:g}: final "
                   f"{row['final_accuracy']:.4f}, eps max {row['epsilon_max']}, honest rejected "
                   f"{row['honest_rejected']} ({row['seconds']:.0f}s)", flush=True)
     return 1 if failed else 0

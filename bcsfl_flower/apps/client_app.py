@@ -19,7 +19,6 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from ..client.attacks import DATA_ATTACKS, NEEDS_REFERENCE, flip_labels, poison_update
-from ..committee.filter import FilterConfig
 from ..mod import BcsflMod
 from ..training.train import evaluate, get_weights, set_weights, torch_threads, train
 from ..models import build_model
@@ -133,7 +132,7 @@ def _settings_mod(overrides: Mapping[str, Any] | None):
             ledger=s.bcsfl_ledger, key_dir=s.bcsfl_key_dir, committee_size=s.committee_size,
             require_certificate=s.committee == "nodes",
             root_set=lambda ctx: _cached_root_set(s, num_clients), enrolment_key=s.enrolment_key_path(),
-            filter_config=FilterConfig(example_cap=s.example_cap, dp=s.dp_enabled),
+            filter_config=s.filter_config(),
             enrol=s.strategy == "bcsfl",  # baselines keep no ledger: the header only names the client
             pool_packages=s.committee == "nodes" and s.strategy == "bcsfl",
         )(msg, context, call_next)

@@ -38,7 +38,6 @@ from ..package import PACKAGE_KEY, arrays_to_numpy
 from ..settings import STRATEGIES, RunSettings
 from ..baselines.bulyan import BulyanPaper
 from ..client.attacks import FULL_KNOWLEDGE
-from ..committee.filter import FilterConfig
 from ..strategy import BCSFL
 from .task import client_ids, make_root_set, malicious_ids
 
@@ -70,8 +69,7 @@ def _chosen_strategy(s: RunSettings, num_clients: int) -> Strategy:
         enrollment = "first-use" if s.bcsfl_ledger.startswith("memory") else "ledger"
         strategy = BCSFL(**common, ledger=s.bcsfl_ledger, committee_size=s.committee_size, root_set=root,
                          enrollment=enrollment, committee=s.committee, key_dir=s.bcsfl_key_dir,
-                         enrolment_key=s.enrolment_key_path(), filter_config=FilterConfig(example_cap=s.example_cap,
-                                                                                   dp=s.dp_enabled),
+                         enrolment_key=s.enrolment_key_path(), filter_config=s.filter_config(),
                          resume=bool(getattr(s, "resume", False)))
         strategy.committee.byzantine_first = s.byzantine_coordinators  # experiment: poisoned proposers
         return strategy

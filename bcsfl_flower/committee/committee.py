@@ -63,19 +63,22 @@ class Committee:
         refused: Sequence[Rejection],
         root: RootSet | None,
         config: FilterConfig,
+        previous: Mapping[str, np.ndarray] | None = None,
     ) -> RoundOutcome:
         """Agree on this round's statement; the certificate carries the committed members' signatures.
 
         ``server_round`` is Flower's round (the packages and the filter's seeds use it);
         ``chain_round`` the round the statement certifies (default: ``server_round``; a
         run on a ledger with earlier rounds continues their count). ``keys`` are the
-        members' registered signing keys at hand (a member without one is silent).
+        members' registered signing keys at hand (a member without one is silent);
+        ``previous`` the model certified before ``global_tensors`` (server momentum).
         """
         clock = time.perf_counter
         committee = state.committee()
         members = list(committee)
         t0 = clock()
-        honest = coordinate(global_tensors, updates, server_round=server_round, root=root, config=config)
+        honest = coordinate(global_tensors, updates, server_round=server_round, root=root, config=config,
+                            previous=previous)
         t1 = clock()
         twist = {m: poisoned_candidate(-5.0) for m in members[: self.byzantine_first]}
         twist.update({m: b for m, b in self.byzantine.items() if m in members})

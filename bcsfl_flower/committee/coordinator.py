@@ -1,6 +1,7 @@
 """A coordinator's whole job as one pure function (BCS-FL, Sec. IV-B), and the committee member around it.
 
-``coordinate`` maps (global model, verified packages, root set, filter thresholds) to
+``coordinate`` maps (global model and the one certified before it, verified packages,
+root set, filter thresholds) to
 (decisions, candidate bytes, candidate hash). Every honest coordinator computes the
 same bytes from the same inputs, so a replica checks the proposer's hash instead of
 trusting it. :class:`Coordinator` adds an identity (a signing key) and, for tests and
@@ -15,12 +16,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..crypto import SigningKey, sha256_hex
-from ..package import canonical_bytes
+from ..federation import FederationState
+from ..package import canonical_bytes, parse_canonical_bytes
 from .filter import FilterConfig, FilterResult, filter_and_aggregate
 from .rootset import RootSet
 from .verify import VerifiedUpdate
 
-__all__ = ["Coordinator", "CoordinatorOutput", "coordinate", "poisoned_candidate"]
+__all__ = ["Coordinator", "CoordinatorOutput", "coordinate", "poisoned_candidate", "previous_model"]
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,29 @@ def coordinate(
     server_round: int,
     root: RootSet | None,
     config: FilterConfig,
+    previous: Mapping[str, np.ndarray] | None = None,
 ) -> CoordinatorOutput:
-    """Filter ``updates`` and aggregate the kept ones into the candidate global model."""
-    result = filter_and_aggregate(global_tensors, updates, server_round=server_round, root=root, config=config)
+    """Filter ``updates`` and aggregate the kept ones into the candidate global model.
+
+    ``previous`` is the model the chain certified before ``global_tensors`` (the server
+    momentum's other end; None: none yet).
+    """
+    result = filter_and_aggregate(global_tensors, updates, server_round=server_round, root=root, config=config,
+                                  previous=previous)
     blob = canonical_bytes(result.candidate)
     return CoordinatorOutput(result, blob, sha256_hex(blob))
+
+
+def previous_model(state: FederationState, get_model: Callable[[str], bytes],
+                   config: FilterConfig) -> dict[str, np.ndarray] | None:
+    """The model certified before the head's, read from the store, when ``config``'s momentum needs it.
+
+    Every member reads it off its own ledger by the hash the chain certifies, so no
+    relay can hand a coordinator another one.
+    """
+    if not config.server_momentum > 0 or state.previous_model is None:
+        return None
+    return parse_canonical_bytes(get_model(state.previous_model))
 
 
 Behaviour = Callable[[CoordinatorOutput, Mapping[str, np.ndarray]], CoordinatorOutput]

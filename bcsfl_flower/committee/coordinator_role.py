@@ -9,7 +9,8 @@ the record names are :mod:`bcsfl_flower.protocol`'s):
 * ``coordinate``: read the certified state off its own ledger, recompute the committee
   (and refuse if this node is not in it, or it has fewer than 4 members), take the
   global model the chain certifies (the message's only before the chain certifies
-  one), verify the round's pool with each package's parameters read from the ledger's
+  one) and, with server momentum, the one it certified before (never the message's),
+  verify the round's pool with each package's parameters read from the ledger's
   store by hash (:func:`~.verify.verify_pool`), run the same pure
   :func:`~bcsfl_flower.committee.coordinator.coordinate` the in-process committee runs,
   build the round record and statement, and reply with its signature over the
@@ -39,7 +40,7 @@ from ..protocol import (
     CANDIDATE_KEY, CHAIN_ROUND_KEY, RETURN_CANDIDATE_KEY, ROLE_CANDIDATE, ROLE_COORDINATE, ROLE_KEY, STATEMENT_KEY,
     VOTE_KEY,
 )
-from .coordinator import coordinate
+from .coordinator import coordinate, previous_model
 from .filter import FilterConfig
 from .outcome import round_record
 from .rootset import RootSet
@@ -120,8 +121,10 @@ def play_role(
     updates, refused = verify_pool(state.pool, reader,
                                    server_round=server_round, reference=global_tensors, now=time.time(),
                                    max_age=max_package_age)
+    rules = filter_config or FilterConfig()
     output = coordinate(global_tensors, updates, server_round=server_round,
-                        root=root_set(context) if root_set else None, config=filter_config or FilterConfig())
+                        root=root_set(context) if root_set else None, config=rules,
+                        previous=previous_model(state, ledger.get_model, rules))
     record = round_record(state, output.candidate_hash, updates, refused,
                           [d.to_json() for d in output.result.decisions])
     statement = record.statement(state, chain_round)

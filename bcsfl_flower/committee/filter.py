@@ -59,6 +59,15 @@ root set give the same decisions and the same candidate bytes on every coordinat
    Without a root set, clients whose *reported* training loss is far above the
    others' (above both median + ``loss_mad_factor`` x MAD and twice the median, with at
    least five reports) are dropped instead.
+6. Server momentum (FedAvgM; Hsu et al., "Measuring the Effects of Non-Identical Data
+   Distribution for Federated Visual Classification", 2019): with ``server_momentum``
+   beta > 0 and the model certified before the global one (``previous``), the candidate
+   adds beta x (global - previous). With a server learning rate of 1 the momentum
+   buffer is exactly the last step, so the chain's last two models are all it needs and
+   anyone can recompute it. It helps most with DP-SGD clients: the rounds' independent
+   noise averages out while the common direction adds up. The root-loss check (5.)
+   judges the updates without it (it is the same for any subset), and a round that
+   keeps nothing does not move (its successor's momentum is then zero).
 """
 
 from __future__ import annotations
@@ -116,6 +125,8 @@ class FilterConfig:
         root-loss outliers are rejected (see the module docstring).
     dp_noise_z : float (default: 1.0)
         The noise floor's z when ``dp`` (see the module docstring).
+    server_momentum : float (default: 0.0)
+        Beta of the server momentum (6.); 0 disables it.
     """
 
     cosine_threshold: float = 0.0
@@ -129,6 +140,7 @@ class FilterConfig:
     example_cap: float = 3.0
     dp: bool = False
     dp_noise_z: float = 1.0
+    server_momentum: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -220,9 +232,12 @@ def _aggregate(
     names: Sequence[str],
     updates: np.ndarray,
     weights: np.ndarray,
+    momentum: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """global + weighted mean of ``updates`` (float64, fixed order), cast back."""
+    """global + weighted mean of ``updates`` (+ ``momentum``; float64, fixed order), cast back."""
     mean = (weights / weights.sum()) @ updates if len(weights) else np.zeros(updates.shape[1])
+    if momentum is not None:
+        mean = mean + momentum
     out, offset = {}, 0
     for name, tensor in global_tensors.items():
         if name in names:
@@ -241,11 +256,17 @@ def filter_and_aggregate(
     server_round: int,
     root: RootSet | None = None,
     config: FilterConfig = FilterConfig(),
+    previous: Mapping[str, np.ndarray] | None = None,
 ) -> FilterResult:
-    """Score, split and aggregate ``updates`` (see the module docstring)."""
+    """Score, split and aggregate ``updates`` (see the module docstring).
+
+    ``previous`` is the model certified before ``global_tensors`` (None: there is none
+    yet); only the server momentum (6.) reads it.
+    """
     updates = sorted(updates, key=lambda u: u.client_id)
     names = [n for n, t in global_tensors.items() if np.issubdtype(t.dtype, np.floating)]
     global_flat = _flatten(global_tensors, names)
+    momentum = _momentum(global_tensors, global_flat, names, previous, config.server_momentum)
     if not updates:
         return FilterResult([], dict(global_tensors), "none", 0.0, None, None)
     deltas = np.stack([_flatten(u.tensors, names) for u in updates]) - global_flat
@@ -313,7 +334,8 @@ def filter_and_aggregate(
                     kept[i] = False
                     reasons[i] = f"reported loss {reported[i]:.3f} > {limit:.3f} (median {med:.3f})"
 
-    candidate = _aggregate(global_tensors, names, clipped[kept], weights[kept]) if kept.any() else dict(global_tensors)
+    candidate = (_aggregate(global_tensors, names, clipped[kept], weights[kept], momentum) if kept.any()
+                 else dict(global_tensors))
     decisions = [
         Decision(
             client_id=u.client_id,
@@ -326,6 +348,17 @@ def filter_and_aggregate(
         for i, u in enumerate(updates)
     ]
     return FilterResult(decisions, candidate, ref_name, float(clip), before, after)
+
+
+def _momentum(global_tensors: Mapping[str, np.ndarray], global_flat: np.ndarray, names: Sequence[str],
+              previous: Mapping[str, np.ndarray] | None, beta: float) -> np.ndarray | None:
+    """``beta`` x (global - previous), flat over ``names`` (None: no momentum this round)."""
+    if not beta > 0 or previous is None:
+        return None
+    shapes = [(n, np.shape(t)) for n, t in global_tensors.items()]
+    if [(n, np.shape(t)) for n, t in previous.items()] != shapes:
+        raise ValueError("the previous model's tensors (names, order, shapes) are not the global model's")
+    return beta * (global_flat - _flatten(previous, names))
 
 
 def _raises_loss(rise: np.ndarray, z: float) -> bool:

@@ -178,6 +178,7 @@ class FederationState:
     round: int = 0
     seed: str = ""
     model: str | None = None
+    previous_model: str | None = None  # certified the round before ``model`` (the server momentum reads it)
     pool: Mapping[str, PooledPackage] = field(default_factory=dict)  # client id -> package, for the next round
 
     # -- what anyone can read off the state ---------------------------------------------
@@ -355,7 +356,8 @@ class FederationState:
         for cid, stake in stakes.items():
             identities[cid] = dataclasses.replace(identities[cid], stake=stake,
                                                   taken_part=identities[cid].taken_part or cid in kept)
-        return {"identities": identities, "round": server_round, "seed": seed, "model": model, "pool": {}}
+        return {"identities": identities, "round": server_round, "seed": seed, "model": model,
+                "previous_model": self.model, "pool": {}}
 
     def _round_inputs(self, data: Mapping[str, Any]) -> tuple[list, list, list]:
         inputs, decisions, refused = data.get("inputs"), data.get("decisions"), data.get("refused")

@@ -30,7 +30,7 @@ from .replay import Replay
 __all__ = ["META_KEY", "POINT_BLOCKS", "POINT_TXS", "decode_point", "due", "encode_point"]
 
 META_KEY = "replay_point"
-_FORMAT = "bcsfl-replay1"  # a new one whenever the state's fields or the rules that derive it change
+_FORMAT = "bcsfl-replay2"  # a new one whenever the state's fields or the rules that derive it change
 #: A point is saved once this many transactions, or blocks, were appended since the last
 #: one: a restart re-checks at most about that many signatures (~1 s at 10,000), and
 #: saving costs one JSON encoding of the state (small next to checking 10,000 signatures).
@@ -49,6 +49,7 @@ def encode_point(rep: Replay) -> str:
     state = {
         "height": s.height, "head": s.head, "charter": None if s.charter is None else s.charter.to_json(),
         "charter_hash": s.charter_hash, "round": s.round, "seed": s.seed, "model": s.model,
+        "previous_model": s.previous_model,
         "identities": [[c, i.public_key, i.role, i.stake, i.taken_part, i.enrolled_at]
                        for c, i in s.identities.items()],
         "pool": [[c, p.to_json()] for c, p in s.pool.items()],
@@ -74,7 +75,8 @@ def decode_point(text: str) -> tuple[int, str, FederationState]:
             height=_typed(s["height"], int), head=_typed(s["head"], str),
             charter=None if s["charter"] is None else Charter.from_json(s["charter"]),
             charter_hash=_typed(s["charter_hash"], str), round=_typed(s["round"], int),
-            seed=_typed(s["seed"], str), model=None if s["model"] is None else _typed(s["model"], str),
+            seed=_typed(s["seed"], str), model=_optional(s["model"], str),
+            previous_model=_optional(s["previous_model"], str),
             identities={_typed(c, str): Identity(_typed(k, str), _typed(r, str), _stake(st), _typed(tp, bool),
                                                  _typed(at, int))
                         for c, k, r, st, tp, at in s["identities"]},
@@ -91,6 +93,10 @@ def _typed(value: Any, kind: type) -> Any:
     if type(value) is not kind:  # exact: a bool is no int here
         raise ValueError(f"replay point field {value!r} is not a {kind.__name__}")
     return value
+
+
+def _optional(value: Any, kind: type) -> Any:
+    return None if value is None else _typed(value, kind)
 
 
 def _stake(value: Any) -> float:

@@ -100,9 +100,10 @@ def pbft_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- the digest
 def federation_digest(state: FederationState) -> str:
-    """SHA-256 hex over the federation state: identities, roles, stakes, round, seed, model, pool."""
+    """SHA-256 hex over the federation state: identities, roles, stakes, round, seed, models, pool."""
     return digest_json({
         "charter": state.charter_hash, "round": state.round, "seed": state.seed, "model": state.model,
+        "previous_model": state.previous_model,
         "identities": {c: [i.public_key, i.role, i.stake, i.taken_part, i.enrolled_at]
                        for c, i in sorted(state.identities.items())},
         "pool": {c: p.to_json() for c, p in sorted(state.pool.items())},

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from bcsfl_flower.committee.coordinator import coordinate
 from bcsfl_flower.committee.filter import FilterConfig, filter_and_aggregate
@@ -238,3 +239,36 @@ def test_root_loss_check_drops_only_on_a_rise_beyond_the_root_sets_noise():
     assert _raises_loss(noise - noise.mean() + 0.2, 2.0) is True
     assert _raises_loss(noise - noise.mean() + 0.01, 0.0) is True  # z = 0: any rise, the old rule
     assert _raises_loss(noise - noise.mean() - 0.05, 2.0) is False
+
+
+def test_server_momentum_adds_beta_times_the_last_certified_step_and_only_that():
+    g, updates = make_updates(seed=5)
+    previous = {k: (v - 0.01 * (np.arange(v.size).reshape(v.shape) % 3)).astype(v.dtype) for k, v in g.items()}
+    plain = filter_and_aggregate(g, updates, server_round=2, config=FilterConfig())
+    moved = filter_and_aggregate(g, updates, server_round=2, config=FilterConfig(server_momentum=0.5),
+                                 previous=previous)
+    assert moved.kept == plain.kept and moved.clip_norm == plain.clip_norm  # the filter's decisions are its own
+    for k in g:
+        np.testing.assert_allclose(moved.candidate[k], plain.candidate[k] + 0.5 * (g[k] - previous[k]), atol=1e-6)
+    # no previous model certified yet (the chain's first rounds): no momentum
+    first = filter_and_aggregate(g, updates, server_round=2, config=FilterConfig(server_momentum=0.5))
+    assert all(np.array_equal(first.candidate[k], plain.candidate[k]) for k in g)
+
+
+def test_a_round_that_keeps_nothing_does_not_move_even_with_momentum():
+    g, updates = make_updates(num_honest=0, num_flipped=0)
+    previous = {k: (v - 1.0).astype(v.dtype) for k, v in g.items()}
+    result = filter_and_aggregate(g, updates, server_round=3, config=FilterConfig(server_momentum=0.9),
+                                  previous=previous)
+    assert all(np.array_equal(result.candidate[k], g[k]) for k in g)
+    g, updates = make_updates(num_honest=3, num_flipped=0)
+    all_out = filter_and_aggregate(g, updates, server_round=3, previous=previous,
+                                   config=FilterConfig(server_momentum=0.9, cosine_threshold=0.999))
+    assert all_out.kept == [] and all(np.array_equal(all_out.candidate[k], g[k]) for k in g)
+
+
+def test_a_previous_model_of_another_shape_is_refused():
+    g, updates = make_updates(seed=6)
+    other = {k: np.zeros((v.size + 1,), v.dtype) for k, v in g.items()}
+    with pytest.raises(ValueError, match="previous model"):
+        filter_and_aggregate(g, updates, server_round=2, config=FilterConfig(server_momentum=0.5), previous=other)

@@ -154,20 +154,36 @@ def test_d_split_views_are_refused_by_every_client(tmp_path):
     assert len(reasons) == N and all("differs from the one certified in round 1" in r for r in reasons)
 
 
+def committed_hashes(tmp_path, mode: str, server_momentum: float = 0.0, rounds: int = 3) -> list[str]:
+    """Run ``rounds`` rounds with the committee in ``mode`` (20% sign-flip attackers); the models' hashes."""
+    tag = f"{mode}-{server_momentum}"
+    s = RunSettings(dataset="digits", num_clients=N, root_size=50, committee=mode, committee_size=4,
+                    malicious_fraction=0.2, attack="sign-flip", bcsfl_ledger=f"sqlite:///{tmp_path / tag}.db",
+                    bcsfl_key_dir=str(tmp_path / tag / "keys"), server_momentum=server_momentum)
+    grid = LocalGrid(make_client_app(s.to_mapping()), N)
+    strategy = BCSFL(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N, ledger=s.bcsfl_ledger,
+                     committee_size=4, committee=mode, root_set=make_root_set(s, N), key_dir=s.bcsfl_key_dir,
+                     enrolment_key=s.enrolment_key_path(), filter_config=s.filter_config())
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model("digits", seed=s.seed).state_dict()),
+                   num_rounds=rounds)
+    assert all(r["committed"] for r in strategy.rounds)
+    bad = set(client_ids(malicious_ids(s, N)))
+    assert bad and all(bad <= set(r["rejected"]) for r in strategy.rounds)
+    hashes = [r.get("model_hash") for r in strategy.rounds]
+    state = strategy.ledger.state()
+    assert (state.previous_model, state.model) == tuple(hashes[-2:])
+    return hashes
+
+
 def test_nodes_and_server_committees_commit_the_same_models(tmp_path):
-    hashes = {}
-    for mode in ("server", "nodes"):
-        s = RunSettings(dataset="digits", num_clients=N, root_size=50, committee=mode, committee_size=4,
-                        malicious_fraction=0.2, attack="sign-flip", bcsfl_ledger=f"sqlite:///{tmp_path / mode}.db",
-                        bcsfl_key_dir=str(tmp_path / mode / "keys"))
-        grid = LocalGrid(make_client_app(s.to_mapping()), N)
-        strategy = BCSFL(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N, ledger=s.bcsfl_ledger,
-                         committee_size=4, committee=mode, root_set=make_root_set(s, N), key_dir=s.bcsfl_key_dir,
-                         enrolment_key=s.enrolment_key_path())
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model("digits", seed=s.seed).state_dict()),
-                       num_rounds=3)
-        hashes[mode] = [r.get("model_hash") for r in strategy.rounds]
-        assert all(r["committed"] for r in strategy.rounds)
-        bad = set(client_ids(malicious_ids(s, N)))
-        assert bad and all(bad <= set(r["rejected"]) for r in strategy.rounds)
-    assert hashes["server"] == hashes["nodes"] and len(set(hashes["nodes"])) == 3
+    server, nodes = committed_hashes(tmp_path, "server"), committed_hashes(tmp_path, "nodes")
+    assert server == nodes and len(set(nodes)) == 3
+
+
+def test_with_server_momentum_every_member_reads_the_previous_model_off_its_own_ledger(tmp_path):
+    """Members on client nodes compute the momentum from their own chains: the relay sends no previous model."""
+    plain = committed_hashes(tmp_path, "server")
+    server, nodes = committed_hashes(tmp_path, "server", 0.5), committed_hashes(tmp_path, "nodes", 0.5)
+    assert server == nodes
+    # rounds 1 and 2 have no previous certified model; round 3 moves by the momentum too
+    assert server[:2] == plain[:2] and server[2] != plain[2]

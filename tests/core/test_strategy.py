@@ -8,6 +8,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bcsfl_flower import BCSFL
 from bcsfl_flower.committee.coordinator import poisoned_candidate
+from bcsfl_flower.committee.filter import FilterConfig
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.federation import Certificate, verify
 from bcsfl_flower.ledger import open_ledger, verify_chain
@@ -294,3 +295,22 @@ def test_a_new_run_on_a_ledger_with_rounds_continues_their_count(tmp_path):
     again = BCSFL(ledger=url, key_dir=str(tmp_path / "keys"), enrolment_key=authority)
     assert run_round(again, g1, 1, honest_replies(keys, g1, 1))[0] is not None
     assert again.rounds[-1]["chain_round"] == 2 and again.ledger.state().round == 2
+
+
+def test_server_momentum_moves_by_the_mean_update_plus_beta_times_the_last_certified_step(tmp_path):
+    g = global_model()
+    strategy, keys, _ = chartered_strategy(tmp_path, CLIENTS, g, ledger=f"sqlite:///{tmp_path / 'l.db'}",
+                                           filter_config=FilterConfig(server_momentum=0.5))
+    models = [g]
+    for r in (1, 2, 3):
+        replies = honest_replies(keys, models[-1], r, rng_seed=r)
+        new, _ = run_round(strategy, models[-1], r, replies)
+        assert strategy.rounds[-1]["committed"] and sorted(strategy.rounds[-1]["accepted"]) == CLIENTS
+        mean = {k: np.mean([arrays_to_numpy(m.content["arrays"])[k] - models[-1][k] for m in replies], axis=0)
+                for k in g}
+        for k in g:  # from round 3: round 2's previous model, x0, was never certified
+            momentum = 0.5 * (models[-1][k] - models[-2][k]) if r == 3 else 0.0
+            np.testing.assert_allclose(arrays_to_numpy(new)[k], models[-1][k] + mean[k] + momentum, atol=1e-5)
+        models.append(arrays_to_numpy(new))
+    state = strategy.ledger.state()
+    assert state.previous_model == model_hash(models[2]) and state.model == model_hash(models[3])

@@ -103,6 +103,7 @@ def test_point_restores_the_state_replayed_from_genesis(tmp_path: Path, monkeypa
     assert list(restored.pool) == list(full.pool) == ["client-1", "client-4"]
     assert restored.identities["client-3"].stake != restored.identities["client-0"].stake
     assert restored.identities["relay-0"].role == "relay" and restored.round == 2 and restored.model
+    assert restored.previous_model and restored.previous_model != restored.model  # the server momentum's other end
     # deterministic both ways: the full replay encodes to the stored text, which decodes to it
     text = _point_text(path)
     assert resume.encode_point(full_replay) == text
