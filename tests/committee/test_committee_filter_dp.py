@@ -1,13 +1,16 @@
 """The filter with DP-SGD clients: honest noisy updates kept, poisoned ones still not let through.
 
 Real DP-SGD updates (Opacus, noise 2.0) of the digits DP model against a real root set:
-alone, each is mostly noise, so the default floor 3/sqrt(d) rejects most of them.
+alone, each is mostly noise, so the default floor 3/sqrt(d) rejects most of them; the DP
+floor rejects only what points clearly against the reference.
 """
 
 import time
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from bcsfl_flower.committee.filter import FilterConfig, filter_and_aggregate
 from bcsfl_flower.committee.rootset import RootSet
@@ -86,3 +89,30 @@ def test_dp_floor_still_rejects_flipped_and_clips_scaled_and_noise_updates(dp_ro
 def test_non_dp_behaviour_unchanged():
     cfg = FilterConfig()
     assert not cfg.dp and cfg.noise_z == 3.0  # dp_noise_z only applies with dp=True
+
+
+def test_dp_floor_keeps_noise_that_points_slightly_away_and_rejects_what_points_clearly_against():
+    """Late-round DP updates: their signal far under their noise, so about half point (slightly) away."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    root = RootSet(lambda: nn.Linear(100, 100), rng.normal(size=(50, 100)).astype(np.float32),
+                   rng.integers(0, 100, 50), steps=5, lr=0.1)
+    g = {k: v.detach().numpy().copy() for k, v in nn.Linear(100, 100).state_dict().items()}
+    d = sum(v.size for v in g.values())
+    r = root.update(g, 1)
+    unit = {k: v / np.sqrt(sum(float((u ** 2).sum()) for u in r.values())) for k, v in r.items()}
+    sigma = 0.01  # noise norm about sigma sqrt(d); a signal of 0.3 sigma: a mean cosine of 0.3/sqrt(d)
+    honest = [{k: (g[k] + 0.3 * sigma * unit[k] + rng.normal(scale=sigma, size=v.shape)).astype(np.float32)
+               for k, v in g.items()} for _ in range(16)]
+    flipped = [{k: (g[k] - 50 * sigma * unit[k]).astype(np.float32) for k in g} for _ in range(4)]  # noise-free
+    result = filter_and_aggregate(g, _verified(g, honest + flipped), server_round=1, root=root,
+                                  config=FilterConfig(dp=True))
+    floor = -2.0 / np.sqrt(d)
+    by_id = {x.client_id: x for x in result.decisions}
+    honest_ids, flipped_ids = [f"c{i:02d}" for i in range(16)], [f"c{i:02d}" for i in range(16, 20)]
+    assert all(("cosine" in x.reason) == (x.cosine <= floor) for x in result.decisions)  # the rule, exactly
+    assert not any(by_id[c].kept for c in flipped_ids) and all(by_id[c].cosine < -0.5 for c in flipped_ids)
+    assert sum("cosine" in by_id[c].reason for c in honest_ids) <= 1
+    assert any(by_id[c].kept and by_id[c].cosine < 0 for c in honest_ids)  # pointing slightly away is noise
+    # the former floor (+1/sqrt(d)) would have thrown away about half of them
+    assert sum(by_id[c].cosine <= 1 / np.sqrt(d) for c in honest_ids) >= 5
