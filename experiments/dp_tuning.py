@@ -117,7 +117,8 @@ def _typical_noise(s: dict, a: argparse.Namespace) -> float:
     return round(privacy_pruning._typical_noise(s["target_epsilon"], run, s["batch_size"]), 3)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this module."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", help="dataset folder (default $BCSFL_DATA_DIR/<dataset>)")
@@ -144,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run")
     p.add_argument("--merge", metavar="OTHER_CSV", help="copy into --csv the rows of OTHER_CSV it lacks, then stop")
     p.add_argument("--dry-run", action="store_true", help="list the runs still to do")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     csv_path = Path(a.csv)
     if a.merge:
         added, skipped = common.merge_rows(csv_path, Path(a.merge), _key, FIELDS)

@@ -190,29 +190,36 @@ def sweep(a: argparse.Namespace) -> None:
 
 ATTACK_FIELDS = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "target_epsilon",
                  "malicious_fraction", "attack", "final_accuracy", "accuracy_per_round", "malicious_rejected",
-                 "honest_rejected", "epsilon_max", "batch_size", "lr", "seconds", "machine")
+                 "honest_rejected", "epsilon_max", "batch_size", "lr", "seconds", "machine", "dp_max_grad_norm",
+                 "server_momentum")
 
 
 def attack_sweep(a: argparse.Namespace) -> None:
     """BCS-FL under each attack with every client on DP-SGD at ``--epsilons``' first target."""
     path, target = Path(a.attacks_csv), float(a.epsilons.split(",")[0])
-    base = {k: str(v) for k, v in dict(_base(a), target_epsilon=target).items()}
+    recipe = dict(batch_size=a.dp_batch_size, lr=a.dp_lr, dp_max_grad_norm=a.dp_max_grad_norm,
+                  server_momentum=a.server_momentum)
+    base = {k: str(v) for k, v in dict(_base(a), target_epsilon=target, **recipe).items()}
+    # rows from before a column existed ran at the default then (clip 1, no server momentum)
+    legacy = {"dp_max_grad_norm": "1", "server_momentum": "0"}
     done = {r["attack"] for r in common.read_rows(path)
-            if all(r[k] == base[k] or _num_eq(r[k], base[k]) for k in base)}
+            if all(_num_eq(r.get(k) or legacy.get(k, ""), base[k]) or r.get(k) == base[k] for k in base)}
     todo = [x for x in common.words(a.dp_attacks) if x not in done]
     print(f"{len(todo)} DP attack run(s) to do at eps {target:g}; {common.machine()}")
     for attack in todo:
         fraction = 0.0 if attack == "none" else a.dp_attack_fraction
         extra = ["--target-epsilon", target, "--dp-max-grad-norm", a.dp_max_grad_norm, "--lr", a.dp_lr,
-                 "--malicious-fraction", fraction, "--attack", attack]
-        metrics, seconds, out = _run(a, f"eps{target:g}_{attack}_f{fraction:g}", extra, a.dp_batch_size)
+                 "--malicious-fraction", fraction, "--attack", attack, "--server-momentum", a.server_momentum]
+        name = (f"eps{target:g}_{attack}_f{fraction:g}_b{a.dp_batch_size}_lr{a.dp_lr:g}_c{a.dp_max_grad_norm:g}"
+                f"_sm{a.server_momentum:g}")
+        metrics, seconds, out = _run(a, name, extra, a.dp_batch_size)
         caught, honest = common.rejection_rates(metrics, a.num_clients)
         eps = ledger_epsilons(out)
         common.append_row(path, ATTACK_FIELDS, dict(
             _base(a), target_epsilon=target, malicious_fraction=fraction, attack=attack,
             final_accuracy=metrics["final_accuracy"], accuracy_per_round=[round(r["accuracy"], 4) for r in metrics["rounds"]],
             malicious_rejected=caught, honest_rejected=honest, epsilon_max=eps[-1] if eps else None,
-            batch_size=a.dp_batch_size, lr=a.dp_lr, seconds=seconds,
+            **recipe, seconds=seconds,
             machine=common.run_machine(a.engine, "cpu", 1, a.threads)))
         print(f"\n{attack} at eps {target:g}: final accuracy {metrics['final_accuracy']:.4f}, malicious rejected "
               f"{caught:.2f}, honest rejected {honest:.2f} ({seconds:.0f}s)", flush=True)
@@ -320,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="DP by --target-epsilon (each client's own noise), DP model and --dp-batch-size/--dp-lr")
     p.add_argument("--dp-batch-size", type=int, default=128, help="with --per-client: DP rows' batch size")
     p.add_argument("--dp-lr", type=float, default=2.0, help="with --per-client: DP rows' learning rate")
+    p.add_argument("--server-momentum", type=float, default=0.0,
+                   help="with --dp-attacks: the committee's server momentum (default 0)")
     p.add_argument("--dp-attacks", default="", help="with --per-client: attacks to run with DP on (e.g. label-flip,ipm)")
     p.add_argument("--dp-attack-fraction", type=float, default=0.3, help="share of attacking clients (default 0.3)")
     p.add_argument("--attacks-csv", default=str(common.RESULTS / "privacy_attacks.csv"))

@@ -1,0 +1,24 @@
+"""dp_tuning's grid: server momentum sweeps BCS-FL only, and old rows (no column) count as momentum 0."""
+
+import math
+
+from experiments import dp_tuning
+
+
+def _args(*argv):
+    return dp_tuning.build_parser().parse_args(list(argv))
+
+
+def test_server_momenta_multiply_bcsfl_runs_only_and_the_baseline_follows_them():
+    runs = dp_tuning.plan(_args("--strategies", "bcsfl,fedavg", "--server-momenta", "0,0.5", "--baseline"))
+    bcsfl = [(r["server_momentum"], r["target_epsilon"]) for r in runs if r["strategy"] == "bcsfl"]
+    fedavg = [(r["server_momentum"], r["target_epsilon"]) for r in runs if r["strategy"] == "fedavg"]
+    assert sorted(bcsfl) == [(0.0, 3.0), (0.0, math.inf), (0.5, 3.0), (0.5, math.inf)]
+    assert sorted(fedavg) == [(0.0, 3.0), (0.0, math.inf)]
+
+
+def test_a_row_written_before_the_server_momentum_column_is_the_same_setting_as_momentum_zero():
+    run = dp_tuning.plan(_args())[0]
+    old = {k: str(v) for k, v in run.items() if k != "server_momentum"}
+    assert dp_tuning._key(old) == dp_tuning._key(run)
+    assert dp_tuning._key(dict(old, server_momentum="0.5")) != dp_tuning._key(run)
