@@ -77,6 +77,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-epsilon", type=float, default=d.target_epsilon,
                    help="DP-SGD by budget: each client's epsilon (delta 1e-5, one example of its data) over all "
                         "rounds; its noise follows (0: off; --dp-noise, when > 0, wins)")
+    p.add_argument("--dp-accountant", choices=("rdp", "prv"), default=d.dp_accountant,
+                   help="how epsilon is accounted: rdp, or prv (a tighter upper bound: less noise for the same "
+                        "--target-epsilon)")
     p.add_argument("--model", choices=("auto", "default", "dp"), default=d.model,
                    help="model variant: auto is the tanh 'dp' variant when DP is on, else the default")
     p.add_argument("--prune", type=float, default=d.prune, help="fraction of weights pruned by magnitude, in [0, 1)")
@@ -140,7 +143,7 @@ def _settings(args: argparse.Namespace, out: Path) -> RunSettings:
         learning_rate=args.lr, batch_size=args.batch_size, momentum=args.momentum, dirichlet_alpha=args.dirichlet_alpha,
         seed=args.seed, malicious_fraction=args.malicious_fraction, attack=args.attack,
         attack_scale=args.attack_scale, dp_noise=args.dp_noise, dp_max_grad_norm=args.dp_max_grad_norm,
-        target_epsilon=args.target_epsilon, model=args.model,
+        target_epsilon=args.target_epsilon, dp_accountant=args.dp_accountant, model=args.model,
         prune=args.prune, compression=args.compression, topk_fraction=args.topk_fraction,
         quantize_bits=args.quantize_bits, root_size=args.root_size, example_cap=args.example_cap,
         server_momentum=args.server_momentum,

@@ -52,6 +52,9 @@ class RunSettings:
     # DP-SGD by budget: each client picks the noise that spends this epsilon (delta 1e-5)
     # on its own data over all rounds (0 or inf: off; dp-noise, when > 0, wins)
     target_epsilon: float = 0.0
+    # how epsilon is accounted: "rdp" (Renyi DP) or "prv" (privacy random variables, Gopi et al.
+    # 2021: a tighter upper bound, so less noise for the same target)
+    dp_accountant: str = "rdp"
     # "auto": the dataset's "dp" variant (bcsfl_flower.models) when DP is on, else "default"
     model: str = "auto"
     prune: float = 0.0
@@ -169,6 +172,7 @@ class RunSettings:
         check("malicious_fraction", finite("malicious_fraction") and 0 <= self.malicious_fraction < 1,
               "must be in [0, 1)", ": it is the share of clients that attack")
         one_of("attack", ATTACKS)
+        one_of("dp_accountant", ("rdp", "prv"))
         check("attack_scale", finite("attack_scale"), "must be a finite number")
         check("dp_noise", finite("dp_noise") and self.dp_noise >= 0, "must be at least 0", "; 0 turns DP off")
         check("dp_max_grad_norm", finite("dp_max_grad_norm") and self.dp_max_grad_norm > 0,

@@ -35,17 +35,18 @@ from . import common
 from . import privacy_pruning
 from .privacy_pruning import PRIVACY_FIELDS, ledger_epsilons
 
-FIELDS = PRIVACY_FIELDS + ("momentum", "server_momentum")
+FIELDS = PRIVACY_FIELDS + ("momentum", "server_momentum", "accountant")
 KEY = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "target_epsilon",
-       "batch_size", "lr", "dp_max_grad_norm", "momentum", "model", "server_momentum")
+       "batch_size", "lr", "dp_max_grad_norm", "momentum", "model", "server_momentum", "accountant")
 
 
 def _key(row: dict) -> tuple:
-    """A row's identity: its setting (numbers compared as floats, an empty momentum is 0)."""
+    """A row's identity: its setting (numbers compared as floats; empty momenta are 0, an empty accountant rdp)."""
     out = []
     for k in KEY:
         v = row.get(k)
         v = "0" if k in ("momentum", "server_momentum") and v in ("", None) else v
+        v = "rdp" if k == "accountant" and v in ("", None) else v
         try:
             out.append(round(float(v), 9))
         except (TypeError, ValueError):
@@ -55,7 +56,8 @@ def _key(row: dict) -> tuple:
 
 def plan(a: argparse.Namespace) -> list[dict]:
     """The runs of the grid, as the rows' setting columns."""
-    base = dict(dataset=a.dataset, num_clients=a.num_clients, rounds=a.rounds, alpha=a.alpha, seed=a.seed)
+    base = dict(dataset=a.dataset, num_clients=a.num_clients, rounds=a.rounds, alpha=a.alpha, seed=a.seed,
+                accountant=a.accountant)
     runs = []
     momenta = common.floats(a.server_momenta)
     for strategy, server_momentum in ((s, m) for s in common.words(a.strategies)
@@ -87,13 +89,15 @@ def run_one(setting: dict, a: argparse.Namespace) -> dict:
     if s["server_momentum"]:
         args += ["--server-momentum", s["server_momentum"]]
     if dp:
-        args += ["--target-epsilon", s["target_epsilon"], "--dp-max-grad-norm", s["dp_max_grad_norm"]]
+        args += ["--target-epsilon", s["target_epsilon"], "--dp-max-grad-norm", s["dp_max_grad_norm"],
+                 "--dp-accountant", s["accountant"]]
     ddir = common.data_dir(s["dataset"], a.data_dir)
     if ddir:
         args += ["--data-dir", ddir]
     name = (f"{s['dataset']}_a{s['alpha']:g}_s{s['seed']}_{s['strategy']}_eps{s['target_epsilon']:g}_e{s['local_epochs']}"
             f"_b{s['batch_size']}_lr{s['lr']:g}_c{s['dp_max_grad_norm']:g}_m{s['momentum']:g}"
-            + (f"_sm{s['server_momentum']:g}" if s["server_momentum"] else ""))
+            + (f"_sm{s['server_momentum']:g}" if s["server_momentum"] else "")
+            + (f"_{s['accountant']}" if s["accountant"] != "rdp" else ""))
     metrics, seconds = common.simulate(args, Path(a.work_dir) / name, timeout=a.timeout, engine=a.engine,
                                        device=a.device, threads=a.threads)
     eps = ledger_epsilons(Path(a.work_dir) / name) if dp else [math.inf]
@@ -113,7 +117,7 @@ def run_one(setting: dict, a: argparse.Namespace) -> dict:
 def _typical_noise(s: dict, a: argparse.Namespace) -> float:
     """The noise multiplier an average-sized client picks (each client picks its own)."""
     run = argparse.Namespace(dataset=s["dataset"], data_dir=a.data_dir, root_size=100, num_clients=s["num_clients"],
-                             local_epochs=s["local_epochs"], rounds=s["rounds"])
+                             local_epochs=s["local_epochs"], rounds=s["rounds"], accountant=s["accountant"])
     return round(privacy_pruning._typical_noise(s["target_epsilon"], run, s["batch_size"]), 3)
 
 
@@ -134,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momenta", default="0", help="comma-separated SGD momenta (default 0)")
     p.add_argument("--server-momenta", default="0",
                    help="comma-separated betas of the committee's server momentum (default 0; bcsfl only)")
+    p.add_argument("--accountant", default="rdp", choices=("rdp", "prv"),
+                   help="how the clients account epsilon (default rdp; prv: a tighter bound, less noise)")
     p.add_argument("--epochs-list", default="1", help="comma-separated local epochs per round (default 1)")
     p.add_argument("--baseline", action="store_true", help="also run the setting without DP (default model)")
     p.add_argument("--csv", default=str(common.RESULTS / "privacy.csv"))

@@ -78,7 +78,8 @@ def _typical_noise(target: float, a: argparse.Namespace, batch: int) -> float:
 
     ds = load_dataset(a.dataset, common.data_dir(a.dataset, a.data_dir) or None)
     per_client = round((len(ds.train_y) - a.root_size) / a.num_clients)
-    return client_noise(target, per_client, batch, a.local_epochs, a.rounds)
+    return client_noise(target, per_client, batch, a.local_epochs, a.rounds,
+                        accountant=getattr(a, "accountant", "rdp"))
 
 
 def upload_bytes(dataset: str, ratio: float) -> tuple[int, int, int]:
@@ -191,27 +192,32 @@ def sweep(a: argparse.Namespace) -> None:
 ATTACK_FIELDS = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "target_epsilon",
                  "malicious_fraction", "attack", "final_accuracy", "accuracy_per_round", "malicious_rejected",
                  "honest_rejected", "epsilon_max", "batch_size", "lr", "seconds", "machine", "dp_max_grad_norm",
-                 "server_momentum")
+                 "server_momentum", "accountant")
 
 
 def attack_sweep(a: argparse.Namespace) -> None:
     """BCS-FL under each attack with every client on DP-SGD at ``--epsilons``' first target."""
     path, target = Path(a.attacks_csv), float(a.epsilons.split(",")[0])
     recipe = dict(batch_size=a.dp_batch_size, lr=a.dp_lr, dp_max_grad_norm=a.dp_max_grad_norm,
-                  server_momentum=a.server_momentum)
+                  server_momentum=a.server_momentum, accountant=a.accountant)
     base = {k: str(v) for k, v in dict(_base(a), target_epsilon=target, **recipe).items()}
-    # rows from before a column existed ran at the default then (clip 1, no server momentum)
-    legacy = {"dp_max_grad_norm": "1", "server_momentum": "0"}
+    # rows from before a column existed ran at the defaults then (clip 1, no server momentum, rdp)
+    legacy = {"dp_max_grad_norm": "1", "server_momentum": "0", "accountant": "rdp"}
+
+    def same(cell: str, want: str) -> bool:
+        return cell == want or _num_eq(cell, want)
+
     done = {r["attack"] for r in common.read_rows(path)
-            if all(_num_eq(r.get(k) or legacy.get(k, ""), base[k]) or r.get(k) == base[k] for k in base)}
+            if all(same(r.get(k) or legacy.get(k, ""), base[k]) for k in base)}
     todo = [x for x in common.words(a.dp_attacks) if x not in done]
     print(f"{len(todo)} DP attack run(s) to do at eps {target:g}; {common.machine()}")
     for attack in todo:
         fraction = 0.0 if attack == "none" else a.dp_attack_fraction
         extra = ["--target-epsilon", target, "--dp-max-grad-norm", a.dp_max_grad_norm, "--lr", a.dp_lr,
-                 "--malicious-fraction", fraction, "--attack", attack, "--server-momentum", a.server_momentum]
+                 "--malicious-fraction", fraction, "--attack", attack, "--server-momentum", a.server_momentum,
+                 "--dp-accountant", a.accountant]
         name = (f"eps{target:g}_{attack}_f{fraction:g}_b{a.dp_batch_size}_lr{a.dp_lr:g}_c{a.dp_max_grad_norm:g}"
-                f"_sm{a.server_momentum:g}")
+                f"_sm{a.server_momentum:g}_{a.accountant}")
         metrics, seconds, out = _run(a, name, extra, a.dp_batch_size)
         caught, honest = common.rejection_rates(metrics, a.num_clients)
         eps = ledger_epsilons(out)
@@ -329,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dp-lr", type=float, default=2.0, help="with --per-client: DP rows' learning rate")
     p.add_argument("--server-momentum", type=float, default=0.0,
                    help="with --dp-attacks: the committee's server momentum (default 0)")
+    p.add_argument("--accountant", default="rdp", choices=("rdp", "prv"),
+                   help="with --dp-attacks: how the clients account epsilon (default rdp)")
     p.add_argument("--dp-attacks", default="", help="with --per-client: attacks to run with DP on (e.g. label-flip,ipm)")
     p.add_argument("--dp-attack-fraction", type=float, default=0.3, help="share of attacking clients (default 0.3)")
     p.add_argument("--attacks-csv", default=str(common.RESULTS / "privacy_attacks.csv"))

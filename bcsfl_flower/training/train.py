@@ -115,6 +115,7 @@ def train(
     privacy_record: dict | None = None,
     device: str | torch.device = "cpu",
     dp_grad_sample_mode: str = "hooks",
+    dp_accountant: str = "rdp",
 ) -> TrainResult:
     """Train ``model`` in place with SGD on ``(x, y)``.
 
@@ -143,6 +144,8 @@ def train(
     dp_grad_sample_mode : str
         Opacus' per-example gradient method, ``"hooks"`` (default), ``"functorch"`` or
         ``"ew"`` (see :class:`~bcsfl_flower.training.privacy.DPConfig`).
+    dp_accountant : str
+        ``"rdp"`` (default) or ``"prv"``: how the client's epsilon is accounted.
     """
     dev = resolve_device(device)
     on_cpu = dev.type == "cpu"
@@ -158,7 +161,8 @@ def train(
         silence_opacus_warnings()
         history = PrivacyBudget.from_record(privacy_record).history if privacy_record else None
         trained, optimizer, loader, budget = make_private(
-            model, optimizer, loader, DPConfig(dp_noise, dp_max_grad_norm, dp_delta, grad_sample_mode=dp_grad_sample_mode),
+            model, optimizer, loader, DPConfig(dp_noise, dp_max_grad_norm, dp_delta, accountant=dp_accountant,
+                                                    grad_sample_mode=dp_grad_sample_mode),
             history=history, seed=seed,
         )
     criterion = nn.CrossEntropyLoss()

@@ -43,6 +43,21 @@ def test_train_rounds_with_client_noise_end_at_the_target() -> None:
     assert 1.95 <= result.epsilon <= 2.0
 
 
+def test_the_prv_accountant_needs_less_noise_for_the_same_target_and_the_client_still_ends_at_it() -> None:
+    x, y = _data()
+    rdp = client_noise(2.0, len(y), 32, local_epochs=2, rounds=3)
+    prv = client_noise(2.0, len(y), 32, local_epochs=2, rounds=3, accountant="prv")
+    assert prv < 0.97 * rdp
+    record = None
+    for r in range(3):
+        result = train(build_model("digits", variant="dp"), x, y, epochs=2, batch_size=32, seed=r, dp_noise=prv,
+                       privacy_record=record, dp_accountant="prv")
+        record = result.privacy_record
+    assert list(record["accountant"]) == ["prv"]
+    assert 1.9 <= result.epsilon <= 2.0  # PRV's upper bound, the guarantee
+    assert epsilon_for(prv, record["sample_rate"][0], sum(record["steps"])) > 2.0  # RDP would not certify it
+
+
 def test_infinite_target_is_no_noise_and_bad_target_refused() -> None:
     assert client_noise(math.inf, 100, 10, 1, 1) == 0.0
     with pytest.raises(ValueError):
