@@ -65,7 +65,7 @@ def plan(a: argparse.Namespace) -> list[dict]:
         base = dict(base, server_momentum=server_momentum)
         if a.baseline:
             runs.append(dict(base, strategy=strategy, local_epochs=1, target_epsilon=math.inf, batch_size=32,
-                             lr=0.05, dp_max_grad_norm=1.0, momentum=0.0, model="default"))
+                             lr=0.05, dp_max_grad_norm=1.0, momentum=0.0, model="default", accountant="rdp"))
         for epochs in common.floats(a.epochs_list):
             for batch in common.floats(a.batch_sizes):
                 for lr in common.floats(a.lrs):

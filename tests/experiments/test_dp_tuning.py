@@ -22,3 +22,10 @@ def test_a_row_written_before_the_server_momentum_column_is_the_same_setting_as_
     old = {k: str(v) for k, v in run.items() if k != "server_momentum"}
     assert dp_tuning._key(old) == dp_tuning._key(run)
     assert dp_tuning._key(dict(old, server_momentum="0.5")) != dp_tuning._key(run)
+
+
+def test_the_baseline_without_dp_is_one_row_whatever_the_accountant():
+    rdp = [r for r in dp_tuning.plan(_args("--baseline")) if r["target_epsilon"] == math.inf]
+    prv = [r for r in dp_tuning.plan(_args("--baseline", "--accountant", "prv")) if r["target_epsilon"] == math.inf]
+    assert [dp_tuning._key(r) for r in rdp] == [dp_tuning._key(r) for r in prv]
+    assert [r["accountant"] for r in dp_tuning.plan(_args("--accountant", "prv"))] == ["prv"]
