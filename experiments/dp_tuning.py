@@ -11,7 +11,7 @@ norm) x ``--momenta`` x ``--epochs-list`` x ``--strategies`` (x ``--server-momen
 committee's momentum, for bcsfl) is one ``bcsfl simulate`` with
 ``--target-epsilon``: each client picks the noise that spends exactly that budget on its
 own data over all rounds (``bcsfl_flower.training.privacy.client_noise``), with the tanh
-"dp" model. The privacy unit is one training example of one client; delta is 1e-5. The
+"dp" model (``--models default``: the ReLU CNN). The privacy unit is one training example of one client; delta is 1e-5. The
 epsilon each client reached is read back from the ledger's last block (the clients'
 signed reports). ``--baseline`` also runs the same setting without DP (the default model
 and the default batch, learning rate and momentum; the same server momentum), the row the
@@ -70,10 +70,10 @@ def plan(a: argparse.Namespace) -> list[dict]:
             for batch in common.floats(a.batch_sizes):
                 for lr in common.floats(a.lrs):
                     for clip in common.floats(a.clips):
-                        for momentum in common.floats(a.momenta):
+                        for momentum, model in ((m, v) for m in common.floats(a.momenta) for v in common.words(a.models)):
                             runs.append(dict(base, strategy=strategy, local_epochs=int(epochs),
                                              target_epsilon=a.epsilon, batch_size=int(batch), lr=lr,
-                                             dp_max_grad_norm=clip, momentum=momentum, model="dp"))
+                                             dp_max_grad_norm=clip, momentum=momentum, model=model))
     return runs
 
 
@@ -96,6 +96,7 @@ def run_one(setting: dict, a: argparse.Namespace) -> dict:
         args += ["--data-dir", ddir]
     name = (f"{s['dataset']}_a{s['alpha']:g}_s{s['seed']}_{s['strategy']}_eps{s['target_epsilon']:g}_e{s['local_epochs']}"
             f"_b{s['batch_size']}_lr{s['lr']:g}_c{s['dp_max_grad_norm']:g}_m{s['momentum']:g}"
+            + (f"_{s['model']}" if dp and s["model"] != "dp" else "")
             + (f"_sm{s['server_momentum']:g}" if s["server_momentum"] else "")
             + (f"_{s['accountant']}" if s["accountant"] != "rdp" else ""))
     metrics, seconds = common.simulate(args, Path(a.work_dir) / name, timeout=a.timeout, engine=a.engine,
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momenta", default="0", help="comma-separated SGD momenta (default 0)")
     p.add_argument("--server-momenta", default="0",
                    help="comma-separated betas of the committee's server momentum (default 0; bcsfl only)")
+    p.add_argument("--models", default="dp",
+                   help="comma-separated model variants of the DP runs: dp (tanh CNN, default) or default (ReLU CNN)")
     p.add_argument("--accountant", default="rdp", choices=("rdp", "prv"),
                    help="how the clients account epsilon (default rdp; prv: a tighter bound, less noise)")
     p.add_argument("--epochs-list", default="1", help="comma-separated local epochs per round (default 1)")

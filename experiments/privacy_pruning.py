@@ -192,17 +192,17 @@ def sweep(a: argparse.Namespace) -> None:
 ATTACK_FIELDS = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "strategy", "target_epsilon",
                  "malicious_fraction", "attack", "final_accuracy", "accuracy_per_round", "malicious_rejected",
                  "honest_rejected", "epsilon_max", "batch_size", "lr", "seconds", "machine", "dp_max_grad_norm",
-                 "server_momentum", "accountant")
+                 "server_momentum", "accountant", "model")
 
 
 def attack_sweep(a: argparse.Namespace) -> None:
     """BCS-FL under each attack with every client on DP-SGD at ``--epsilons``' first target."""
     path, target = Path(a.attacks_csv), float(a.epsilons.split(",")[0])
     recipe = dict(batch_size=a.dp_batch_size, lr=a.dp_lr, dp_max_grad_norm=a.dp_max_grad_norm,
-                  server_momentum=a.server_momentum, accountant=a.accountant)
+                  server_momentum=a.server_momentum, accountant=a.accountant, model=a.dp_model)
     base = {k: str(v) for k, v in dict(_base(a), target_epsilon=target, **recipe).items()}
-    # rows from before a column existed ran at the defaults then (clip 1, no server momentum, rdp)
-    legacy = {"dp_max_grad_norm": "1", "server_momentum": "0", "accountant": "rdp"}
+    # rows from before a column existed ran at the defaults then (clip 1, no server momentum, rdp, tanh)
+    legacy = {"dp_max_grad_norm": "1", "server_momentum": "0", "accountant": "rdp", "model": "dp"}
 
     def same(cell: str, want: str) -> bool:
         return cell == want or _num_eq(cell, want)
@@ -215,9 +215,9 @@ def attack_sweep(a: argparse.Namespace) -> None:
         fraction = 0.0 if attack == "none" else a.dp_attack_fraction
         extra = ["--target-epsilon", target, "--dp-max-grad-norm", a.dp_max_grad_norm, "--lr", a.dp_lr,
                  "--malicious-fraction", fraction, "--attack", attack, "--server-momentum", a.server_momentum,
-                 "--dp-accountant", a.accountant]
+                 "--dp-accountant", a.accountant, "--model", a.dp_model]
         name = (f"eps{target:g}_{attack}_f{fraction:g}_b{a.dp_batch_size}_lr{a.dp_lr:g}_c{a.dp_max_grad_norm:g}"
-                f"_sm{a.server_momentum:g}_{a.accountant}")
+                f"_sm{a.server_momentum:g}_{a.accountant}_{a.dp_model}")
         metrics, seconds, out = _run(a, name, extra, a.dp_batch_size)
         caught, honest = common.rejection_rates(metrics, a.num_clients)
         eps = ledger_epsilons(out)
@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --dp-attacks: the committee's server momentum (default 0)")
     p.add_argument("--accountant", default="rdp", choices=("rdp", "prv"),
                    help="with --dp-attacks: how the clients account epsilon (default rdp)")
+    p.add_argument("--dp-model", default="dp", choices=("dp", "default"),
+                   help="with --dp-attacks: the model variant the DP clients train (default dp, the tanh CNN)")
     p.add_argument("--dp-attacks", default="", help="with --per-client: attacks to run with DP on (e.g. label-flip,ipm)")
     p.add_argument("--dp-attack-fraction", type=float, default=0.3, help="share of attacking clients (default 0.3)")
     p.add_argument("--attacks-csv", default=str(common.RESULTS / "privacy_attacks.csv"))
