@@ -12,7 +12,8 @@ one epoch, one torch thread, the federation's typical partition of the data) for
 - the same model and batch size with and without DP, for each per-example gradient
   mode (Opacus' own overhead);
 - the configurations a user runs: the default non-DP client (``default`` model, batch
-  32) against the recommended DP client (``dp`` tanh model, ``--dp-batch-size``).
+  32) against the recommended DP client (``--dp-model``, default the ReLU ``default``
+  model, at ``--dp-batch-size`` 256, noise for eps 3 with the ``--dp-accountant``).
 
 Each configuration is timed ``--repeats`` times after one warm-up round; the median is
 reported. The last line is ``dp_vs_nondp_ratio=R``: seconds per round of the
@@ -31,7 +32,8 @@ import warnings
 from . import common
 
 
-def _time_round(x, y, *, dataset: str, variant: str, batch_size: int, dp: bool, mode: str, repeats: int) -> float:
+def _time_round(x, y, *, dataset: str, variant: str, batch_size: int, dp: bool, mode: str, repeats: int,
+                accountant: str = "rdp") -> float:
     """Median seconds of one local epoch (a round) of ``train`` on ``(x, y)``."""
     import torch
 
@@ -39,7 +41,7 @@ def _time_round(x, y, *, dataset: str, variant: str, batch_size: int, dp: bool, 
     from bcsfl_flower.training.privacy import client_noise
     from bcsfl_flower.training.train import train
 
-    noise = client_noise(3.0, len(y), batch_size, 1, 10) if dp else 0.0
+    noise = client_noise(3.0, len(y), batch_size, 1, 10, accountant=accountant) if dp else 0.0
     times = []
     for r in range(repeats + 1):  # the first round warms up (allocations, Opacus wrapping)
         model = build_model(dataset, seed=0, variant=variant)
@@ -47,7 +49,7 @@ def _time_round(x, y, *, dataset: str, variant: str, batch_size: int, dp: bool, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             train(model, x, y, epochs=1, lr=0.05, batch_size=batch_size, seed=r, dp_noise=noise,
-                  dp_grad_sample_mode=mode)
+                  dp_grad_sample_mode=mode, dp_accountant=accountant)
         if r:
             times.append(time.perf_counter() - started)
         torch.manual_seed(0)
@@ -60,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="dataset folder (see experiments.common.data_dir)")
     p.add_argument("--num-clients", type=int, default=20, help="the client holds 1/N of the data (default 20)")
     p.add_argument("--batch-size", type=int, default=32, help="non-DP batch size (default 32)")
-    p.add_argument("--dp-batch-size", type=int, default=128, help="recommended DP batch size (default 128)")
+    p.add_argument("--dp-batch-size", type=int, default=256, help="recommended DP batch size (default 256)")
+    p.add_argument("--dp-model", default="default", choices=("default", "dp"),
+                   help="recommended DP model variant (default: default, the ReLU CNN)")
+    p.add_argument("--dp-accountant", default="prv", choices=("rdp", "prv"),
+                   help="recommended DP accountant (default prv)")
     p.add_argument("--modes", default="hooks,functorch,ew", help="Opacus per-example gradient modes to time")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds per configuration (default 2)")
     a = p.parse_args(argv)
@@ -92,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     print("what a user runs: default non-DP client vs recommended DP client")
     nondp = row(f"default model, batch {a.batch_size}, no DP", variant="default", batch_size=a.batch_size,
                 dp=False, mode="hooks")
-    dp = row(f"dp model, batch {a.dp_batch_size}, DP-SGD eps 3 (hooks)", variant="dp",
-             batch_size=a.dp_batch_size, dp=True, mode="hooks")
+    dp = row(f"{a.dp_model} model, batch {a.dp_batch_size}, DP-SGD eps 3 ({a.dp_accountant}, hooks)",
+             variant=a.dp_model, batch_size=a.dp_batch_size, dp=True, mode="hooks", accountant=a.dp_accountant)
     ratio = dp / nondp if nondp > 0 else math.inf
     print(f"dp_seconds_per_round={dp:.2f} nondp_seconds_per_round={nondp:.2f} dp_vs_nondp_ratio={ratio:.2f}")
     return 0

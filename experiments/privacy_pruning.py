@@ -236,6 +236,28 @@ def _g(cell: str) -> str:
     return f"{float(cell):.3g}" if cell not in ("", None) else "?"
 
 
+#: The DP recipes the privacy plot draws: (label, the columns a DP row must have; its
+#: no-DP row must share the server momentum). Empty cells in old rows read as the defaults.
+RECIPES = (
+    ("recommended: ReLU CNN, batch 256, lr 4, clip 0.5, server momentum 0.5, PRV",
+     dict(model="default", batch_size="256", lr="4", dp_max_grad_norm="0.5", server_momentum="0.5",
+          accountant="prv")),
+    ("before: tanh CNN, batch 128, lr 2, clip 1, no server momentum, RDP",
+     dict(model="dp", batch_size="128", lr="2", dp_max_grad_norm="1", server_momentum="0", accountant="rdp")),
+)
+_DEFAULTS = {"server_momentum": "0", "accountant": "rdp", "momentum": "0"}
+
+
+def _in_recipe(row: dict, recipe: dict) -> bool:
+    """Whether ``row`` (a privacy.csv row) belongs to ``recipe``'s curve."""
+    cell = {k: row.get(k) or _DEFAULTS.get(k, "") for k in (*recipe, "momentum")}
+    if not _num_eq(cell["momentum"], "0"):
+        return False
+    if math.isinf(float(row["target_epsilon"])):
+        return _num_eq(cell["server_momentum"], recipe["server_momentum"])
+    return all(cell[k] == v or _num_eq(cell[k], v) for k, v in recipe.items())
+
+
 def plot(a: argparse.Namespace) -> None:
     plt = common.plt()
     outdir = Path(a.plots)
@@ -249,36 +271,34 @@ def plot(a: argparse.Namespace) -> None:
                 by.setdefault(r["strategy"], []).append(r)
         return {k: sorted(v, key=lambda r: float(r[column])) for k, v in sorted(by.items())}
 
-    priv = mine(Path(a.privacy_csv), "target_epsilon")
+    priv = {label: rs for label, rs in ((label, [r for r in mine(Path(a.privacy_csv), "target_epsilon")
+                                                     .get("bcsfl", []) if _in_recipe(r, recipe)])
+                                        for label, recipe in RECIPES) if rs}
     if priv:
-        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
         targets = sorted({float(r["target_epsilon"]) for rs in priv.values() for r in rs})
         pos = {t: i for i, t in enumerate(targets)}
-        labels = {}
-        for strategy, rs in priv.items():
+        for label, rs in priv.items():
             xs = [pos[float(r["target_epsilon"])] for r in rs]
             ys = [float(r["final_accuracy"]) for r in rs]
-            ax.plot(xs, ys, "o-", lw=2, label=strategy)
-            for x, y, r in zip(xs, ys, rs):
+            ax.plot(xs, ys, "o-", lw=2, label=f"BCS-FL, {label}")
+            for x, y in zip(xs, ys):
                 ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-                t = float(r["target_epsilon"])
-                labels[t] = ("no DP\n(eps = inf)" if math.isinf(t) else
-                             f"target eps {t:g}\nnoise {float(r['dp_noise']):g}\nreached "
-                             f"{_g(r['epsilon_min'])}-{_g(r['epsilon_max'])}")
-        ax.set_xticks(range(len(targets)), [labels[t] for t in targets], fontsize=7)
+        ax.set_xticks(range(len(targets)), ["no DP\n(eps = inf)" if math.isinf(t) else f"eps {t:g}" for t in targets],
+                      fontsize=8)
         ax.set_ylabel("final test accuracy")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(f"DP-SGD (delta 1e-5): {setting}", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"DP-SGD per client (delta 1e-5): {setting}", fontsize=8)
         fig.tight_layout()
         fig.savefig(outdir / "privacy.png", dpi=110)
         plt.close(fig)
         print(f"wrote {outdir / 'privacy.png'}")
-        for strategy, rs in priv.items():
+        for label, rs in priv.items():
             for r in rs:
-                print(f"  {strategy:7s} target eps {r['target_epsilon']:>4s}  noise {r['dp_noise']:>5s}  eps reached "
-                      f"{_g(r['epsilon_min'])}..{_g(r['epsilon_max'])} (median {_g(r['epsilon_median'])})  final accuracy {float(r['final_accuracy']):.4f}  "
+                print(f"  {label[:40]:40s} target eps {r['target_epsilon']:>4s}  noise {r['dp_noise']:>5s}  eps reached "
+                      f"{_g(r['epsilon_min'])}..{_g(r['epsilon_max'])}  final accuracy {float(r['final_accuracy']):.4f}  "
                       f"honest rejected {r['honest_rejected'] or '-'}")
     prune = mine(Path(a.pruning_csv), "prune")
     if prune:
