@@ -61,6 +61,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=d.num_server_rounds, help="server rounds")
     p.add_argument("--local-epochs", type=int, default=d.local_epochs, help="epochs each client trains per round")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="clients' SGD learning rate")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule,
+                   help="constant, or cosine: round r of R trains at lr x (1 + cos(pi (r - 1) / R)) / 2")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="clients' minibatch size")
     p.add_argument("--momentum", type=float, default=d.momentum, help="clients' SGD momentum, in [0, 1)")
     p.add_argument("--dirichlet-alpha", type=float, default=d.dirichlet_alpha,
@@ -140,7 +142,7 @@ def _settings(args: argparse.Namespace, out: Path) -> RunSettings:
     return RunSettings(
         strategy=args.strategy, dataset=args.dataset, data_dir=absolute(args.data_dir),
         num_server_rounds=args.rounds, num_clients=args.num_clients, local_epochs=args.local_epochs,
-        learning_rate=args.lr, batch_size=args.batch_size, momentum=args.momentum, dirichlet_alpha=args.dirichlet_alpha,
+        learning_rate=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, momentum=args.momentum, dirichlet_alpha=args.dirichlet_alpha,
         seed=args.seed, malicious_fraction=args.malicious_fraction, attack=args.attack,
         attack_scale=args.attack_scale, dp_noise=args.dp_noise, dp_max_grad_norm=args.dp_max_grad_norm,
         target_epsilon=args.target_epsilon, dp_accountant=args.dp_accountant, model=args.model,

@@ -40,6 +40,8 @@ class RunSettings:
     num_clients: int = 0  # 0: as many as the federation has nodes
     local_epochs: int = 1
     learning_rate: float = 0.05
+    # "constant", or "cosine": round r of R trains at lr x (1 + cos(pi (r - 1) / R)) / 2
+    lr_schedule: str = "constant"
     batch_size: int = 32
     momentum: float = 0.0  # clients' SGD momentum (DP-SGD recipes use 0.9 with a smaller lr)
     dirichlet_alpha: float = 0.5
@@ -104,6 +106,13 @@ class RunSettings:
     def from_context(cls, context: Context, overrides: Mapping[str, Any] | None = None) -> RunSettings:
         """Run-config of ``context`` with ``overrides`` on top."""
         return cls.from_mapping({**dict(context.run_config), **dict(overrides or {})})
+
+    def round_lr(self, server_round: int) -> float:
+        """The clients' learning rate in ``server_round`` (1-based) under ``lr_schedule``."""
+        if self.lr_schedule == "cosine" and self.num_server_rounds > 1:
+            progress = min(max(server_round - 1, 0), self.num_server_rounds) / self.num_server_rounds
+            return self.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.learning_rate
 
     def filter_config(self):
         """The committee's :class:`~bcsfl_flower.committee.filter.FilterConfig` for these settings."""
@@ -173,6 +182,7 @@ class RunSettings:
               "must be in [0, 1)", ": it is the share of clients that attack")
         one_of("attack", ATTACKS)
         one_of("dp_accountant", ("rdp", "prv"))
+        one_of("lr_schedule", ("constant", "cosine"))
         check("attack_scale", finite("attack_scale"), "must be a finite number")
         check("dp_noise", finite("dp_noise") and self.dp_noise >= 0, "must be at least 0", "; 0 turns DP off")
         check("dp_max_grad_norm", finite("dp_max_grad_norm") and self.dp_max_grad_norm > 0,

@@ -99,3 +99,11 @@ def test_grad_sample_modes_train_the_same_model(mode: str) -> None:
         out[m] = get_weights(model)
     for k in out["hooks"]:
         np.testing.assert_allclose(out["hooks"][k], out[mode][k], rtol=1e-4, atol=1e-5)
+
+
+def test_cosine_schedule_starts_at_the_lr_and_decays_every_round() -> None:
+    s = RunSettings(learning_rate=4.0, num_server_rounds=10, lr_schedule="cosine")
+    lrs = [s.round_lr(r) for r in range(1, 11)]
+    assert lrs[0] == 4.0 and all(a > b for a, b in zip(lrs, lrs[1:])) and 0 < lrs[-1] < 0.1
+    assert RunSettings(learning_rate=4.0, num_server_rounds=10).round_lr(7) == 4.0
+    assert RunSettings(lr_schedule="linear").problems()
