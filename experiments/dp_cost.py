@@ -12,8 +12,9 @@ one epoch, one torch thread, the federation's typical partition of the data) for
 - the same model and batch size with and without DP, for each per-example gradient
   mode (Opacus' own overhead);
 - the configurations a user runs: the default non-DP client (``default`` model, batch
-  32) against the recommended DP client (``--dp-model``, default the ReLU ``default``
-  model, at ``--dp-batch-size`` 256, noise for eps 3 with the ``--dp-accountant``).
+  32) against the recommended DP client (``--dp-model``, default the tanh ``dp`` model
+  that ``--model auto`` picks, at ``--dp-batch-size`` 256, noise for eps 3 with the
+  ``--dp-accountant``).
 
 Each configuration is timed ``--repeats`` times after one warm-up round; the median is
 reported. The last line is ``dp_vs_nondp_ratio=R``: seconds per round of the
@@ -63,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-clients", type=int, default=20, help="the client holds 1/N of the data (default 20)")
     p.add_argument("--batch-size", type=int, default=32, help="non-DP batch size (default 32)")
     p.add_argument("--dp-batch-size", type=int, default=256, help="recommended DP batch size (default 256)")
-    p.add_argument("--dp-model", default="default", choices=("default", "dp"),
-                   help="recommended DP model variant (default: default, the ReLU CNN)")
+    p.add_argument("--dp-model", default="dp", choices=("default", "dp"),
+                   help="DP client's model variant (default dp, the tanh CNN --model auto picks; default: the "
+                        "ReLU CNN)")
     p.add_argument("--dp-accountant", default="prv", choices=("rdp", "prv"),
                    help="recommended DP accountant (default prv)")
     p.add_argument("--modes", default="hooks,functorch,ew", help="Opacus per-example gradient modes to time")

@@ -104,7 +104,7 @@ def test_dp_floor_keeps_noise_that_points_slightly_away_and_rejects_what_points_
     sigma = 0.01  # noise norm about sigma sqrt(d); a signal of 0.3 sigma: a mean cosine of 0.3/sqrt(d)
     honest = [{k: (g[k] + 0.3 * sigma * unit[k] + rng.normal(scale=sigma, size=v.shape)).astype(np.float32)
                for k, v in g.items()} for _ in range(16)]
-    flipped = [{k: (g[k] - 50 * sigma * unit[k]).astype(np.float32) for k in g} for _ in range(4)]  # noise-free
+    flipped = [{k: (g[k] - 100 * sigma * unit[k]).astype(np.float32) for k in g} for _ in range(4)]  # noise-free
     result = filter_and_aggregate(g, _verified(g, honest + flipped), server_round=1, root=root,
                                   config=FilterConfig(dp=True))
     floor = -2.0 / np.sqrt(d)
@@ -116,3 +116,22 @@ def test_dp_floor_keeps_noise_that_points_slightly_away_and_rejects_what_points_
     assert any(by_id[c].kept and by_id[c].cosine < 0 for c in honest_ids)  # pointing slightly away is noise
     # the former floor (+1/sqrt(d)) would have thrown away about half of them
     assert sum(by_id[c].cosine <= 1 / np.sqrt(d) for c in honest_ids) >= 5
+
+
+def test_dp_mode_rejects_updates_whose_norm_no_dp_noise_would_give():
+    """Honest DP norms are set by their noise (measured within 0.95-1.11 x the median); attacks' were not."""
+    rng = np.random.default_rng(4)
+    g = {"w": np.zeros((60, 60), np.float32), "b": np.zeros(60, np.float32)}
+    noise = [{k: rng.normal(scale=0.01, size=v.shape).astype(np.float32) for k, v in g.items()} for _ in range(14)]
+    huge = {k: rng.normal(scale=1e3, size=v.shape).astype(np.float32) for k, v in g.items()}  # a diverged estimate
+    tiny = {k: (1e-3 * v).astype(np.float32) for k, v in noise[0].items()}  # dilutes the mean
+    scaled = {k: (3 * v).astype(np.float32) for k, v in noise[1].items()}
+    result = filter_and_aggregate(g, _verified(g, [*noise, huge, tiny, scaled]), server_round=1,
+                                  config=FilterConfig(dp=True, dp_noise_z=100.0))  # the cosine floor out of the way
+    by_id = {x.client_id: x for x in result.decisions}
+    assert all(by_id[f"c{i:02d}"].kept for i in range(14))
+    for cid in ("c14", "c15", "c16"):
+        assert not by_id[cid].kept and "outside [1/2, 2] x the median" in by_id[cid].reason
+    off = filter_and_aggregate(g, _verified(g, [*noise, huge, tiny, scaled]), server_round=1,
+                               config=FilterConfig(dp=True, dp_noise_z=100.0, dp_norm_band=0))
+    assert {x.client_id for x in off.decisions if x.kept} >= {"c14", "c15", "c16"}  # only clipped, as before
