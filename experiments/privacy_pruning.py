@@ -239,7 +239,7 @@ def _g(cell: str) -> str:
 #: The DP recipes the privacy plot draws: (label, the columns a DP row must have; its
 #: no-DP row must share the server momentum). Empty cells in old rows read as the defaults.
 RECIPES = (
-    ("recommended: ReLU CNN, batch 256, lr 4, clip 0.5, server momentum 0.5, PRV",
+    ("reworked: ReLU CNN, batch 256, lr 4, clip 0.5, server momentum 0.5, PRV",
      dict(model="default", batch_size="256", lr="4", dp_max_grad_norm="0.5", server_momentum="0.5",
           accountant="prv")),
     ("before: tanh CNN, batch 128, lr 2, clip 1, no server momentum, RDP",
@@ -278,12 +278,13 @@ def plot(a: argparse.Namespace) -> None:
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         targets = sorted({float(r["target_epsilon"]) for rs in priv.values() for r in rs})
         pos = {t: i for i, t in enumerate(targets)}
-        for label, rs in priv.items():
+        for i, (label, rs) in enumerate(priv.items()):
             xs = [pos[float(r["target_epsilon"])] for r in rs]
             ys = [float(r["final_accuracy"]) for r in rs]
             ax.plot(xs, ys, "o-", lw=2, label=f"BCS-FL, {label}")
-            for x, y in zip(xs, ys):
-                ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            for x, y in zip(xs, ys):  # the first curve's figures above its points, the next ones below
+                ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6 if i == 0 else -13),
+                            ha="center", fontsize=8)
         ax.set_xticks(range(len(targets)), ["no DP\n(eps = inf)" if math.isinf(t) else f"eps {t:g}" for t in targets],
                       fontsize=8)
         ax.set_ylabel("final test accuracy")
