@@ -142,7 +142,8 @@ def _settings(args: argparse.Namespace, out: Path) -> RunSettings:
     return RunSettings(
         strategy=args.strategy, dataset=args.dataset, data_dir=absolute(args.data_dir),
         num_server_rounds=args.rounds, num_clients=args.num_clients, local_epochs=args.local_epochs,
-        learning_rate=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, momentum=args.momentum, dirichlet_alpha=args.dirichlet_alpha,
+        learning_rate=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, momentum=args.momentum,
+        dirichlet_alpha=args.dirichlet_alpha,
         seed=args.seed, malicious_fraction=args.malicious_fraction, attack=args.attack,
         attack_scale=args.attack_scale, dp_noise=args.dp_noise, dp_max_grad_norm=args.dp_max_grad_norm,
         target_epsilon=args.target_epsilon, dp_accountant=args.dp_accountant, model=args.model,

@@ -17,6 +17,8 @@ from .data import DATASETS
 if TYPE_CHECKING:  # Flower is imported by whoever builds a Context, not to check settings
     from flwr.app import Context
 
+    from .committee.filter import FilterConfig
+
 __all__ = ["ATTACKS", "COMMITTEES", "RunSettings", "STRATEGIES", "ledger_url_problem", "option_names"]
 
 STRATEGIES = ("bcsfl", "fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "fltrust",
@@ -114,7 +116,7 @@ class RunSettings:
             return self.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
         return self.learning_rate
 
-    def filter_config(self):
+    def filter_config(self) -> FilterConfig:
         """The committee's :class:`~bcsfl_flower.committee.filter.FilterConfig` for these settings."""
         from .committee.filter import FilterConfig
 

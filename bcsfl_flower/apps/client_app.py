@@ -80,7 +80,8 @@ def local_train(s: RunSettings, global_w: dict[str, np.ndarray], context: Contex
         dp_noise = client_noise(s.target_epsilon, len(y), s.batch_size, s.local_epochs, s.num_server_rounds,
                                 accountant=s.dp_accountant)
     result = train(
-        model, x, y, epochs=s.local_epochs, lr=s.round_lr(server_round), batch_size=s.batch_size, momentum=s.momentum, seed=seed,
+        model, x, y, epochs=s.local_epochs, lr=s.round_lr(server_round), batch_size=s.batch_size, momentum=s.momentum,
+        seed=seed,
         dp_noise=dp_noise, dp_max_grad_norm=s.dp_max_grad_norm, dp_accountant=s.dp_accountant,
         privacy_record=dict(privacy) if privacy else None, device=s.device,
     )

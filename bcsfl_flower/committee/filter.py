@@ -41,11 +41,10 @@ root set give the same decisions and the same candidate bytes on every coordinat
    the sum. A DP update's norm is set by its own noise, so honest ones lie close
    together (measured, MNIST eps 3: 0.95-1.11 x the round's median in every round; a
    client's budget fixes noise x sqrt(steps) to 0.82-1.15 x the median for partitions
-   of 14 to 8,135 examples, alpha 0.05 to 0.5),
-   while the seven attacks' kept updates sat at 3.8x (scaling) to 10^26x (ALIE and
-   IPM estimated from a diverging model) and were only clipped: with ``dp`` an update
-   whose norm is outside [1/``dp_norm_band``, ``dp_norm_band``] x the median of all
-   updates is rejected.
+   of 14 to 8,135 examples, alpha 0.05 to 0.5), while the seven attacks' kept updates
+   sat at 3.8x (scaling) to 10^26x (ALIE and IPM estimated from a diverging model) and
+   were only clipped: with ``dp`` an update whose norm is outside
+   [1/``dp_norm_band``, ``dp_norm_band``] x the median of all updates is rejected.
    Crafted updates (ALIE, min-max) are noise-free, so next to noisy honest ones their
    cosine no longer stands out; their own root-loss change does (measured: +4 to +7
    against -1 to +1.8 for honest DP updates, MNIST eps 3). With ``dp``, a kept update
@@ -136,8 +135,9 @@ class FilterConfig:
         update's direction plus that of the median anchor update (see the module
         docstring); False: the root update alone.
     dp : bool (default: False)
-        The clients train with DP-SGD: the noise floor uses ``dp_noise_z``, and
-        root-loss outliers are rejected (see the module docstring).
+        The clients train with DP-SGD: the cosine floor is ``-dp_noise_z / sqrt(d)``,
+        norms outside ``dp_norm_band`` and root-loss outliers are rejected (see the
+        module docstring).
     dp_norm_band : float (default: 2.0)
         When ``dp``, updates whose norm is above this multiple of the median norm, or
         below its inverse, are rejected (see the module docstring); 0 disables.
