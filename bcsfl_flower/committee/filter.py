@@ -91,6 +91,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .crowd import crowd_cosines, unit
 from .rootset import RootSet
 from .verify import VerifiedUpdate
 
@@ -204,50 +205,6 @@ def _flatten(tensors: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndar
     return np.concatenate([np.asarray(tensors[n], np.float64).ravel() for n in names])
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
-
-
-def _crowd_cosines(deltas: np.ndarray, root_dir: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """Each update's cosine to the root direction plus that of the median anchor update.
-
-    ``anchors`` (three or more) are the updates the root update alone accepts; an
-    anchor is scored against the median of the *other* anchors, any other update
-    against the median of all anchors.
-    """
-    all_dir = root_dir + _unit(np.median(deltas[anchors], axis=0))
-    out = np.array([_cosine(d, all_dir) for d in deltas])
-    for j, m in _others_medians(deltas[anchors]):
-        out[anchors[j]] = _cosine(deltas[anchors[j]], root_dir + _unit(m))
-    return out
-
-
-def _others_medians(deltas: np.ndarray):
-    """Yield ``(i, coordinate-wise median of every update but i)`` for each row ``i``.
-
-    Leaving ``i`` out matters: an update is part of the median it would be scored
-    against, which tilts that median towards it by a cosine of order 1/n, far above
-    a noise floor of 3/sqrt(d). One sort serves every row: without row ``i``, the
-    k-th smallest value of a coordinate is the k-th of all values below ``i``'s rank
-    there and the (k+1)-th from it on.
-    """
-    n = len(deltas)
-    order = np.argsort(deltas, axis=0, kind="stable")
-    ordered = np.take_along_axis(deltas, order, axis=0)
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(n)[:, None].repeat(deltas.shape[1], axis=1), axis=0)
-    m = n - 1
-    middle = [(m - 1) // 2] if m % 2 else [m // 2 - 1, m // 2]
-    for i in range(n):
-        picks = [np.take_along_axis(ordered, (k + (k >= ranks[i]))[None, :], axis=0)[0] for k in middle]
-        yield i, picks[0] if len(picks) == 1 else (picks[0] + picks[1]) / 2
-
-
 def _aggregate(
     global_tensors: Mapping[str, np.ndarray],
     names: Sequence[str],
@@ -309,7 +266,7 @@ def filter_and_aggregate(
     anchors = np.flatnonzero((cosines > threshold) & in_band)
     if root is not None and config.crowd_reference and len(anchors) >= 3:
         # the better of the two: an update that the root data or the crowd clearly backs
-        cosines = np.maximum(cosines, _crowd_cosines(deltas, _unit(reference), anchors))
+        cosines = np.maximum(cosines, crowd_cosines(deltas, unit(reference), anchors))
         ref_name = "root-update|root+median-of-anchors"
     kept = (cosines > threshold) & in_band
     band = config.dp_norm_band

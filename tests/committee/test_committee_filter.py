@@ -210,8 +210,8 @@ def test_a_rare_class_update_the_root_data_backs_is_kept_though_the_crowd_points
     names = list(g)
     flat = lambda t: np.concatenate([np.asarray(t[n], np.float64).ravel() for n in names])  # noqa: E731
     deltas = np.stack([flat(u.tensors) - flat(g) for u in updates + rare])
-    from bcsfl_flower.committee.filter import _crowd_cosines, _unit
-    crowd = _crowd_cosines(deltas, _unit(flat(root.update(g, 1))), anchors)
+    from bcsfl_flower.committee.crowd import crowd_cosines, unit
+    crowd = crowd_cosines(deltas, unit(flat(root.update(g, 1))), anchors)
     assert crowd[-1] < 0 and crowd[-2] < 0
 
 
