@@ -41,12 +41,11 @@ KEY = ("dataset", "num_clients", "rounds", "local_epochs", "alpha", "seed", "str
 
 
 def _key(row: dict) -> tuple:
-    """A row's identity: its setting (numbers compared as floats; empty momenta are 0, an empty accountant rdp)."""
+    """A row's identity: its setting (numbers compared as floats; an empty cell as the legacy default)."""
     out = []
     for k in KEY:
         v = row.get(k)
-        v = "0" if k in ("momentum", "server_momentum") and v in ("", None) else v
-        v = "rdp" if k == "accountant" and v in ("", None) else v
+        v = privacy_pruning.LEGACY_CELLS.get(k, v) if v in ("", None) else v
         try:
             out.append(round(float(v), 9))
         except (TypeError, ValueError):

@@ -129,6 +129,22 @@ def _done(path: Path, a: argparse.Namespace, column: str) -> set[float]:
             if all(r[k] == base[k] or _num_eq(r[k], base[k]) for k in base)}
 
 
+#: What a DP recipe column meant in rows written before the column existed (the defaults
+#: then): an empty cell reads as this.
+LEGACY_CELLS = {"dp_max_grad_norm": "1", "momentum": "0", "server_momentum": "0", "accountant": "rdp",
+                "model": "dp"}
+
+
+def cell(row: dict, column: str) -> str:
+    """``row``'s cell in ``column``, an empty one read as :data:`LEGACY_CELLS` says."""
+    return row.get(column) or LEGACY_CELLS.get(column, "")
+
+
+def _same(value: str, want: str) -> bool:
+    """Equal cells, as text or as numbers."""
+    return value == want or _num_eq(value, want)
+
+
 def _num_eq(x: str, y: str) -> bool:
     try:
         return math.isclose(float(x), float(y))
@@ -201,14 +217,7 @@ def attack_sweep(a: argparse.Namespace) -> None:
     recipe = dict(batch_size=a.dp_batch_size, lr=a.dp_lr, dp_max_grad_norm=a.dp_max_grad_norm,
                   server_momentum=a.server_momentum, accountant=a.accountant, model=a.dp_model)
     base = {k: str(v) for k, v in dict(_base(a), target_epsilon=target, **recipe).items()}
-    # rows from before a column existed ran at the defaults then (clip 1, no server momentum, rdp, tanh)
-    legacy = {"dp_max_grad_norm": "1", "server_momentum": "0", "accountant": "rdp", "model": "dp"}
-
-    def same(cell: str, want: str) -> bool:
-        return cell == want or _num_eq(cell, want)
-
-    done = {r["attack"] for r in common.read_rows(path)
-            if all(same(r.get(k) or legacy.get(k, ""), base[k]) for k in base)}
+    done = {r["attack"] for r in common.read_rows(path) if all(_same(cell(r, k), base[k]) for k in base)}
     todo = [x for x in common.words(a.dp_attacks) if x not in done]
     print(f"{len(todo)} DP attack run(s) to do at eps {target:g}; {common.machine()}")
     for attack in todo:
@@ -237,7 +246,7 @@ def _g(cell: str) -> str:
 
 
 #: The DP recipes the privacy plot draws: (label, the columns a DP row must have; its
-#: no-DP row must share the server momentum). Empty cells in old rows read as the defaults.
+#: no-DP row must share the server momentum). Empty cells read as :data:`LEGACY_CELLS`.
 RECIPES = (
     ("reworked: ReLU CNN, batch 256, lr 4, clip 0.5, server momentum 0.5, PRV",
      dict(model="default", batch_size="256", lr="4", dp_max_grad_norm="0.5", server_momentum="0.5",
@@ -245,17 +254,15 @@ RECIPES = (
     ("before: tanh CNN, batch 128, lr 2, clip 1, no server momentum, RDP",
      dict(model="dp", batch_size="128", lr="2", dp_max_grad_norm="1", server_momentum="0", accountant="rdp")),
 )
-_DEFAULTS = {"server_momentum": "0", "accountant": "rdp", "momentum": "0"}
 
 
 def _in_recipe(row: dict, recipe: dict) -> bool:
     """Whether ``row`` (a privacy.csv row) belongs to ``recipe``'s curve."""
-    cell = {k: row.get(k) or _DEFAULTS.get(k, "") for k in (*recipe, "momentum")}
-    if not _num_eq(cell["momentum"], "0"):
+    if not _num_eq(cell(row, "momentum"), "0"):
         return False
     if math.isinf(float(row["target_epsilon"])):
-        return _num_eq(cell["server_momentum"], recipe["server_momentum"])
-    return all(cell[k] == v or _num_eq(cell[k], v) for k, v in recipe.items())
+        return _num_eq(cell(row, "server_momentum"), recipe["server_momentum"])
+    return all(_same(cell(row, k), v) for k, v in recipe.items())
 
 
 def plot(a: argparse.Namespace) -> None:

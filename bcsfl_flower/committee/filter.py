@@ -244,9 +244,9 @@ def filter_and_aggregate(
     updates = sorted(updates, key=lambda u: u.client_id)
     names = [n for n, t in global_tensors.items() if np.issubdtype(t.dtype, np.floating)]
     global_flat = _flatten(global_tensors, names)
-    momentum = _momentum(global_tensors, global_flat, names, previous, config.server_momentum)
     if not updates:
         return FilterResult([], dict(global_tensors), "none", 0.0, None, None)
+    momentum = _momentum(global_tensors, global_flat, names, previous, config.server_momentum)
     deltas = np.stack([_flatten(u.tensors, names) for u in updates]) - global_flat
     declared = np.array([u.package.num_examples for u in updates], np.float64)
     cap = config.example_cap * float(np.median(declared)) if config.example_cap > 0 else np.inf
@@ -262,16 +262,16 @@ def filter_and_aggregate(
         reference = np.median(deltas, axis=0)
         ref_name = "coordinate-median"
     cosines = deltas @ reference / np.maximum(norms * np.linalg.norm(reference), 1e-12)
-    in_band = _dp_norm_band(norms, config.dp_norm_band) if config.dp else np.ones(len(norms), bool)
+    median_norm, band = float(np.median(norms)), config.dp_norm_band
+    in_band = _dp_norm_band(norms, median_norm, band) if config.dp else np.ones(len(norms), bool)
     anchors = np.flatnonzero((cosines > threshold) & in_band)
     if root is not None and config.crowd_reference and len(anchors) >= 3:
         # the better of the two: an update that the root data or the crowd clearly backs
         cosines = np.maximum(cosines, crowd_cosines(deltas, unit(reference), anchors))
         ref_name = "root-update|root+median-of-anchors"
     kept = (cosines > threshold) & in_band
-    band = config.dp_norm_band
     reasons = ["" if k else f"cosine {c:.4f} <= {threshold:.4f}" if b else
-               f"norm {n:.4g} outside [1/{band:g}, {band:g}] x the median {np.median(norms):.4g} (DP mode)"
+               f"norm {n:.4g} outside [1/{band:g}, {band:g}] x the median {median_norm:.4g} (DP mode)"
                for k, b, c, n in zip(kept, in_band, cosines, norms)]
     if config.trust_weighted and not config.dp:  # DP: cosines are mostly the clients' noise
         # capped at the kept updates' median cosine: looking more central than the typical
@@ -332,11 +332,10 @@ def filter_and_aggregate(
     return FilterResult(decisions, candidate, ref_name, float(clip), before, after)
 
 
-def _dp_norm_band(norms: np.ndarray, band: float) -> np.ndarray:
-    """Which updates' norms lie within [1/band, band] x the median norm (all of them when band <= 0)."""
-    if not band > 0 or len(norms) == 0:
+def _dp_norm_band(norms: np.ndarray, median: float, band: float) -> np.ndarray:
+    """Which updates' norms lie within [1/band, band] x ``median`` (all of them when band <= 0)."""
+    if not band > 0:
         return np.ones(len(norms), bool)
-    median = float(np.median(norms))
     return (norms <= band * median) & (norms >= median / band)
 
 
