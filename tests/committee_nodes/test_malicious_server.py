@@ -154,16 +154,17 @@ def test_d_split_views_are_refused_by_every_client(tmp_path):
     assert len(reasons) == N and all("differs from the one certified in round 1" in r for r in reasons)
 
 
-def committed_hashes(tmp_path, mode: str, server_momentum: float = 0.0, rounds: int = 3) -> list[str]:
+def committed_hashes(tmp_path, mode: str, server_momentum: float = 0.0, rounds: int = 3,
+                     strategy_cls=BCSFL) -> list[str]:
     """Run ``rounds`` rounds with the committee in ``mode`` (20% sign-flip attackers); the models' hashes."""
-    tag = f"{mode}-{server_momentum}"
+    tag = f"{mode}-{server_momentum}-{strategy_cls.__name__}"
     s = RunSettings(dataset="digits", num_clients=N, root_size=50, committee=mode, committee_size=4,
                     malicious_fraction=0.2, attack="sign-flip", bcsfl_ledger=f"sqlite:///{tmp_path / tag}.db",
                     bcsfl_key_dir=str(tmp_path / tag / "keys"), server_momentum=server_momentum)
     grid = LocalGrid(make_client_app(s.to_mapping()), N)
-    strategy = BCSFL(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N, ledger=s.bcsfl_ledger,
-                     committee_size=4, committee=mode, root_set=make_root_set(s, N), key_dir=s.bcsfl_key_dir,
-                     enrolment_key=s.enrolment_key_path(), filter_config=s.filter_config())
+    strategy = strategy_cls(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N, ledger=s.bcsfl_ledger,
+                            committee_size=4, committee=mode, root_set=make_root_set(s, N), key_dir=s.bcsfl_key_dir,
+                            enrolment_key=s.enrolment_key_path(), filter_config=s.filter_config())
     strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model("digits", seed=s.seed).state_dict()),
                    num_rounds=rounds)
     assert all(r["committed"] for r in strategy.rounds)
@@ -187,3 +188,24 @@ def test_with_server_momentum_every_member_reads_the_previous_model_off_its_own_
     assert server == nodes
     # rounds 1 and 2 have no previous certified model; round 3 moves by the momentum too
     assert server[:2] == plain[:2] and server[2] != plain[2]
+
+
+class SendsItsOwnModels(BCSFL):
+    """(e) once the chain certifies a model, sends every coordinator a model of its own with each role message."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        inner = self.relay.decide
+
+        def decide(grid, *, state, **kw):
+            if state.model is not None:  # before that, the sent model is the start by design
+                kw["global_arrays"] = perturbed(numpy_to_arrays(self._global), 0.5)
+            return inner(grid, state=state, **kw)
+
+        self.relay.decide = decide
+
+
+def test_with_server_momentum_a_relay_cannot_feed_the_members_a_model(tmp_path):
+    """After round 1 the members take the global model, and the one before it, only off their ledgers."""
+    honest = committed_hashes(tmp_path, "nodes", 0.5)
+    assert committed_hashes(tmp_path, "nodes", 0.5, strategy_cls=SendsItsOwnModels) == honest
