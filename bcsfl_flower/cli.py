@@ -82,7 +82,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dp-accountant", choices=("rdp", "prv"), default=d.dp_accountant,
                    help="how epsilon is accounted: rdp, or prv (a tighter upper bound: less noise for the same "
                         "--target-epsilon)")
-    p.add_argument("--model", choices=("auto", "default", "dp"), default=d.model,
+    p.add_argument("--model", choices=("auto", "default", "dp", "scatter"), default=d.model,
                    help="model variant: auto is the tanh 'dp' variant when DP is on, else the default")
     p.add_argument("--prune", type=float, default=d.prune, help="fraction of weights pruned by magnitude, in [0, 1)")
     p.add_argument("--compression", choices=("none", "topk"), default=d.compression,

@@ -1,11 +1,16 @@
 """Small models for the supported datasets (no BatchNorm, so Opacus DP-SGD applies).
 
-Two variants per dataset: ``"default"`` (ReLU, the non-DP reference whose model hashes
-committed results depend on) and ``"dp"``, shaped for DP-SGD after Papernot et al.,
+Variants per dataset: ``"default"`` (ReLU, the non-DP reference whose model hashes
+committed results depend on), ``"dp"``, shaped for DP-SGD after Papernot et al.,
 "Tempered Sigmoid Activations for Deep Learning with Differential Privacy" (AAAI 2021)
 and Tramer & Boneh, "Differentially Private Learning Needs Better Features" (ICLR 2021):
 few parameters (the noise norm grows with sqrt(d)), tanh activations (bounded, so
-clipped per-example gradients lose less), GroupNorm where a norm layer is needed.
+clipped per-example gradients lose less), GroupNorm where a norm layer is needed;
+and for 28x28 images ``"scatter"``, Tramer & Boneh's ScatterNet + linear model: a fixed
+scattering transform (:mod:`bcsfl_flower.scattering`, no parameters) and a linear head,
+the best of them under DP-SGD. Its fixed front end is computed once per array
+(:func:`bcsfl_flower.training.features.trainable_part`), so training and evaluation
+run on the head alone.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["VARIANTS", "build_model"]
+from .scattering import Scattering2D
 
-VARIANTS = ("default", "dp")
+__all__ = ["VARIANTS", "ScatterLinear", "build_model"]
+
+VARIANTS = ("default", "dp", "scatter")
 
 
 class MLP(nn.Module):
@@ -74,6 +81,24 @@ class TanhMLP(nn.Module):
         return self.net(x)
 
 
+class ScatterLinear(nn.Module):
+    """Tramer & Boneh's ScatterNet + linear for 28x28 grey images: 81x7x7 fixed features, ~40k parameters.
+
+    ``fixed_front`` (the scattering transform) has no parameters; ``head`` normalises the
+    features per example (GroupNorm without affine terms, so no statistic of other
+    examples leaks into a DP-SGD step) and classifies them linearly.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fixed_front = Scattering2D(28, J=2, L=8)
+        c = self.fixed_front.channels
+        self.head = nn.Sequential(nn.GroupNorm(c // 3, c, affine=False), nn.Flatten(), nn.Linear(c * 7 * 7, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.head(self.fixed_front(x))
+
+
 class _Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -115,8 +140,9 @@ def build_model(dataset: str, num_classes: int = 10, seed: int = 0, variant: str
     seed : int
         Seeds the initialisation, default 0.
     variant : str
-        ``"default"`` (the non-DP reference) or ``"dp"`` (tanh, fewer parameters; for
-        CIFAR-10 the GroupNorm ResNet serves both).
+        ``"default"`` (the non-DP reference), ``"dp"`` (tanh, fewer parameters; for
+        CIFAR-10 the GroupNorm ResNet serves both) or ``"scatter"`` (ScatterNet + linear,
+        28x28 images only).
     """
     if variant not in VARIANTS:
         raise ValueError(f"model variant must be one of {VARIANTS}, got {variant!r}")
@@ -124,6 +150,10 @@ def build_model(dataset: str, num_classes: int = 10, seed: int = 0, variant: str
         torch.manual_seed(seed)
         if variant == "dp" and dataset == "digits":
             return TanhMLP(64, num_classes)
+        if variant == "scatter":
+            if dataset not in ("mnist", "fashion-mnist"):
+                raise ValueError(f"the scatter model is for 28x28 images (mnist, fashion-mnist), not {dataset!r}")
+            return ScatterLinear(num_classes)
         if variant == "dp" and dataset in ("mnist", "fashion-mnist"):
             return TanhCNN(num_classes)
         if dataset == "digits":

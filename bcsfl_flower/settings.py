@@ -191,7 +191,7 @@ class RunSettings:
               "must be greater than 0")
         check("target_epsilon", "target_epsilon" not in wrong_type and self.target_epsilon >= 0,
               "must be at least 0", "; 0 or inf turns it off")
-        one_of("model", ("auto", "default", "dp"))
+        one_of("model", ("auto", "default", "dp", "scatter"))
         check("prune", finite("prune") and 0 <= self.prune < 1, "must be in [0, 1)",
               ": it is the share of weights pruned")
         one_of("compression", ("none", "topk"))

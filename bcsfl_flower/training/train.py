@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .features import trainable_part
+
 __all__ = ["TrainResult", "evaluate", "get_weights", "resolve_device", "set_weights", "torch_threads", "train"]
 
 THREADS_ENV = "BCSFL_TORCH_THREADS"
@@ -152,6 +154,7 @@ def train(
     torch.manual_seed(seed)
     if not on_cpu:
         model.to(dev)
+    model, x = trainable_part(model, x)  # a fixed front end runs once, not per step
     loader = _loader(x, y, batch_size, seed, shuffle=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     trained, budget = model, None
@@ -184,6 +187,10 @@ def train(
         # batches on the device.
         batch_source = loader if budget is not None else _DeviceBatches(x, y, batch_size, seed, dev)
         total_loss, batches = _train_on(dev, trained, optimizer, criterion, batch_source, epochs)
+    if budget is not None:
+        trained.remove_hooks()  # Opacus' hooks stay on the model otherwise: it could not be trained again
+        for p in model.parameters():
+            p.grad_sample = None
     return TrainResult(
         num_examples=len(y),
         train_loss=total_loss / max(1, batches),
@@ -224,6 +231,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1
     on_cpu = dev.type == "cpu"
     if not on_cpu:
         model.to(dev)
+    model, x = trainable_part(model, x)
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss, correct = 0.0, 0
