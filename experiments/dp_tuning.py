@@ -11,11 +11,11 @@ norm) x ``--momenta`` x ``--epochs-list`` x ``--strategies`` (x ``--server-momen
 committee's momentum, for bcsfl) is one ``bcsfl simulate`` with
 ``--target-epsilon``: each client picks the noise that spends exactly that budget on its
 own data over all rounds (``bcsfl_flower.training.privacy.client_noise``), with the tanh
-"dp" model (``--models default``: the ReLU CNN). The privacy unit is one training example of one client; delta is 1e-5. The
+"dp" model (``--models default``: the ReLU CNN; ``scatter``: ScatterNet + linear). The privacy unit is one training example of one client; delta is 1e-5. The
 epsilon each client reached is read back from the ledger's last block (the clients'
-signed reports). ``--baseline`` also runs the same setting without DP (the default model
-and the default batch, learning rate and momentum; the same server momentum), the row the
-cost of DP is read against.
+signed reports). ``--baseline`` also runs the same setting without DP (the default batch,
+learning rate and momentum, the same server momentum; the default model, or each of
+``--baseline-models``), the row the cost of DP is read against.
 
 Rows go to ``experiments/results/privacy.csv`` (its columns record batch, learning
 rate, clip, momentum, server momentum and model), so the privacy table and its plot
@@ -62,9 +62,9 @@ def plan(a: argparse.Namespace) -> list[dict]:
     for strategy, server_momentum in ((s, m) for s in common.words(a.strategies)
                                       for m in (momenta if s == "bcsfl" else [0.0])):
         base = dict(base, server_momentum=server_momentum)
-        if a.baseline:
+        for model in common.words(a.baseline_models) if a.baseline else []:
             runs.append(dict(base, strategy=strategy, local_epochs=1, target_epsilon=math.inf, batch_size=32,
-                             lr=0.05, dp_max_grad_norm=1.0, momentum=0.0, model="default", accountant="rdp"))
+                             lr=0.05, dp_max_grad_norm=1.0, momentum=0.0, model=model, accountant="rdp"))
         for epochs in common.floats(a.epochs_list):
             for batch in common.floats(a.batch_sizes):
                 for lr in common.floats(a.lrs):
@@ -74,6 +74,16 @@ def plan(a: argparse.Namespace) -> list[dict]:
                                              target_epsilon=a.epsilon, batch_size=int(batch), lr=lr,
                                              dp_max_grad_norm=clip, momentum=momentum, model=model))
     return runs
+
+
+def run_name(s: dict) -> str:
+    """The work folder of a run: every setting column that tells runs apart."""
+    dp = not math.isinf(s["target_epsilon"])
+    return (f"{s['dataset']}_a{s['alpha']:g}_s{s['seed']}_{s['strategy']}_eps{s['target_epsilon']:g}_e{s['local_epochs']}"
+            f"_b{s['batch_size']}_lr{s['lr']:g}_c{s['dp_max_grad_norm']:g}_m{s['momentum']:g}"
+            + (f"_{s['model']}" if s["model"] != ("dp" if dp else "default") else "")
+            + (f"_sm{s['server_momentum']:g}" if s["server_momentum"] else "")
+            + (f"_{s['accountant']}" if s["accountant"] != "rdp" else ""))
 
 
 def run_one(setting: dict, a: argparse.Namespace) -> dict:
@@ -93,11 +103,7 @@ def run_one(setting: dict, a: argparse.Namespace) -> dict:
     ddir = common.data_dir(s["dataset"], a.data_dir)
     if ddir:
         args += ["--data-dir", ddir]
-    name = (f"{s['dataset']}_a{s['alpha']:g}_s{s['seed']}_{s['strategy']}_eps{s['target_epsilon']:g}_e{s['local_epochs']}"
-            f"_b{s['batch_size']}_lr{s['lr']:g}_c{s['dp_max_grad_norm']:g}_m{s['momentum']:g}"
-            + (f"_{s['model']}" if dp and s["model"] != "dp" else "")
-            + (f"_sm{s['server_momentum']:g}" if s["server_momentum"] else "")
-            + (f"_{s['accountant']}" if s["accountant"] != "rdp" else ""))
+    name = run_name(s)
     metrics, seconds = common.simulate(args, Path(a.work_dir) / name, timeout=a.timeout, engine=a.engine,
                                        device=a.device, threads=a.threads)
     eps = ledger_epsilons(Path(a.work_dir) / name) if dp else [math.inf]
@@ -139,11 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-momenta", default="0",
                    help="comma-separated betas of the committee's server momentum (default 0; bcsfl only)")
     p.add_argument("--models", default="dp",
-                   help="comma-separated model variants of the DP runs: dp (tanh CNN, default) or default (ReLU CNN)")
+                   help="comma-separated model variants of the DP runs: dp (tanh CNN, default), default (ReLU CNN) "
+                        "or scatter (ScatterNet + linear)")
     p.add_argument("--accountant", default="rdp", choices=("rdp", "prv"),
                    help="how the clients account epsilon (default rdp; prv: a tighter bound, less noise)")
     p.add_argument("--epochs-list", default="1", help="comma-separated local epochs per round (default 1)")
-    p.add_argument("--baseline", action="store_true", help="also run the setting without DP (default model)")
+    p.add_argument("--baseline", action="store_true", help="also run the setting without DP")
+    p.add_argument("--baseline-models", default="default",
+                   help="comma-separated model variants of the runs without DP (default: default, the ReLU CNN)")
     p.add_argument("--csv", default=str(common.RESULTS / "privacy.csv"))
     p.add_argument("--work-dir", default=str(common.RUNS / "dp_tuning"))
     p.add_argument("--timeout", type=float, default=None, help="seconds per run (default: none)")

@@ -29,3 +29,11 @@ def test_the_baseline_without_dp_is_one_row_whatever_the_accountant():
     prv = [r for r in dp_tuning.plan(_args("--baseline", "--accountant", "prv")) if r["target_epsilon"] == math.inf]
     assert [dp_tuning._key(r) for r in rdp] == [dp_tuning._key(r) for r in prv]
     assert [r["accountant"] for r in dp_tuning.plan(_args("--accountant", "prv"))] == ["prv"]
+
+
+def test_baseline_models_give_one_run_without_dp_each_in_its_own_folder():
+    runs = [r for r in dp_tuning.plan(_args("--baseline", "--baseline-models", "default,scatter", "--models", "scatter"))
+            if r["target_epsilon"] == math.inf]
+    assert [r["model"] for r in runs] == ["default", "scatter"]
+    assert len({dp_tuning._key(r) for r in runs}) == 2 and len({dp_tuning.run_name(r) for r in runs}) == 2
+    assert [r["model"] for r in dp_tuning.plan(_args("--baseline")) if r["target_epsilon"] == math.inf] == ["default"]
