@@ -83,7 +83,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="how epsilon is accounted: rdp, or prv (a tighter upper bound: less noise for the same "
                         "--target-epsilon)")
     p.add_argument("--model", choices=("auto", "default", "dp", "scatter"), default=d.model,
-                   help="model variant: auto is the tanh 'dp' variant when DP is on, else the default")
+                   help="model variant: auto is, when DP is on, scatter (ScatterNet + linear) for mnist and "
+                        "fashion-mnist and the tanh 'dp' variant for the others; without DP the default")
     p.add_argument("--prune", type=float, default=d.prune, help="fraction of weights pruned by magnitude, in [0, 1)")
     p.add_argument("--compression", choices=("none", "topk"), default=d.compression,
                    help="upload compression: none (dense model) or topk (the largest entries of the update, "

@@ -59,7 +59,8 @@ class RunSettings:
     # how epsilon is accounted: "rdp" (Renyi DP) or "prv" (privacy random variables, Gopi et al.
     # 2021: a tighter upper bound, so less noise for the same target)
     dp_accountant: str = "rdp"
-    # "auto": the dataset's "dp" variant (bcsfl_flower.models) when DP is on, else "default"
+    # "auto": with DP on, "scatter" (ScatterNet + linear) for 28x28 images and "dp" (tanh) for
+    # the others (bcsfl_flower.models); without DP, "default"
     model: str = "auto"
     prune: float = 0.0
     # upload compression (bcsfl_flower.compression): "none" sends the dense model; "topk"
@@ -224,7 +225,9 @@ class RunSettings:
     def model_variant(self) -> str:
         """The model variant clients, committee and server build (see ``model``)."""
         if self.model == "auto":
-            return "dp" if self.dp_enabled else "default"
+            if not self.dp_enabled:
+                return "default"
+            return "scatter" if self.dataset in ("mnist", "fashion-mnist") else "dp"
         return self.model
 
     def to_mapping(self) -> dict[str, Any]:

@@ -365,8 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --dp-attacks: the committee's server momentum (default 0)")
     p.add_argument("--accountant", default="rdp", choices=("rdp", "prv"),
                    help="with --dp-attacks: how the clients account epsilon (default rdp)")
-    p.add_argument("--dp-model", default="dp", choices=("dp", "default"),
-                   help="with --dp-attacks: the model variant the DP clients train (default dp, the tanh CNN)")
+    p.add_argument("--dp-model", default="dp", choices=("dp", "default", "scatter"),
+                   help="with --dp-attacks: the model variant the DP clients train (default dp, the tanh CNN; "
+                        "default: the ReLU CNN; scatter: ScatterNet + linear)")
     p.add_argument("--dp-attacks", default="", help="with --per-client: attacks to run with DP on (e.g. label-flip,ipm)")
     p.add_argument("--dp-attack-fraction", type=float, default=0.3, help="share of attacking clients (default 0.3)")
     p.add_argument("--attacks-csv", default=str(common.RESULTS / "privacy_attacks.csv"))

@@ -82,6 +82,10 @@ def test_settings_pick_the_dp_model_when_dp_is_on() -> None:
     assert RunSettings(target_epsilon=3.0).model_variant() == "dp"
     assert RunSettings(target_epsilon=math.inf).model_variant() == "default"
     assert RunSettings(dp_noise=1.0).model_variant() == "dp"
+    assert RunSettings(dataset="mnist", target_epsilon=3.0).model_variant() == "scatter"
+    assert RunSettings(dataset="fashion-mnist", dp_noise=1.0).model_variant() == "scatter"
+    assert RunSettings(dataset="mnist").model_variant() == "default"
+    assert RunSettings(dataset="cifar10", target_epsilon=3.0).model_variant() == "dp"
     assert RunSettings(target_epsilon=3.0, model="default").model_variant() == "default"
     assert RunSettings.from_mapping({"target-epsilon": "3", "model": "auto"}).dp_enabled
     assert RunSettings(target_epsilon=-1.0).problems() and RunSettings(model="x").problems()
