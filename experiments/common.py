@@ -131,6 +131,8 @@ def simulate(args: Sequence[str], out: Path, timeout: float | None = None, *, en
     code_path = code_dir()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
            "PYTHONPATH": os.pathsep.join(p for p in (str(code_path), os.environ.get("PYTHONPATH", "")) if p)}
+    # a fixed front end's features (the scatter model) are computed by the first run only
+    env.setdefault("BCSFL_FEATURE_CACHE", str(RUNS / "features"))
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.perf_counter()

@@ -9,6 +9,11 @@ client's shard is transformed once per process, whatever round asks for it.
 
 A model opts in with two attributes: ``fixed_front`` (a module without parameters, with
 a ``cache_key`` string naming it) and ``head`` (what follows it).
+
+With ``$BCSFL_FEATURE_CACHE`` set to a folder, features are also kept there as ``.npy``
+files named by the front's key and the array's digest, so later processes (the next run
+of an experiment) load them instead of transforming again. Nothing is kept on disk
+otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import collections
 import copy
 import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,10 +42,16 @@ class FeatureCache:
         Bound on the cached features, default 2 GiB (MNIST's 70,000 images take 1.1 GB as 81x7x7 maps).
     chunk : int
         Examples transformed at a time, default 512 (bounds the transform's buffers).
+    folder : str or Path, optional
+        Where features are also kept as files, to be loaded by later processes (default: none).
+    name : str
+        Names the transform in those files' names, default ``"features"``.
     """
 
-    def __init__(self, transform, max_bytes: int = 2 << 30, chunk: int = 512) -> None:
+    def __init__(self, transform, max_bytes: int = 2 << 30, chunk: int = 512,
+                 folder: str | os.PathLike | None = None, name: str = "features") -> None:
         self.transform, self.max_bytes, self.chunk = transform, max_bytes, chunk
+        self.folder, self.name = (Path(folder) if folder else None), name
         self._entries: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
         self._bytes = 0
         self.hits = self.misses = 0
@@ -54,9 +67,12 @@ class FeatureCache:
             self._entries.move_to_end(key)
             return hit
         self.misses += 1
-        with torch.no_grad():
-            src = torch.from_numpy(arr)
-            out = torch.cat([self.transform(src[i:i + self.chunk]) for i in range(0, max(1, len(src)), self.chunk)])
+        out = self._load(key)
+        if out is None:
+            with torch.no_grad():
+                src = torch.from_numpy(arr)
+                out = torch.cat([self.transform(src[i:i + self.chunk]) for i in range(0, max(1, len(src)), self.chunk)])
+            self._store(key, out)
         size = out.numel() * out.element_size()
         if size <= self.max_bytes:
             self._entries[key] = out
@@ -65,6 +81,28 @@ class FeatureCache:
                 _, old = self._entries.popitem(last=False)
                 self._bytes -= old.numel() * old.element_size()
         return out
+
+
+    def _file(self, key: bytes) -> Path | None:
+        safe = "".join(c if c.isalnum() else "_" for c in self.name)
+        return self.folder / f"{safe}-{key.hex()}.npy" if self.folder else None
+
+    def _load(self, key: bytes) -> torch.Tensor | None:
+        path = self._file(key)
+        try:
+            return torch.from_numpy(np.load(path)) if path and path.exists() else None
+        except (OSError, ValueError):  # a torn or foreign file: transform again
+            return None
+
+    def _store(self, key: bytes, out: torch.Tensor) -> None:
+        path = self._file(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, out.numpy())
+        os.replace(tmp, path)  # whole files only, also with runs in parallel
 
 
 _caches: dict[str, FeatureCache] = {}  # one per front end and process
@@ -81,5 +119,7 @@ def trainable_part(model: nn.Module, x: np.ndarray) -> tuple[nn.Module, np.ndarr
         return model, x
     cache = _caches.get(front.cache_key)
     if cache is None:
-        cache = _caches[front.cache_key] = FeatureCache(copy.deepcopy(front).cpu().eval())
+        cache = _caches[front.cache_key] = FeatureCache(copy.deepcopy(front).cpu().eval(),
+                                                        folder=os.environ.get("BCSFL_FEATURE_CACHE") or None,
+                                                        name=front.cache_key)
     return model.head, cache(x).numpy()

@@ -109,3 +109,21 @@ def test_a_model_trains_with_dp_twice_and_learns_orientation() -> None:
 def test_settings_accept_the_scatter_model() -> None:
     assert RunSettings(model="scatter").model_variant() == "scatter"
     assert not RunSettings(model="scatter").problems()
+
+
+def test_a_feature_folder_serves_later_caches_and_ignores_a_torn_file(tmp_path) -> None:
+    calls = []
+
+    def transform(t: torch.Tensor) -> torch.Tensor:
+        calls.append(len(t))
+        return t.flatten(1) + 1
+
+    x = _digit_like(6, 7)
+    first = FeatureCache(transform, folder=tmp_path, name="t(a=1)")(x)
+    files = list(tmp_path.glob("*.npy"))
+    assert calls == [6] and len(files) == 1 and files[0].name.startswith("t_a_1_-")
+    again = FeatureCache(transform, folder=tmp_path, name="t(a=1)")(x)  # a new process, in effect
+    assert calls == [6] and torch.equal(first, again)
+    files[0].write_bytes(b"not an npy file")
+    assert torch.equal(FeatureCache(transform, folder=tmp_path, name="t(a=1)")(x), first) and calls == [6, 6]
+    assert list(tmp_path.glob("*.tmp")) == []
