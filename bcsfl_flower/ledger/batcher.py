@@ -10,8 +10,10 @@ flight, builds the next block of up to ``batch_size`` transactions on top of its
 in-flight block (or the chain head), signs it with its node key and proposes it as one
 request.
 
-Every node then executes that block with ``Ledger.append``: each transaction's hash and
-Ed25519 signature is verified by every node before the block is written, and the
+Every node then executes that block with ``Ledger.append``: each transaction's hash is
+checked by every node, and its Ed25519 signature verified by every node that does not
+hold f+1 replicas' vouches for it (:mod:`.vouch`; the primary's block is one: it
+verifies what it batches), before the block is written, and the
 federation's rules admit each one (an enrolment signed by the enrolment authority, any
 other transaction signed by an enrolled key). A block that fails (a stale parent after
 a view change, a bad transaction that a faulty node forwarded, two enrolments of one id
@@ -40,7 +42,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from bcsfl_flower.crypto import SigningKey
+from bcsfl_flower.crypto import SigningKey, check_signature_hex
 
 from .batch_actions import (
     Action, BatchConfig, BatchTimer, CancelTimer, ForwardTxs, NodeFacts, Ping, ProposeBlock,
@@ -58,6 +60,11 @@ __all__ = [
 MAX_HOPS = 3  # forwarded transactions are dropped after this many hops (stops loops)
 REMEMBER = 100_000  # recently committed ids kept in memory (the chain's file has them all)
 OUTSTANDING_TTL = 120.0  # seconds a client's transaction is watched before it is given up
+
+
+def _signature_ok(tx: dict[str, Any]) -> bool:
+    """Whether ``tx`` carries a valid signature by its key over its declared hash."""
+    return check_signature_hex(tx.get("public"), tx.get("sign"), tx.get("hash"))
 
 
 class Batcher:
@@ -303,7 +310,9 @@ class Batcher:
             batch: list[dict[str, Any]] = []
             while self.pool and len(batch) < cfg.batch_size:
                 tx_id, tx = self.pool.popitem(last=False)
-                if tx_id not in self.committed and tx_id not in self.inflight_ids:
+                # the block's signature vouches for every signature in it (:mod:`.vouch`):
+                # a forwarded transaction is verified here (a client's was, on arrival: memo hit)
+                if tx_id not in self.committed and tx_id not in self.inflight_ids and _signature_ok(tx):
                     batch.append(tx)
             if not batch:
                 break

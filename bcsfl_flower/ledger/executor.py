@@ -113,6 +113,8 @@ class Executor:
             try:
                 if op.model is not None and data is None and not node.ledger.has_model(op.model.hash):
                     data = self._staged(op.model)
+                if op.kind == "block" and op.block is not None:
+                    node.vouching.before_execute(op.block)
                 result = apply_op(node.ledger, op, node.chain.head.sequence_no, node.keys, data)
             except MissingModel:
                 return False

@@ -66,6 +66,7 @@ from .snapshot import SNAPSHOT_OUTPUTS, SnapshotDriver, pbft_settings
 from .sqlite import SqliteLedger
 from .staging import Staging
 from .transport import PeerTransport
+from .vouch_driver import VouchDriver
 from .wire import APP, PBFT, WireError, decode_message, encode_message
 
 __all__ = ["LedgerNode", "NodeConfig"]
@@ -158,6 +159,7 @@ class LedgerNode:
         self.transport = PeerTransport(index, pbft_addrs, self._on_frame, on_connect=self._hello,
                                        key=key, peer_keys=self.keys)
         self.batcher = BatchDriver(Batcher(index, key, BatchConfig.of(self.cfg)), self)
+        self.vouching = VouchDriver(index, key, self.keys, self.send_app)  # f+1 vouches spare verifications
         self.client_id = f"node{index}-{uuid.uuid4().hex[:12]}"  # fresh per boot: rids restart
         self._rid = 0
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
@@ -185,6 +187,7 @@ class LedgerNode:
             handle.cancel()
         self._timers.clear()
         self.batcher.close()
+        self.vouching.close()
         self.executor.close()
         self.snapshot.close()
         await self.transport.close()
@@ -261,6 +264,8 @@ class LedgerNode:
         if obj.get("type") == "txs" and isinstance(obj.get("txs"), list):
             hops = obj.get("hops")
             self.batcher.add(obj["txs"], hops=hops if type(hops) is int else 1)
+        elif obj.get("type") == "vouch":
+            self.vouching.receive(obj)
         elif obj.get("type") == "hello":
             peer, boot = obj.get("from"), obj.get("boot")
             if type(peer) is int and 0 <= peer < self.n and peer != self.index \
@@ -396,6 +401,6 @@ class LedgerNode:
                 "stable_seq": rep.h, "snapshot": dict(self.snapshot.stats), "recovering": self.recovering,
                 "peers_connected": self.transport.connected_peers(),
                 "transport": self.transport.stats(), "pool": len(self.batcher.pool),
-                "stats": dict(self.stats), "signature_checks": verify_cache_stats(),
+                "stats": dict(self.stats, **self.vouching.stats), "signature_checks": verify_cache_stats(),
                 "models": {**self.executor.stats, "executed_seq": self.executor.executed_seq,
                            "parked_now": self.executor.parked, "staging": self.staging.stats()}}

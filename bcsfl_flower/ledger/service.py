@@ -358,6 +358,7 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY,
         if len(set(ids)) != len(ids):
             raise HTTPException(422, "duplicate transaction ids in one request")
         node.stats["ingress_verified_txs"] += len(txs)
+        node.vouching.verified(txs)
         where, pending = await _commit(txs, wait)
         body = {"committed": len(where), "pending": pending, "blocks": sorted(set(where.values()))}
         return JSONResponse(body, status_code=202 if pending else 200)

@@ -15,6 +15,7 @@ import pytest
 from bcsfl_flower.consensus.messages import Status, sign
 from bcsfl_flower.crypto import SigningKey
 from bcsfl_flower.ledger import MemoryLedger, Transaction
+from bcsfl_flower.ledger.block import make_transaction
 from bcsfl_flower.ledger.batcher import (
     OUTSTANDING_TTL, BatchConfig, Batcher, BatchTimer, CancelTimer, ForwardTxs, NodeFacts, Ping,
     ProposeBlock, Resolve, SetTimer, TxWait,
@@ -188,13 +189,25 @@ def test_a_forgotten_wait_is_not_answered(fed):
     assert executed(fed, b, block) == [] and wait.remaining == {batch[0]["id"]}
 
 
+def test_the_primary_batches_only_what_it_verified_so_its_block_vouches_for_every_signature(fed):
+    """A faulty forwarder's forged transaction never reaches a block: the primary's
+    signature on a block is its word that every transaction in it is validly signed."""
+    b = Batcher(0, KEY, replace(CFG, batch_size=3, max_inflight=1))
+    good = txs(fed, 2)
+    forged = dict(fed.tx("client-1", n=99).to_json(), sign="00" * 64)
+    unsigned = {k: v for k, v in fed.tx("client-2", n=98).to_json().items() if k != "sign"}
+    b.add([good[0], forged, unsigned, good[1]], facts=facts(fed), now=0.0, hops=1)
+    [block] = proposed(b.on_timer(BatchTimer.BUILD, facts=facts(fed), now=0.0, wall=0.0))
+    assert block.transactions == good and not b.pool
+
+
 def test_a_refused_block_is_proposed_again_without_its_bad_transactions(fed):
     b = Batcher(0, KEY, replace(CFG, batch_size=3, max_inflight=1))
     good = txs(fed, 2)
-    forged = dict(fed.tx("client-1", n=99).to_json(), sign="00" * 64)  # a faulty forwarder's
-    b.add([good[0], forged, good[1]], facts=facts(fed), now=0.0, hops=1)
+    stranger = make_transaction(seeded("not enrolled"), {"n": 1}).to_json()  # validly signed, refused by the rules
+    b.add([good[0], stranger, good[1]], facts=facts(fed), now=0.0, hops=1)
     [block] = proposed(b.on_timer(BatchTimer.BUILD, facts=facts(fed), now=0.0, wall=0.0))
-    assert block.transactions == [good[0], forged, good[1]]
+    assert block.transactions == [good[0], stranger, good[1]]
     assert executed(fed, b, block, ok=False) == [SetTimer(BatchTimer.BUILD, 0.0)]
     assert list(b.pool) == [good[0]["id"], good[1]["id"]] and b.head is None
     [again] = proposed(b.on_timer(BatchTimer.BUILD, facts=facts(fed), now=0.0, wall=0.0))

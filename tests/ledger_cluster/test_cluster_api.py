@@ -35,7 +35,7 @@ from bcsfl_flower.ledger.cluster import LocalCluster
 from bcsfl_flower.ledger.upload import CLIENT_HEADER, SIGN_HEADER, upload_signature
 from bcsfl_flower.ledger.wire import APP, encode_frame
 
-from .cluster_helpers import chain, converge, federation, start_cluster
+from .cluster_helpers import chain, converge, federation, health, start_cluster
 from .peer_link import node_link
 
 MAX_BODY = 1024 * 1024
@@ -132,6 +132,11 @@ def test_transaction_batches_commit_on_every_node(cluster: LocalCluster, fed: Fe
         ids = {tx["id"] for b in chain(u) for tx in b["data"].get("transactions", [])}
         assert {t.id for t in txs} | {single.id, enrol.id} <= ids
     assert httpx.get(f"{url}/identities/late-joiner", timeout=10).json()["role"] == "client"
+    # node 2 verified the 300 on arrival and vouched for them; with the primary's block that
+    # is f+1 = 2 replicas' word, so the two other nodes did not verify them again (vouch.py)
+    stats = [health(u)["stats"] for u in cluster.urls]
+    assert stats[2]["vouches_sent"] >= 1 and stats[2]["vouches_refused"] == 0
+    assert sorted(s["txs_trusted"] for s in stats)[-2] >= 300
 
 
 def _snapshot(cluster: LocalCluster) -> tuple[dict, dict, list[str]]:
