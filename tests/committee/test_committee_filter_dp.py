@@ -135,3 +135,18 @@ def test_dp_mode_rejects_updates_whose_norm_no_dp_noise_would_give():
     off = filter_and_aggregate(g, _verified(g, [*noise, huge, tiny, scaled]), server_round=1,
                                config=FilterConfig(dp=True, dp_noise_z=100.0, dp_norm_band=0))
     assert {x.client_id for x in off.decisions if x.kept} >= {"c14", "c15", "c16"}  # only clipped, as before
+
+
+def test_dp_root_loss_rule_drops_only_changes_far_above_the_honest_spread():
+    """Honest DP root-loss changes reach ~10 MADs above their median (MNIST, eps 3); a
+    label-flipper's reach 15-60. At 6 MADs (the default) the first are kept, the second not."""
+    from bcsfl_flower.committee.filter import _drop_loss_outliers
+
+    honest = [0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5]  # median 0.3, MAD 0.1
+    changes = honest + [0.3 + 5 * 0.1, 0.3 + 20 * 0.1]
+    for factor, dropped in ((FilterConfig().dp_loss_mad_factor, {8}), (3.0, {7, 8})):
+        kept = np.ones(len(changes), bool)
+        reasons = ["kept"] * len(changes)
+        _drop_loss_outliers(kept, changes, reasons, factor)
+        assert set(np.flatnonzero(~kept)) == dropped and all("DP mode" in reasons[i] for i in dropped)
+    assert FilterConfig().dp_loss_mad_factor == 6.0 and FilterConfig().loss_mad_factor == 3.0
