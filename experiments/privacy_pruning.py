@@ -248,6 +248,9 @@ def _g(cell: str) -> str:
 #: The DP recipes the privacy plot draws: (label, the columns a DP row must have; its
 #: no-DP row must share the server momentum). Empty cells read as :data:`LEGACY_CELLS`.
 RECIPES = (
+    ("now: ScatterNet + linear (--model auto), batch 256, lr 4, clip 0.5, server momentum 0.5, PRV",
+     dict(model="scatter", batch_size="256", lr="4", dp_max_grad_norm="0.5", server_momentum="0.5",
+          accountant="prv")),
     ("reworked: ReLU CNN, batch 256, lr 4, clip 0.5, server momentum 0.5, PRV",
      dict(model="default", batch_size="256", lr="4", dp_max_grad_norm="0.5", server_momentum="0.5",
           accountant="prv")),
@@ -260,8 +263,8 @@ def _in_recipe(row: dict, recipe: dict) -> bool:
     """Whether ``row`` (a privacy.csv row) belongs to ``recipe``'s curve."""
     if not _num_eq(cell(row, "momentum"), "0"):
         return False
-    if math.isinf(float(row["target_epsilon"])):
-        return _num_eq(cell(row, "server_momentum"), recipe["server_momentum"])
+    if math.isinf(float(row["target_epsilon"])):  # every curve ends at the default client without DP
+        return _num_eq(cell(row, "server_momentum"), recipe["server_momentum"]) and cell(row, "model") == "default"
     return all(_same(cell(row, k), v) for k, v in recipe.items())
 
 

@@ -37,3 +37,15 @@ def test_baseline_models_give_one_run_without_dp_each_in_its_own_folder():
     assert [r["model"] for r in runs] == ["default", "scatter"]
     assert len({dp_tuning._key(r) for r in runs}) == 2 and len({dp_tuning.run_name(r) for r in runs}) == 2
     assert [r["model"] for r in dp_tuning.plan(_args("--baseline")) if r["target_epsilon"] == math.inf] == ["default"]
+
+
+def test_each_privacy_curve_takes_its_own_recipe_and_ends_at_the_default_client_without_dp():
+    from experiments.privacy_pruning import RECIPES, _in_recipe
+
+    label, scatter = RECIPES[0]
+    assert "ScatterNet" in label and scatter["model"] == "scatter"
+    dp_row = dict(scatter, momentum="0", target_epsilon="3")
+    assert _in_recipe(dp_row, scatter) and not _in_recipe(dict(dp_row, model="default"), scatter)
+    no_dp = dict(momentum="0", target_epsilon="inf", server_momentum="0.5")
+    assert _in_recipe(dict(no_dp, model="default"), scatter)
+    assert not _in_recipe(dict(no_dp, model="scatter"), scatter)  # one end point per curve: the reference client
