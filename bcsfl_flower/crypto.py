@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +132,6 @@ _CACHE = _Memo(_CACHE_MAX)  # (key hex, signature, SHA-256 of data) -> valid
 _HEX_CACHE = _Memo(100_000)
 _CACHE_ON = [True]
 _STATS = {"verified": 0, "hits": 0, "vouched": 0}
-_LOWER_HEX = re.compile(r"[0-9a-f]*")
 
 
 def set_verify_cache(enabled: bool) -> None:
@@ -174,6 +172,19 @@ def check_signature(public_hex: str, sig: bytes, data: bytes) -> bool:
     return ok
 
 
+def _decoded_triple(public_hex: str, sign_hex: str, message_hex: str) -> tuple[bytes, bytes, bytes] | None:
+    """Key, signature and message of a triple in the ledger's form (lowercase hex, a key of 64
+    characters, a signature of 128: what decodes and encodes back to the very same text), else None."""
+    try:
+        key, sig, msg = bytes.fromhex(public_hex), bytes.fromhex(sign_hex), bytes.fromhex(message_hex)
+    except (TypeError, ValueError):
+        return None
+    if len(key) != 32 or len(sig) != 64 or key.hex() != public_hex or sig.hex() != sign_hex \
+            or msg.hex() != message_hex:
+        return None
+    return key, sig, msg
+
+
 def remember_valid(public_hex: str, sign_hex: str, message_hex: str) -> bool:
     """Record a well-formed triple as valid without verifying it; True if recorded.
 
@@ -181,10 +192,7 @@ def remember_valid(public_hex: str, sign_hex: str, message_hex: str) -> bool:
     :func:`check_signature_hex` answers it from the memo. Nothing is recorded with the
     memo off or for a triple not in the form that function accepts.
     """
-    if not _CACHE_ON[0] or type(public_hex) is not str or type(sign_hex) is not str or type(message_hex) is not str:
-        return False
-    if len(public_hex) != 64 or len(sign_hex) != 128 or not _LOWER_HEX.fullmatch(public_hex + sign_hex + message_hex) \
-            or len(message_hex) % 2:
+    if not _CACHE_ON[0] or _decoded_triple(public_hex, sign_hex, message_hex) is None:
         return False
     _HEX_CACHE.put((public_hex, sign_hex, message_hex), True)
     _STATS["vouched"] += 1
@@ -210,13 +218,10 @@ def check_signature_hex(public_hex: str, sign_hex: str, message_hex: str) -> boo
         if hit is not None:  # only well-formed triples are remembered
             _STATS["hits"] += 1
             return hit
-    try:  # lowercase hex only: what decodes and encodes back to the very same text
-        key, sig, msg = bytes.fromhex(public_hex), bytes.fromhex(sign_hex), bytes.fromhex(message_hex)
-    except (TypeError, ValueError):
+    decoded = _decoded_triple(public_hex, sign_hex, message_hex)
+    if decoded is None:
         return False
-    if len(key) != 32 or len(sig) != 64 or key.hex() != public_hex or sig.hex() != sign_hex \
-            or msg.hex() != message_hex:
-        return False
+    key, sig, msg = decoded
     _STATS["verified"] += 1
     try:
         crypto_sign_open(sig + msg, key)
