@@ -60,9 +60,7 @@ class VouchDriver:
 
     def flush(self) -> None:
         """Send what is queued now."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.close()
         self._send(self.outbox.flush())
 
     def receive(self, obj: dict[str, Any]) -> None:
@@ -81,7 +79,7 @@ class VouchDriver:
                 self.stats["txs_trusted"] += 1
 
     def close(self) -> None:
-        """Drop the pending timer (the node is stopping)."""
+        """Drop the pending timer (on a flush, or when the node stops)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

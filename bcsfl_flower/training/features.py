@@ -82,7 +82,6 @@ class FeatureCache:
                 self._bytes -= old.numel() * old.element_size()
         return out
 
-
     def _file(self, key: bytes) -> Path | None:
         safe = "".join(c if c.isalnum() else "_" for c in self.name)
         return self.folder / f"{safe}-{key.hex()}.npy" if self.folder else None
