@@ -159,7 +159,8 @@ class LedgerNode:
         self.transport = PeerTransport(index, pbft_addrs, self._on_frame, on_connect=self._hello,
                                        key=key, peer_keys=self.keys)
         self.batcher = BatchDriver(Batcher(index, key, BatchConfig.of(self.cfg)), self)
-        self.vouching = VouchDriver(index, key, self.keys, self.send_app)  # f+1 vouches spare verifications
+        # f+1 vouches spare verifications
+        self.vouching = VouchDriver(index, key, self.keys, self.send_app, primary=lambda: self.replica.primary)
         self.client_id = f"node{index}-{uuid.uuid4().hex[:12]}"  # fresh per boot: rids restart
         self._rid = 0
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
@@ -266,6 +267,8 @@ class LedgerNode:
             self.batcher.add(obj["txs"], hops=hops if type(hops) is int else 1)
         elif obj.get("type") == "vouch":
             self.vouching.receive(obj)
+        elif obj.get("type") == "check":
+            self.vouching.check(obj)
         elif obj.get("type") == "hello":
             peer, boot = obj.get("from"), obj.get("boot")
             if type(peer) is int and 0 <= peer < self.n and peer != self.index \

@@ -14,13 +14,19 @@ node key:
   its signature over the block's hash, which covers every transaction, vouches for all
   of them.
 
+A node asks for the vouches its clients' transactions still lack: their own and the
+producer's make two, f+1 at four nodes, except when the receiving node is the primary
+itself; then it sends the transactions to the replicas :func:`helpers` names (the next
+in index order), which verify them and vouch like a receiving node (a ``check``
+message). At four nodes every transaction is then verified twice in all.
+
 When a node executes a batch block, :meth:`VouchBook.trusted` gives the triples of its
 transactions that f+1 distinct replicas vouched for (the producer counts once, and only
 if the block's hash matches its fields and its signature is valid); the node tells its
 signature memo they are valid (:func:`bcsfl_flower.crypto.remember_valid`) and verifies
 the rest as before. Rules, hashes and everything else are checked as always. With four
-nodes a transaction sent to a backup is verified twice in all (there and at the
-primary), not four times; one sent to the primary is still verified by every node.
+nodes a transaction is verified twice in all (where it arrived, and at the primary or
+the replica the primary asked), not four times.
 
 This trusts what PBFT already assumes (at most f faulty replicas); a chain read back
 later (``ledger verify``, a restarted node replaying its file) verifies every
@@ -39,16 +45,30 @@ from bcsfl_flower.crypto import SigningKey, check_signature_hex, verify_signatur
 
 from .block import Block
 
-__all__ = ["DIGEST_BYTES", "MAX_DIGESTS", "VouchBook", "VouchOutbox", "make_vouch", "read_vouch", "triple_digest"]
+__all__ = ["DIGEST_BYTES", "MAX_CHECK_TXS", "MAX_DIGESTS", "VouchBook", "VouchOutbox", "helpers", "make_vouch",
+           "read_vouch", "triple_digest"]
 
 DOMAIN = b"bcsfl-vouch/1|"
 DIGEST_BYTES = 16  # finding another triple with a vouched digest is a 2^128 second preimage
 MAX_DIGESTS = 2048  # per vouch message: 64 KiB of hex at most
+MAX_CHECK_TXS = 512  # transactions per check message (some 300 KiB of JSON)
 
 
 def triple_digest(public: str, sign: str, digest: str) -> bytes:
     """What a vouch names: a transaction's key, signature and hash (as the chain stores them)."""
     return hashlib.sha256(f"{public}|{sign}|{digest}".encode()).digest()[:DIGEST_BYTES]
+
+
+def helpers(n: int, own: int, primary: int) -> list[int]:
+    """The replicas that replica ``own`` asks to verify and vouch for the transactions it admitted.
+
+    ``own``'s vouch and the block of ``primary`` count once each (once in all when they
+    are the same replica); the others needed for f+1 are the replicas after ``own`` in
+    index order, ``primary`` skipped. At four nodes: none for a backup, one for the primary.
+    """
+    need = max_faulty(n) + 1 - len({own, primary})
+    after = [(own + k) % n for k in range(1, n)]
+    return [r for r in after if r != primary][:max(0, need)]
 
 
 def _signed_body(index: int, body: bytes) -> bytes:

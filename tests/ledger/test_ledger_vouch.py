@@ -8,12 +8,17 @@ show as a block that ``check_block`` accepts.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bcsfl_flower import crypto
 from bcsfl_flower.ledger.block import GENESIS, LedgerError, build_block, make_transaction
 from bcsfl_flower.ledger.rules import check_block
-from bcsfl_flower.ledger.vouch import MAX_DIGESTS, VouchBook, VouchOutbox, make_vouch, read_vouch, triple_digest
+from bcsfl_flower.ledger.block import Transaction
+from bcsfl_flower.ledger.vouch import (MAX_CHECK_TXS, MAX_DIGESTS, VouchBook, VouchOutbox, helpers, make_vouch,
+                                       read_vouch, triple_digest)
+from bcsfl_flower.ledger.vouch_driver import VouchDriver
 from ledger_kit import seeded
 
 REPLICAS = [seeded(f"replica-{i}") for i in range(7)]
@@ -153,3 +158,85 @@ def test_the_book_forgets_the_oldest_half_and_the_memo_takes_only_well_formed_tr
     assert not crypto.remember_valid(None, tx["sign"], tx["hash"])
     crypto.set_verify_cache(False)
     assert not crypto.remember_valid(tx["public"], tx["sign"], tx["hash"])  # memo off: every check is real
+
+
+def test_helpers_make_up_f_plus_one_with_the_receiver_and_the_producer():
+    assert helpers(4, own=1, primary=0) == []  # node 1 and the primary's block: 2 = f+1
+    assert helpers(4, own=0, primary=0) == [1]  # the primary received it: one more
+    assert helpers(4, own=3, primary=0) == []
+    assert helpers(7, own=3, primary=0) == [4]  # f+1 = 3
+    assert helpers(7, own=6, primary=0) == [1]  # wraps round, skipping the primary
+    assert helpers(7, own=2, primary=2) == [3, 4]
+    assert helpers(1, own=0, primary=0) == []
+
+
+def _drivers(n: int, primary: int) -> tuple[list[VouchDriver], list[tuple[int, int, dict]]]:
+    """n drivers whose sends are collected as (from, to, message)."""
+    sent: list[tuple[int, int, dict]] = []
+    drivers = [VouchDriver(i, REPLICAS[i], keys(n), lambda to, msg, i=i: sent.append((i, to, msg)),
+                           primary=lambda: primary) for i in range(n)]
+    return drivers, sent
+
+
+def test_the_primary_asks_its_helper_who_vouches_only_for_what_verifies():
+    """A primary's own client transactions: verified by the primary and the one replica it asks,
+    so the other two backups verify none of them; a forgery in the check gets no vouch."""
+    async def scenario():
+        drivers, sent = _drivers(4, primary=0)
+        txs = signed_txs(3)
+        admitted = [Transaction.from_json(t) for t in txs]
+        assert all(crypto.check_signature_hex(t.public, t.sign, t.hash) for t in admitted)  # admission
+        asked = drivers[0].verified(admitted)
+        checks = [(to, m) for frm, to, m in sent if m["type"] == "check"]
+        assert [to for to, _ in checks] == [1] and len(checks[0][1]["txs"]) == 3
+        # in transit (or from a faulty primary) one transaction is forged: the helper checks each
+        msg = dict(checks[0][1], txs=checks[0][1]["txs"][:2] + [forged(txs[2]), "garbage"])
+        drivers[1].check(msg)
+        assert drivers[1].stats["txs_checked"] == 2
+        vouches = [(to, m) for frm, to, m in sent if m["type"] == "vouch" and frm == 1]  # at once
+        assert sorted(to for to, _ in vouches) == [0, 2, 3]
+        for to, m in vouches:
+            drivers[to].receive(m)
+        assert not asked.done()  # the primary still waits for the forgery's vouch: it never comes
+        drivers[0].forget(asked)
+        assert drivers[0]._awaited == {}
+        drivers[0].flush()
+        crypto.set_verify_cache(True)  # node 2 starts with nothing verified itself
+        block = block_by(0, txs)
+        drivers[2].before_execute(block)
+        assert drivers[2].stats["txs_trusted"] == 2  # tx 2 has the producer's word only
+        assert real_checks(block) == 1
+    asyncio.run(scenario())
+
+
+def test_a_backup_asks_nobody_at_four_nodes_and_a_check_reads_at_most_its_bound():
+    async def scenario():
+        drivers, sent = _drivers(4, primary=0)
+        assert drivers[2].verified([Transaction.from_json(t) for t in signed_txs(2)]) is None
+        assert [m["type"] for _, _, m in sent] == []  # the vouch waits for its timer
+        drivers[2].flush()
+        assert {m["type"] for _, _, m in sent} == {"vouch"}
+        many = signed_txs(MAX_CHECK_TXS + 1)
+        drivers[3].check({"type": "check", "txs": many})
+        assert drivers[3].stats["txs_checked"] == MAX_CHECK_TXS
+        drivers[3].check({"type": "check", "txs": "not a list"})
+        assert drivers[3].stats["txs_checked"] == MAX_CHECK_TXS
+        for d in drivers:
+            d.close()
+    asyncio.run(scenario())
+
+
+def test_the_primary_waits_until_every_asked_replica_vouched():
+    async def scenario():
+        drivers, sent = _drivers(7, primary=2)  # f+1 = 3: the primary asks replicas 3 and 4
+        asked = drivers[2].verified([Transaction.from_json(t) for t in signed_txs(4)])
+        checks = [(to, m) for _, to, m in sent if m["type"] == "check"]
+        assert sorted(to for to, _ in checks) == [3, 4]
+        for to, m in checks:
+            drivers[to].check(m)
+            assert not asked.done()
+            [vouch] = [m for frm, dest, m in sent if m["type"] == "vouch" and frm == to and dest == 2]
+            drivers[2].receive(vouch)
+        assert asked.done() and drivers[2]._awaited == {}
+        drivers[2].close()
+    asyncio.run(scenario())

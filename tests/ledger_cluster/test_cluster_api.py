@@ -137,6 +137,18 @@ def test_transaction_batches_commit_on_every_node(cluster: LocalCluster, fed: Fe
     stats = [health(u)["stats"] for u in cluster.urls]
     assert stats[2]["vouches_sent"] >= 1 and stats[2]["vouches_refused"] == 0
     assert sorted(s["txs_trusted"] for s in stats)[-2] >= 300
+    # Sent to the primary, they are the primary's word only: it asks the next replica to check
+    # them and vouch, so again two nodes take them on f+1 replicas' word.
+    primary = health(url)["primary"]
+    more = [make_transaction(key, {"model-params": digest, "model-acc": 0.5, "num": 1000 + i}) for i in range(300)]
+    resp = _post_json(f"{cluster.urls[primary]}/postModelUpdate", {"transactions": [t.to_json() for t in more]})
+    assert resp.status_code == 200 and resp.json()["committed"] == 300, resp.text
+    converge(cluster.urls)
+    after = [health(u)["stats"] for u in cluster.urls]
+    helper = (primary + 1) % cluster.n
+    assert after[primary]["checks_sent"] >= 1 and after[helper]["txs_checked"] >= 300
+    others = [j for j in range(cluster.n) if j not in (primary, helper)]
+    assert all(after[j]["txs_trusted"] - stats[j]["txs_trusted"] >= 300 for j in others)
 
 
 def _snapshot(cluster: LocalCluster) -> tuple[dict, dict, list[str]]:

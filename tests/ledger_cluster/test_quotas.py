@@ -208,9 +208,13 @@ def test_a_client_over_its_write_rate_gets_429_and_others_do_not(cluster: LocalC
 def test_unauthenticated_writes_are_limited_per_address(cluster: LocalCluster, fed: Federation) -> None:
     url = cluster.urls[3]
     stranger = SigningKey.from_seed(b"quota-stranger")
+    start = time.monotonic()
     codes = [_post(f"{url}/postModelUpdate", make_transaction(stranger, {"num": i}).to_json()).status_code
-             for i in range(ANON_BURST + 2)]
-    assert set(codes[:ANON_BURST]) == {403} and codes[-1] == 429
+             for i in range(ANON_BURST + 8)]
+    elapsed = time.monotonic() - start
+    # the burst, then 429s; a slow machine may earn a token back every 2 s (rate 0.5/s) meanwhile
+    assert set(codes[:ANON_BURST]) == {403} and set(codes) == {403, 429}, codes
+    assert codes.count(403) <= ANON_BURST + int(elapsed * 0.5) + 1
     resp = _post(f"{url}/postModelUpdate", make_transaction(stranger, {"num": 0}).to_json())
     assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
     # An enrolled identity writing from the same address is judged by its own bucket.
