@@ -19,10 +19,10 @@ forwarding it and vouches for it to its peers (``bcsfl_flower.ledger.vouch``); t
 primary verifies what it batches; every node checks every transaction of every block it
 executes (``Ledger.append``: hashes, signatures, then the federation's rule that each
 comes from an enrolled key), answering from memory what it verified itself and what
-f+1 replicas vouch for (at 4 nodes: the receiving node and the block's producer). A
-transaction sent to a backup is verified twice, one sent to the primary ``N`` times:
-about 2.5 Ed25519 verifications per committed transaction at 4 nodes with clients
-spread evenly (plus the blocks' producer signatures, vouches and PBFT messages), all on
+f+1 replicas vouch for (at 4 nodes: the receiving node and the block's producer; for a
+transaction sent to the primary, the replica the primary asked to check it). Each
+transaction is verified twice in all at 4 nodes: about 2.0 Ed25519 verifications per
+committed transaction (plus the blocks' producer signatures, vouches and PBFT messages), all on
 this machine's cores. The printed
 ``verifies_per_tx`` is the nodes' own count of Ed25519 verifications they ran, and ``node_cpu_ms_per_tx`` is the CPU time all node
 processes spent per committed transaction (from ``/proc``), which bounds the rate the
