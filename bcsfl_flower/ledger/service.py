@@ -364,8 +364,9 @@ def create_app(node: LedgerNode, max_body: int = DEFAULT_MAX_BODY,
         asked = node.vouching.verified(txs)
         if asked is not None:  # the primary's own client: its helper's vouches first (vouch_driver)
             try:
-                await asyncio.wait_for(asyncio.shield(asked), VOUCH_WAIT)
-            except asyncio.TimeoutError:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(asked.future), VOUCH_WAIT)
+            finally:
                 node.vouching.forget(asked)
         where, pending = await _commit(txs, wait)
         body = {"committed": len(where), "pending": pending, "blocks": sorted(set(where.values()))}

@@ -23,13 +23,17 @@ from .block import Block, LedgerError, Transaction
 from .rules import check_transaction
 from .vouch import MAX_CHECK_TXS, VouchBook, VouchOutbox, helpers, read_vouch, triple_digest
 
-__all__ = ["VouchDriver"]
+__all__ = ["VouchDriver", "VouchWait"]
 
 
 @dataclass
-class _Wait:
-    """One admitted request's transactions whose vouches from the asked replicas are still due."""
+class VouchWait:
+    """One admitted request's transactions whose vouches from the asked replicas are still due.
 
+    ``future`` is done once every asked replica vouched for every one of ``digests``.
+    """
+
+    digests: list[bytes]
     remaining: int
     future: asyncio.Future[None]
 
@@ -62,20 +66,21 @@ class VouchDriver:
         self.book = VouchBook(keys)
         self._timer: asyncio.TimerHandle | None = None
         # digests this node asked peers to vouch for: (bit mask of those still due, the request's future)
-        self._awaited: dict[bytes, tuple[int, _Wait]] = {}
+        self._awaited: dict[bytes, tuple[int, VouchWait]] = {}
         self.stats = {"vouches_sent": 0, "vouches_received": 0, "vouches_refused": 0, "txs_trusted": 0,
                       "checks_sent": 0, "txs_checked": 0}
 
-    def verified(self, txs: Iterable[Transaction]) -> asyncio.Future[None] | None:
+    def verified(self, txs: Iterable[Transaction]) -> VouchWait | None:
         """Vouch for the client transactions this node just admitted whose signatures are valid,
         and ask the replicas :func:`~.vouch.helpers` names to verify and vouch for them too.
 
         Each is checked again through the memo (an answer remembered on arrival costs
         nothing), so only what this node verified is vouched for, enrolments included.
-        Returns None when no replica was asked, else a future done once every asked
-        replica vouched for every valid transaction: a primary that waits for it (a
-        while) before it batches them puts them in a block its peers already hold the
-        vouches for (a vouch arriving after the block only means a peer verifies itself).
+        Returns None when no replica was asked, else a :class:`VouchWait` whose future is
+        done once every asked replica vouched for every valid transaction: a primary that
+        waits for it (a while) before it batches them puts them in a block its peers
+        already hold the vouches for (a vouch arriving after the block only means a peer
+        verifies itself). :meth:`forget` it when done waiting.
         """
         valid = [tx for tx in txs if check_signature_hex(tx.public, tx.sign, tx.hash)]
         digests = [triple_digest(tx.public, tx.sign, tx.hash) for tx in valid]
@@ -90,10 +95,12 @@ class VouchDriver:
                 self.send(peer, msg)
         return self._await(digests, sum(1 << peer for peer in asked))
 
-    def forget(self, waiting: asyncio.Future[None]) -> None:
-        """Stop watching for the vouches of a :meth:`verified` future (it timed out, say)."""
-        for digest in [d for d, (_, wait) in self._awaited.items() if wait.future is waiting]:
-            del self._awaited[digest]
+    def forget(self, wait: VouchWait) -> None:
+        """Stop watching for the vouches ``wait`` still lacks (it timed out, say)."""
+        for digest in wait.digests:
+            entry = self._awaited.get(digest)
+            if entry is not None and entry[1] is wait:
+                del self._awaited[digest]
 
     def check(self, obj: dict[str, Any]) -> None:
         """Verify the transactions of a peer's ``check`` message; vouch for the valid ones at once.
@@ -149,13 +156,13 @@ class VouchDriver:
             self._timer.cancel()
             self._timer = None
 
-    def _await(self, digests: list[bytes], mask: int) -> asyncio.Future[None]:
-        wait = _Wait(len(digests), asyncio.get_running_loop().create_future())
+    def _await(self, digests: list[bytes], mask: int) -> VouchWait:
+        wait = VouchWait(digests, len(digests), asyncio.get_running_loop().create_future())
         for digest in digests:
             self._awaited[digest] = (mask, wait)
-        return wait.future
+        return wait
 
-    def _vouched_for(self, digest: bytes, still: int, wait: _Wait) -> None:
+    def _vouched_for(self, digest: bytes, still: int, wait: VouchWait) -> None:
         if still:
             self._awaited[digest] = (still, wait)
             return

@@ -197,7 +197,7 @@ def test_the_primary_asks_its_helper_who_vouches_only_for_what_verifies():
         assert sorted(to for to, _ in vouches) == [0, 2, 3]
         for to, m in vouches:
             drivers[to].receive(m)
-        assert not asked.done()  # the primary still waits for the forgery's vouch: it never comes
+        assert not asked.future.done()  # the primary still waits for the forgery's vouch: it never comes
         drivers[0].forget(asked)
         assert drivers[0]._awaited == {}
         drivers[0].flush()
@@ -234,9 +234,9 @@ def test_the_primary_waits_until_every_asked_replica_vouched():
         assert sorted(to for to, _ in checks) == [3, 4]
         for to, m in checks:
             drivers[to].check(m)
-            assert not asked.done()
+            assert not asked.future.done()
             [vouch] = [m for frm, dest, m in sent if m["type"] == "vouch" and frm == to and dest == 2]
             drivers[2].receive(vouch)
-        assert asked.done() and drivers[2]._awaited == {}
+        assert asked.future.done() and drivers[2]._awaited == {}
         drivers[2].close()
     asyncio.run(scenario())
