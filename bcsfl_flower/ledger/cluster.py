@@ -14,6 +14,7 @@ address's third field, by default its HTTP port plus ``--pbft-offset``.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import subprocess
@@ -187,10 +188,28 @@ def serve(args: argparse.Namespace) -> int:
         print(f"ERROR: node {args.id}: {err}", file=sys.stderr)
         return 2
     app = create_app(node, max_body=args.max_body, quotas=quotas)
+    _tune_gc()
     config = uvicorn.Config(app, host=bind, port=me.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=3)
     uvicorn.Server(config).run()
     return 0
+
+
+#: Net new container objects between young-generation collections in a node process (Python's
+#: default is 700). A node allocates a dict or two per transaction it parses and frees nearly all
+#: of them by reference counting, yet at 700 the collector ran some 15 times a second under load;
+#: at 50,000, once or twice in a 12 s run, and the nodes spent about 5% less CPU per transaction
+#: (4 nodes, 2026-12-01: 0.493 against 0.521 ms, means of 8 and 7 alternating runs).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    """Fewer collections in a node process: what exists at start-up (modules, the node) is frozen
+    out of every collection, and the young generation is collected every
+    :data:`GC_YOUNG_THRESHOLD` net allocations; cycles are still collected."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:

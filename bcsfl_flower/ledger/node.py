@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import gc
 import json
 import logging
 import os
@@ -405,5 +406,7 @@ class LedgerNode:
                 "peers_connected": self.transport.connected_peers(),
                 "transport": self.transport.stats(), "pool": len(self.batcher.pool),
                 "stats": dict(self.stats, **self.vouching.stats), "signature_checks": verify_cache_stats(),
+                "gc": {"threshold": gc.get_threshold(), "collections": [g["collections"] for g in gc.get_stats()],
+                       "frozen": gc.get_freeze_count()},
                 "models": {**self.executor.stats, "executed_seq": self.executor.executed_seq,
                            "parked_now": self.executor.parked, "staging": self.staging.stats()}}

@@ -31,7 +31,7 @@ from bcsfl_flower.ledger import (
     verify_chain,
 )
 from bcsfl_flower.ledger.cli import main as ledger_cli
-from bcsfl_flower.ledger.cluster import LocalCluster
+from bcsfl_flower.ledger.cluster import GC_YOUNG_THRESHOLD, LocalCluster
 from bcsfl_flower.ledger.upload import CLIENT_HEADER, SIGN_HEADER, upload_signature
 from bcsfl_flower.ledger.wire import APP, encode_frame
 
@@ -149,6 +149,9 @@ def test_transaction_batches_commit_on_every_node(cluster: LocalCluster, fed: Fe
     assert after[primary]["checks_sent"] >= 1 and after[helper]["txs_checked"] >= 300
     others = [j for j in range(cluster.n) if j not in (primary, helper)]
     assert all(after[j]["txs_trusted"] - stats[j]["txs_trusted"] >= 300 for j in others)
+    # node processes run with the collector tuned (cluster._tune_gc): start-up objects frozen
+    assert all(h["gc"]["threshold"][0] == GC_YOUNG_THRESHOLD and h["gc"]["frozen"] > 1000
+               for h in map(health, cluster.urls))
 
 
 def _snapshot(cluster: LocalCluster) -> tuple[dict, dict, list[str]]:
