@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from bcsfl_flower.consensus.quorum import max_faulty
 from bcsfl_flower.crypto import SigningKey, check_signature_hex, verify_signature
@@ -59,16 +59,17 @@ def triple_digest(public: str, sign: str, digest: str) -> bytes:
     return hashlib.sha256(f"{public}|{sign}|{digest}".encode()).digest()[:DIGEST_BYTES]
 
 
-def helpers(n: int, own: int, primary: int) -> list[int]:
+def helpers(n: int, own: int, primary: int, down: Collection[int] = ()) -> list[int]:
     """The replicas that replica ``own`` asks to verify and vouch for the transactions it admitted.
 
     ``own``'s vouch and the block of ``primary`` count once each (once in all when they
     are the same replica); the others needed for f+1 are the replicas after ``own`` in
-    index order, ``primary`` skipped. At four nodes: none for a backup, one for the primary.
+    index order, ``primary`` skipped, those in ``down`` (not connected now) last. At four
+    nodes: none for a backup, one for the primary.
     """
     need = max_faulty(n) + 1 - len({own, primary})
     after = [(own + k) % n for k in range(1, n)]
-    return [r for r in after if r != primary][:max(0, need)]
+    return sorted((r for r in after if r != primary), key=lambda r: r in down)[:max(0, need)]
 
 
 def _signed_body(index: int, body: bytes) -> bytes:

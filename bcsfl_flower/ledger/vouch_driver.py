@@ -53,15 +53,17 @@ class VouchDriver:
         Sends an APP message to a peer.
     primary : Callable[[], int] | None (default: None)
         The primary of the node's current view (None: the node never asks for checks).
+    connected : Callable[[], Iterable[int]] | None (default: None)
+        The peers reachable now: a check goes to an unreachable one only when no other will do.
     delay : float (default: 0.005)
         Seconds a queued digest waits for more before its vouch goes out.
     """
 
     def __init__(self, index: int, key: SigningKey, keys: Sequence[str],
                  send: Callable[[int, dict[str, Any]], None], primary: Callable[[], int] | None = None,
-                 delay: float = 0.005) -> None:
+                 connected: Callable[[], Iterable[int]] | None = None, delay: float = 0.005) -> None:
         self.index, self.keys, self.send, self.delay = index, tuple(keys), send, delay
-        self.primary = primary
+        self.primary, self.connected = primary, connected
         self.outbox = VouchOutbox(index, key)
         self.book = VouchBook(keys)
         self._timer: asyncio.TimerHandle | None = None
@@ -85,7 +87,11 @@ class VouchDriver:
         valid = [tx for tx in txs if check_signature_hex(tx.public, tx.sign, tx.hash)]
         digests = [triple_digest(tx.public, tx.sign, tx.hash) for tx in valid]
         self._vouch(digests)
-        asked = helpers(len(self.keys), self.index, self.primary()) if self.primary and valid else []
+        if not (self.primary and valid):
+            return None
+        n = len(self.keys)
+        down = set(range(n)) - set(self.connected()) if self.connected else set()
+        asked = helpers(n, self.index, self.primary(), down)
         if not asked:
             return None
         for start in range(0, len(valid), MAX_CHECK_TXS):

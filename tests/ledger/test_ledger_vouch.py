@@ -168,6 +168,9 @@ def test_helpers_make_up_f_plus_one_with_the_receiver_and_the_producer():
     assert helpers(7, own=6, primary=0) == [1]  # wraps round, skipping the primary
     assert helpers(7, own=2, primary=2) == [3, 4]
     assert helpers(1, own=0, primary=0) == []
+    assert helpers(4, own=0, primary=0, down={1}) == [2]  # the next one is not connected: the one after
+    assert helpers(4, own=0, primary=0, down={1, 2, 3}) == [1]  # none is: still the next one
+    assert helpers(7, own=2, primary=2, down={3}) == [4, 5]
 
 
 def _drivers(n: int, primary: int) -> tuple[list[VouchDriver], list[tuple[int, int, dict]]]:
