@@ -133,7 +133,11 @@ def arrays(tensors):
 
 
 INTERRUPTED = """
+import signal
 import sys
+# Ctrl-C as a terminal delivers it: a shell without job control starts background jobs with
+# SIGINT ignored, and Python then keeps ignoring it (the test would wait out 40 rounds).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from bcsfl_flower.settings import RunSettings
 from bcsfl_flower.simulate import simulate
 out = sys.argv[1]
