@@ -14,11 +14,12 @@ node key:
   its signature over the block's hash, which covers every transaction, vouches for all
   of them.
 
-A node asks for the vouches its clients' transactions still lack: their own and the
-producer's make two, f+1 at four nodes, except when the receiving node is the primary
-itself; then it sends the transactions to the replicas :func:`helpers` names (the next
-in index order), which verify them and vouch like a receiving node (a ``check``
-message). At four nodes every transaction is then verified twice in all.
+A node asks for the vouches its clients' transactions still lack. Its own and the
+producer's make two, which is f+1 at four nodes unless the node is the primary itself
+(then one), and short of f+1 at seven or more. It sends the transactions to the replicas
+:func:`helpers` names (the next in index order), which verify them and vouch like a
+receiving node (a ``check`` message). At four nodes every transaction is then verified
+twice in all.
 
 When a node executes a batch block, :meth:`VouchBook.trusted` gives the triples of its
 transactions that f+1 distinct replicas vouched for (the producer counts once, and only
