@@ -162,7 +162,7 @@ class LedgerNode:
         self.batcher = BatchDriver(Batcher(index, key, BatchConfig.of(self.cfg)), self)
         # f+1 vouches spare verifications
         self.vouching = VouchDriver(index, key, self.keys, self.send_app, primary=lambda: self.replica.primary,
-                                    connected=lambda: self.transport.connected_peers())
+                                    connected=self.transport.connected_peers)
         self.client_id = f"node{index}-{uuid.uuid4().hex[:12]}"  # fresh per boot: rids restart
         self._rid = 0
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
