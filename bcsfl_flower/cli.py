@@ -48,7 +48,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                     "--resume. Ctrl-C stops the run (exit 130); the ledger keeps every committed round.")
     d = RunSettings()
     p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
-                   help="bcsfl, or a baseline aggregation without committee or ledger")
+                   help="bcsfl, or a baseline aggregation without committee or ledger (fedavg-honest: FedAvg "
+                        "over the honest clients only, an oracle for the experiments)")
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
                    help="digits is bundled with scikit-learn and needs no files; the others read --data-dir, "
                         "else $BCSFL_DATA_DIR/<dataset> or ~/.cache/bcsfl/datasets/<dataset> (downloaded there "

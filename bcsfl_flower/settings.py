@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # Flower is imported by whoever builds a Context, not to chec
 __all__ = ["ATTACKS", "COMMITTEES", "RunSettings", "STRATEGIES", "ledger_url_problem", "option_names"]
 
 STRATEGIES = ("bcsfl", "fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "fltrust",
-              "bulyan-paper")
+              "bulyan-paper", "fedavg-honest")
 #: ``bcsfl_flower.client.attacks.ATTACKS``, named here so that checking settings (and
 #: ``bcsfl simulate --help``) needs no torch; a test keeps the two equal.
 ATTACKS = ("none", "label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max",

@@ -1,8 +1,9 @@
 """BCS-FL ServerApp (the paper's Sec. V experiments): builds the chosen strategy, runs it, writes ``metrics.json``.
 
 The same app runs BCS-FL and the baselines (Flower's own FedAvg, Krum, MultiKrum,
-Bulyan, FedMedian, FedTrimmedAvg), with the same centralised test-set evaluation, so
-their numbers compare.
+Bulyan, FedMedian, FedTrimmedAvg; FLTrust and the paper's Bulyan; and ``fedavg-honest``,
+FedAvg told who the attackers are, as a reference), with the same centralised test-set
+evaluation, so their numbers compare.
 
 ``metrics.json`` lists this run's rounds by Flower's count (``round`` 1..R, the keys of
 the per-round lines); each has ``committed`` (BCS-FL: a certified block was appended;
@@ -37,6 +38,7 @@ from ..models import build_model
 from ..package import PACKAGE_KEY, arrays_to_numpy
 from ..settings import STRATEGIES, RunSettings
 from ..baselines.bulyan import BulyanPaper
+from ..baselines.honest_only import HonestOnlyFedAvg
 from ..client.attacks import FULL_KNOWLEDGE
 from ..strategy import BCSFL
 from .task import client_ids, make_root_set, malicious_ids
@@ -88,6 +90,8 @@ def _chosen_strategy(s: RunSettings, num_clients: int) -> Strategy:
         "bulyan-paper": lambda: BulyanPaper(**common, num_malicious_nodes=min(f, (num_clients - 3) // 4)),
         "fedmedian": lambda: FedMedian(**common),
         "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=0.2),
+        # an oracle for the experiments: it knows the attackers, which no real server does
+        "fedavg-honest": lambda: HonestOnlyFedAvg(**common, excluded=client_ids(malicious_ids(s, num_clients))),
     }
     if s.strategy not in baselines:
         raise ValueError(f"unknown strategy {s.strategy!r}; choose from {STRATEGIES}")
