@@ -43,7 +43,7 @@ def others_medians(deltas: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
     Leaving ``i`` out matters: an update is part of the median it would be scored
     against, which tilts that median towards it by a cosine of order 1/n, far above
-    a noise floor of 3/sqrt(d). One sort serves every row: without row ``i``, the
+    a noise floor of 2/sqrt(d). One sort serves every row: without row ``i``, the
     k-th smallest value of a coordinate is the k-th of all values below ``i``'s rank
     there and the (k+1)-th from it on.
     """

@@ -125,9 +125,12 @@ class FilterConfig:
         by more than ``loss_z`` standard errors of the per-example change (0: any rise).
     loss_mad_factor : float
         Without a root set: reported losses above median + factor x MAD are rejected.
-    noise_z : float
+    noise_z : float (default: 2.0)
         Also reject cosines at or below ``noise_z / sqrt(d)`` (``d`` parameters): the
-        cosine a random update reaches with probability 1 - Phi(noise_z). 0 disables.
+        cosine a random update reaches with probability 1 - Phi(noise_z) (2.3% at 2).
+        0 disables. At 3 the floor rejected 3.5% of honest client-rounds with no attack
+        (Fashion-MNIST, alpha 0.1, 3 seeds), a third of them with cosines between 2 and 3
+        over sqrt(d); a random update the floor lets through is clipped (3.).
     trust_weighted : bool (default: False)
         Weight kept updates by examples x cosine, capped at the kept median cosine
         (True), or by examples alone (False; always when ``dp``).
@@ -162,7 +165,7 @@ class FilterConfig:
     loss_z: float = 2.0
     crowd_reference: bool = True
     loss_mad_factor: float = 3.0
-    noise_z: float = 3.0
+    noise_z: float = 2.0
     trust_weighted: bool = False
     example_cap: float = 3.0
     dp: bool = False

@@ -88,7 +88,7 @@ def test_dp_floor_still_rejects_flipped_and_clips_scaled_and_noise_updates(dp_ro
 
 def test_non_dp_behaviour_unchanged():
     cfg = FilterConfig()
-    assert not cfg.dp and cfg.noise_z == 3.0  # dp_noise_z only applies with dp=True
+    assert not cfg.dp and cfg.noise_z == 2.0  # dp_noise_z only applies with dp=True
 
 
 def test_dp_floor_keeps_noise_that_points_slightly_away_and_rejects_what_points_clearly_against():
