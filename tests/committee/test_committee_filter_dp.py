@@ -1,8 +1,8 @@
 """The filter with DP-SGD clients: honest noisy updates kept, poisoned ones still not let through.
 
 Real DP-SGD updates (Opacus, noise 2.0) of the digits DP model against a real root set:
-alone, each is mostly noise, so the default floor 3/sqrt(d) rejects most of them; the DP
-floor rejects only what points clearly against the reference.
+alone, each is mostly noise, so the default floor 2/sqrt(d) rejects a third or more of them
+(at 3/sqrt(d), half); the DP floor rejects only what points clearly against the reference.
 """
 
 import time
@@ -63,7 +63,8 @@ def test_default_floor_rejects_most_honest_dp_updates_and_the_dp_floor_keeps_the
     updates = _verified(g, locals_)
     plain = filter_and_aggregate(g, updates, server_round=1, root=root, config=FilterConfig())
     dp = filter_and_aggregate(g, updates, server_round=1, root=root, config=FilterConfig(dp=True))
-    assert len(plain.kept) <= HONEST // 2  # the measured failure: honest DP updates look like noise
+    # the measured failure: honest DP updates look like noise (4 of 10 rejected at 2/sqrt(d), 5 at 3)
+    assert HONEST - len(plain.kept) >= HONEST // 3
     assert len(dp.kept) >= HONEST - 2
     assert dp.root_loss_after < dp.root_loss_before  # and together they still help
 
