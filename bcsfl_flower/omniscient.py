@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import Strategy
 from .client.attacks import FULL_KNOWLEDGE, full_knowledge_update
 from .committee.filter import FilterConfig
 from .keys import key_path, load_key
-from .package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, numpy_to_arrays
+from .package import PACKAGE_KEY, ModelPackage, arrays_to_numpy, numpy_to_arrays, reply_client_id
 from .settings import RunSettings
 
 __all__ = ["attach_full_knowledge", "poison_replies"]
@@ -102,10 +102,9 @@ def poison_replies(
     base = _flat(global_tensors, names)
     honest, mine = [], []
     for msg in replies:
-        if msg.has_error() or PACKAGE_KEY not in msg.content.config_records:
-            continue
-        cid = str(msg.content.config_records[PACKAGE_KEY]["client-id"])
-        (mine if cid in bad else honest).append((cid, msg))
+        cid = reply_client_id(msg)
+        if cid is not None:
+            (mine if cid in bad else honest).append((cid, msg))
     if not mine:
         return []
     if len(honest) < 2:

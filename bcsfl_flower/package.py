@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from .crypto import SigningKey, sha256_hex, verify_signature
 from .federation import PooledPackage, metrics_digest, package_digest
@@ -34,9 +34,19 @@ __all__ = [
     "model_hash",
     "numpy_to_arrays",
     "parse_canonical_bytes",
+    "reply_client_id",
 ]
 
 _MAGIC = b"BCSFLv1\0"
+
+
+def reply_client_id(message: Message) -> str | None:
+    """The client id a train reply's package header names, unverified (None: an error reply,
+    no package, or a package without one)."""
+    if message.has_error():
+        return None
+    header = message.content.config_records.get(PACKAGE_KEY)
+    return str(header["client-id"]) if header is not None and "client-id" in header else None
 
 
 def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:

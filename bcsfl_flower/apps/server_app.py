@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Kr
 from ..training.train import evaluate, resolve_device, set_weights, torch_threads
 from ..data import load_dataset
 from ..models import build_model
-from ..package import PACKAGE_KEY, arrays_to_numpy
+from ..package import arrays_to_numpy, reply_client_id
 from ..settings import STRATEGIES, RunSettings
 from ..baselines.bulyan import BulyanPaper
 from ..baselines.honest_only import HonestOnlyFedAvg
@@ -111,11 +111,7 @@ class _RoundLog:
 
         def aggregate_train(server_round: int, replies: Iterable[Message]):
             replies = list(replies)
-            self.replied[server_round] = sorted(
-                str(m.content.config_records[PACKAGE_KEY]["client-id"])
-                for m in replies
-                if not m.has_error() and PACKAGE_KEY in m.content.config_records
-            )
+            self.replied[server_round] = sorted(cid for cid in map(reply_client_id, replies) if cid is not None)
             started = time.perf_counter()
             self.aggregated[server_round] = False
             try:

@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from ..package import PACKAGE_KEY, arrays_to_numpy, numpy_to_arrays
+from ..package import arrays_to_numpy, numpy_to_arrays, reply_client_id
 
 __all__ = ["BulyanPaper", "bulyan_aggregate", "bulyan_select", "krum_scores"]
 
@@ -147,7 +147,4 @@ class BulyanPaper(FedAvg):
 
 
 def _client_id(msg: Message) -> str:
-    package = msg.content.config_records.get(PACKAGE_KEY)
-    if package is not None and "client-id" in package:
-        return str(package["client-id"])
-    return f"node-{msg.metadata.src_node_id}"
+    return reply_client_id(msg) or f"node-{msg.metadata.src_node_id}"

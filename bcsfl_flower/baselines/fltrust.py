@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from ..package import PACKAGE_KEY, arrays_to_numpy, numpy_to_arrays
+from ..package import arrays_to_numpy, numpy_to_arrays, reply_client_id
 
 __all__ = ["FLTrust", "fltrust_aggregate"]
 
@@ -123,10 +123,7 @@ class FLTrust(FedAvg):
 
     @staticmethod
     def _client_id(msg: Message) -> str:
-        package = msg.content.config_records.get(PACKAGE_KEY)
-        if package is not None and "client-id" in package:
-            return str(package["client-id"])
-        return f"node-{msg.metadata.src_node_id}"
+        return reply_client_id(msg) or f"node-{msg.metadata.src_node_id}"
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -17,16 +17,9 @@ from collections.abc import Iterable
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from ..package import PACKAGE_KEY
+from ..package import reply_client_id
 
 __all__ = ["HonestOnlyFedAvg"]
-
-
-def sender(message: Message) -> str | None:
-    """The client id a reply's model package names (None: no package, or an error reply)."""
-    if message.has_error() or PACKAGE_KEY not in message.content.config_records:
-        return None
-    return str(message.content.config_records[PACKAGE_KEY]["client-id"])
 
 
 class HonestOnlyFedAvg(FedAvg):
@@ -49,5 +42,5 @@ class HonestOnlyFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """FedAvg's aggregate of the replies from clients not in ``excluded``."""
-        kept = [m for m in replies if sender(m) not in self.excluded]
+        kept = [m for m in replies if reply_client_id(m) not in self.excluded]
         return super().aggregate_train(server_round, kept)
